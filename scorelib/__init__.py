@@ -1,0 +1,1 @@
+"""scorelib: score-based generative modelling in one σ-space interface."""

@@ -1,0 +1,41 @@
+"""Small shared helpers: broadcasting and σ-grid validation."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def append_dims(v: Tensor, ndim: int) -> Tensor:
+    """Append trailing singleton dims so `v` ([B] or scalar) broadcasts against a rank-`ndim` tensor."""
+    missing = ndim - v.ndim
+    if missing < 0:
+        raise ValueError(f"cannot broadcast a rank-{v.ndim} tensor to rank {ndim}")
+    return v.reshape(*v.shape, *(1,) * missing)
+
+
+def batch_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:
+    """σ as a [B] tensor in `x`'s dtype and device (a float or 0-d tensor is expanded to the batch)."""
+    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    if s.ndim == 0:
+        s = s.expand(x.shape[0])
+    return s
+
+
+def check_sigmas(sigmas: Tensor, allow_zero_last: bool = True) -> None:
+    """Raise ValueError unless `sigmas` is a 1-D, strictly descending, positive grid.
+
+    The last entry may be 0 when `allow_zero_last` (a final step to the clean data). Runs once,
+    before a sampling loop, never inside it.
+    """
+    if sigmas.ndim != 1 or sigmas.numel() < 1:
+        raise ValueError(f"sigmas must be a non-empty 1-D tensor, got shape {tuple(sigmas.shape)}")
+    if not bool(torch.isfinite(sigmas).all()):
+        raise ValueError("sigmas must be finite")
+    body = sigmas[:-1] if allow_zero_last and sigmas.numel() > 1 and float(sigmas[-1]) == 0.0 else sigmas
+    if bool((body <= 0).any()):
+        raise ValueError(
+            "sigmas must be positive" + (" (only the last entry may be 0)" if allow_zero_last else "")
+        )
+    if sigmas.numel() > 1 and bool((sigmas[1:] >= sigmas[:-1]).any()):
+        raise ValueError("sigmas must be strictly descending")
