@@ -39,3 +39,18 @@ def check_sigmas(sigmas: Tensor, allow_zero_last: bool = True) -> None:
         )
     if sigmas.numel() > 1 and bool((sigmas[1:] >= sigmas[:-1]).any()):
         raise ValueError("sigmas must be strictly descending")
+
+
+def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Standard normal noise of `x`'s shape, dtype and device, from `generator` when given."""
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def mean_flat(x: Tensor) -> Tensor:
+    """Mean over all but the batch dimension: [B, ...] -> [B]."""
+    return x.flatten(1).mean(1)
+
+
+def sum_flat(x: Tensor) -> Tensor:
+    """Sum over all but the batch dimension: [B, ...] -> [B]."""
+    return x.flatten(1).sum(1)
