@@ -213,7 +213,7 @@ class _AttentionBlock(nn.Module):
             self.num_heads = num_heads
         else:
             if channels % num_head_channels:
-                raise ValueError(f"channels {channels} not divisible by num_head_channels {num_head_channels}")
+                raise ValueError(f"channels {channels} not divisible by head channels {num_head_channels}")
             self.num_heads = channels // num_head_channels
         if channels % self.num_heads:
             raise ValueError(f"channels {channels} not divisible by num_heads {self.num_heads}")
@@ -332,7 +332,7 @@ class _Encoder(nn.Module):
         conv_resample: bool,
         use_new_attention_order: bool,
     ) -> tuple[int, list[int], set[int], int]:
-        """Build `time_embed`, `input_blocks`, `middle_block`; return (ch, skip chans, attn levels, emb dim)."""
+        """Build time_embed, input_blocks, middle_block; return (ch, skip chans, attn levels, emb dim)."""
         attn_levels = _attention_levels(image_size, channel_mult, attention_resolutions)
         emb_dim = 4 * model_channels
         # DDPM time embedding: sinusoid -> Linear -> SiLU -> Linear (Ho et al. 2020, App. B).
