@@ -1,0 +1,271 @@
+"""Training objectives. Every loss returns one value per example, shape [B]; the trainer reduces.
+
+Score-model losses (DSM, sliced score matching) take a σ-space score model `score(x, sigma)`;
+DDPM losses (L_simple, VLB, hybrid) take an ε-network `model(x_t, t)` and a `DDPMSchedule`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .schedules import DDPMSchedule
+from .utils import append_dims, mean_flat, randn_like, sum_flat
+
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+LOG2 = math.log(2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Score matching (NCSN)
+# ---------------------------------------------------------------------------------------------
+
+
+def sample_sigmas(sigmas: Tensor, batch: int, generator: torch.Generator | None = None,
+                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """σ drawn uniformly from the L levels of `sigmas`, one per example: [B]."""
+    idx = torch.randint(len(sigmas), (batch,), generator=generator, device=device)
+    return sigmas.to(device=device, dtype=dtype)[idx]
+
+
+def dsm_loss_at(score_model: ScoreFn, x: Tensor, sigma: Tensor, noise: Tensor,
+                anneal_power: float = 2.0) -> Tensor:
+    """Denoising score matching at given σ [B] and noise z (x's shape) (Song & Ermon 2019, eq. 5-6):
+
+        ½ λ(σ) ‖s(x̃, σ) + (x̃ - x)/σ²‖²,   x̃ = x + σ z,   λ(σ) = σ^anneal_power.
+
+    Sums over data dimensions (reference convention). Returns [B].
+    """
+    s = append_dims(sigma, x.ndim)
+    x_tilde = x + s * noise
+    target = -noise / s
+    err = score_model(x_tilde, sigma) - target
+    return 0.5 * sum_flat(err**2) * sigma**anneal_power
+
+
+def dsm_loss(score_model: ScoreFn, x: Tensor, sigmas: Tensor, anneal_power: float = 2.0,
+             generator: torch.Generator | None = None) -> Tensor:
+    """NCSN training loss: DSM with σ uniform over the levels `sigmas` [L]. x: [B, ...]; returns [B]."""
+    sigma = sample_sigmas(sigmas, x.shape[0], generator, x.device, x.dtype)
+    return dsm_loss_at(score_model, x, sigma, randn_like(x, generator), anneal_power)
+
+
+def _projections(x: Tensor, n: int, kind: str, generator: torch.Generator | None) -> Tensor:
+    v = torch.randn((n, *x.shape), generator=generator, dtype=x.dtype, device=x.device)
+    if kind == "rademacher":
+        return v.sign()
+    if kind != "gaussian":
+        raise ValueError(f"unknown projection distribution {kind!r}; expected gaussian or rademacher")
+    return v
+
+
+def ssm_loss_at(score_model: ScoreFn, x: Tensor, sigma: Tensor, n_projections: int = 1,
+                variance_reduction: bool = True, anneal_power: float = 2.0, projection: str = "gaussian",
+                generator: torch.Generator | None = None) -> Tensor:
+    """Sliced score matching (Song et al. 2019, eq. 8) at the points `x` (already noisy) and σ [B]:
+
+        λ(σ) E_v [ vᵀ ∇ₓ(vᵀ s(x, σ)) + ½ (vᵀ s)² ]
+
+    With `variance_reduction` (SSM-VR, Gaussian v) the second term is replaced by its expectation
+    ½ ‖s‖². Averages over `n_projections` vectors. Builds a graph for training. Returns [B].
+    """
+    if variance_reduction and projection != "gaussian":
+        raise ValueError("variance reduction needs Gaussian projections (E[vvᵀ] = I)")
+    x = x.detach().requires_grad_(True)
+    s = score_model(x, sigma)
+    vs = _projections(x, n_projections, projection, generator)
+    total = x.new_zeros(x.shape[0])
+    for v in vs:
+        sv = sum_flat(v * s)
+        (grad_sv,) = torch.autograd.grad(sv.sum(), x, create_graph=True)
+        second = 0.5 * sum_flat(s**2) if variance_reduction else 0.5 * sv**2
+        total = total + sum_flat(v * grad_sv) + second
+    return total / n_projections * sigma**anneal_power
+
+
+def ssm_loss(score_model: ScoreFn, x: Tensor, sigmas: Tensor, n_projections: int = 1,
+             variance_reduction: bool = True, anneal_power: float = 2.0, projection: str = "gaussian",
+             generator: torch.Generator | None = None) -> Tensor:
+    """Annealed sliced score matching (NCSN's SSM variant): perturb x with σ uniform over `sigmas`,
+    then `ssm_loss_at` on the perturbed points. Returns [B]."""
+    sigma = sample_sigmas(sigmas, x.shape[0], generator, x.device, x.dtype)
+    x_tilde = x + append_dims(sigma, x.ndim) * randn_like(x, generator)
+    return ssm_loss_at(score_model, x_tilde, sigma, n_projections, variance_reduction, anneal_power,
+                       projection, generator)
+
+
+# ---------------------------------------------------------------------------------------------
+# DDPM: L_simple, VLB terms, learned variance, hybrid
+# ---------------------------------------------------------------------------------------------
+
+
+def eps_loss(eps_model: Callable[..., Tensor], x0: Tensor, schedule: DDPMSchedule, t: Tensor,
+             noise: Tensor, **model_kwargs) -> Tensor:
+    """L_simple (Ho et al. 2020, eq. 14): mean over dims of ‖ε - ε_θ(√ᾱ x₀ + √(1-ᾱ) ε, t)‖². Returns [B].
+
+    If the network outputs 2C channels (learned variance) only the first C (ε) enter.
+    """
+    out = eps_model(schedule.q_sample(x0, t, noise), t, **model_kwargs)
+    return mean_flat((noise - out[:, : x0.shape[1]]) ** 2)
+
+
+def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
+    """KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)) elementwise, in nats (broadcasting)."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
+                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _log_normal_mass(a: Tensor, b: Tensor) -> Tensor:
+    """log(Φ(b) - Φ(a)) for a < b, stable in both tails (use the tail where the masses are small)."""
+    flip = a > 0
+    lo = torch.where(flip, -b, a)
+    hi = torch.where(flip, -a, b)
+    log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
+    return log_hi + torch.log(-torch.expm1(log_lo - log_hi).clamp(max=-1e-30))
+
+
+def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor,
+                                        n_bins: int = 256) -> Tensor:
+    """log P(x) of a Gaussian N(mean, e^{2 log_scale}) discretised to `n_bins` bins on [-1, 1]
+    (Ho et al. 2020, eq. 13): bin edges at x ± 1/(n_bins-1), the outermost bins extended to ±∞.
+
+    x: data on the bin centres in [-1, 1]. Elementwise, nats. Exact normal CDF (not the tanh
+    approximation of the reference code).
+    """
+    half = 1.0 / (n_bins - 1)
+    inv = torch.exp(-log_scale)
+    lower = torch.where(x < -1 + half / 2, torch.full_like(x, -math.inf), (x - half - mean) * inv)
+    upper = torch.where(x > 1 - half / 2, torch.full_like(x, math.inf), (x + half - mean) * inv)
+    return _log_normal_mass(lower, upper)
+
+
+def interpolated_log_variance(v: Tensor, schedule: DDPMSchedule, t: Tensor) -> Tensor:
+    """Learned variance (Nichol & Dhariwal 2021, eq. 15): log Σ = v log β_t + (1 - v) log β̃_t.
+
+    v: interpolation coefficient, x's shape (≈ [0, 1]); t: int64 [B]. β̃_0 uses the clipped value.
+    """
+    log_beta = schedule.gather(torch.log(schedule.betas), t, v)
+    log_beta_tilde = schedule.gather(schedule.posterior_log_variance_clipped, t, v)
+    return v * log_beta + (1 - v) * log_beta_tilde
+
+
+def split_learned_variance(out: Tensor, channels: int) -> tuple[Tensor, Tensor]:
+    """Split a 2C-channel improved-DDPM output into ε and the coefficient v = (raw + 1)/2."""
+    eps, raw = out[:, :channels], out[:, channels:]
+    return eps, (raw + 1) / 2
+
+
+def vlb_term(schedule: DDPMSchedule, x0: Tensor, x_t: Tensor, t: Tensor, eps: Tensor,
+             log_var: Tensor) -> Tensor:
+    """One term of the variational bound in bits/dim, per example [B] (Ho et al. 2020, eq. 5):
+
+        t > 0: L_{t-1} = KL(q(x_{t-1} | x_t, x₀) ‖ p_θ(x_{t-1} | x_t)),
+        t = 0: L_0 = -log p_θ(x₀ | x₁) under the discretised Gaussian decoder,
+
+    with p_θ's mean from the predicted ε (μ_θ = μ̃(x̂₀(ε), x_t)) and log-variance `log_var`.
+    """
+    true_mean, true_logvar = schedule.q_posterior(x0, x_t, t)
+    mean = schedule.q_posterior(schedule.predict_x0(x_t, t, eps), x_t, t)[0]
+    kl = mean_flat(normal_kl(true_mean, true_logvar, mean, log_var)) / LOG2
+    nll = -mean_flat(discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var)) / LOG2
+    return torch.where(t == 0, nll, kl)
+
+
+def prior_bpd(schedule: DDPMSchedule, x0: Tensor) -> Tensor:
+    """L_T = KL(q(x_T | x₀) ‖ N(0, I)) in bits/dim, [B]."""
+    t = torch.full((x0.shape[0],), schedule.T - 1, dtype=torch.long, device=x0.device)
+    a = schedule.gather(schedule.alphas_cumprod, t, x0)
+    kl = normal_kl(a.sqrt() * x0, torch.log1p(-a), torch.zeros_like(x0), torch.zeros_like(x0))
+    return mean_flat(kl) / LOG2
+
+
+def vlb_loss(model: Callable[..., Tensor], x0: Tensor, schedule: DDPMSchedule, t: Tensor, noise: Tensor,
+             **model_kwargs) -> Tensor:
+    """L_vlb term at t for a learned-variance network (2C output channels), bits/dim [B].
+
+    Gradient reaches both the mean and the variance (the pure VLB objective of improved DDPM).
+    """
+    x_t = schedule.q_sample(x0, t, noise)
+    eps, v = split_learned_variance(model(x_t, t, **model_kwargs), x0.shape[1])
+    return vlb_term(schedule, x0, x_t, t, eps, interpolated_log_variance(v, schedule, t))
+
+
+def hybrid_loss(model: Callable[..., Tensor], x0: Tensor, schedule: DDPMSchedule, t: Tensor, noise: Tensor,
+                lambda_vlb: float = 0.001, **model_kwargs) -> Tensor:
+    """L_hybrid = L_simple + λ L_vlb (Nichol & Dhariwal 2021, eq. 16), per example [B].
+
+    L_vlb = Σ_t L_t is estimated from the sampled term as T·L_t; the stop-gradient on the mean
+    inside L_vlb means the VLB trains only the variance, L_simple only the mean.
+    """
+    x_t = schedule.q_sample(x0, t, noise)
+    eps, v = split_learned_variance(model(x_t, t, **model_kwargs), x0.shape[1])
+    mse = mean_flat((noise - eps) ** 2)
+    vlb = vlb_term(schedule, x0, x_t, t, eps.detach(), interpolated_log_variance(v, schedule, t))
+    return mse + lambda_vlb * schedule.T * vlb
+
+
+# ---------------------------------------------------------------------------------------------
+# Timestep samplers
+# ---------------------------------------------------------------------------------------------
+
+
+class UniformTimesteps:
+    """t uniform over 0..T-1, importance weights all 1."""
+
+    def __init__(self, T: int):
+        self.T = T
+
+    def probabilities(self) -> Tensor:
+        return torch.full((self.T,), 1.0 / self.T, dtype=torch.float64)
+
+    def sample(self, batch: int, device: torch.device | str | None = None,
+               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Returns t: int64 [B] and weights 1/(T p_t): float32 [B] (multiply the losses by them)."""
+        p = self.probabilities()
+        t = torch.multinomial(p, batch, replacement=True, generator=generator)
+        w = (1.0 / (self.T * p[t])).float()
+        return t.to(device), w.to(device)
+
+    def update(self, t: Tensor, losses: Tensor) -> None:
+        """Record losses [B] at timesteps t [B] (a no-op for the uniform sampler)."""
+
+
+class ImportanceTimesteps(UniformTimesteps):
+    """Importance sampling p_t ∝ √E[L_t²] (Nichol & Dhariwal 2021, eq. 18), mixed with
+    `uniform_prob` of the uniform distribution; uniform until every t has `history` losses.
+
+    Keeps the last `history` losses per t. `state_dict`/`load_state_dict` make it resumable.
+    """
+
+    def __init__(self, T: int, history: int = 10, uniform_prob: float = 0.001):
+        super().__init__(T)
+        self.history = history
+        self.uniform_prob = uniform_prob
+        self.losses = torch.zeros(T, history, dtype=torch.float64)
+        self.counts = torch.zeros(T, dtype=torch.long)
+
+    def warmed_up(self) -> bool:
+        return bool((self.counts >= self.history).all())
+
+    def probabilities(self) -> Tensor:
+        if not self.warmed_up():
+            return super().probabilities()
+        w = (self.losses**2).mean(1).sqrt()
+        w = w / w.sum()
+        return w * (1 - self.uniform_prob) + self.uniform_prob / self.T
+
+    def update(self, t: Tensor, losses: Tensor) -> None:
+        for ti, li in zip(t.tolist(), losses.detach().double().cpu().tolist(), strict=True):
+            slot = int(self.counts[ti]) % self.history
+            self.losses[ti, slot] = li
+            self.counts[ti] += 1
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"losses": self.losses.clone(), "counts": self.counts.clone()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.losses.copy_(state["losses"])
+        self.counts.copy_(state["counts"])
