@@ -22,6 +22,7 @@ from scorelib.models.ncsnpp_layers import (
     downsample_2d,
     fir_kernel_2d,
     timestep_embedding,
+    upfirdn2d,
     upsample_2d,
 )
 
@@ -280,6 +281,27 @@ def test_fir_against_scipy(size: int) -> None:
     if size % 2 == 0:
         down = _scipy_separable(x, taps / 8, up=1, down=2, start=1, length=size // 2)
         np.testing.assert_allclose(downsample_2d(xt, K.double()).numpy(), down, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("up", "down", "pad"), [(1, 1, (1, 2)), (2, 1, (2, 1)), (1, 2, (1, 1)), (3, 2, (0, 3)), (2, 2, (4, 0))]
+)
+def test_upfirdn2d_general_against_scipy(up: int, down: int, pad: tuple[int, int]) -> None:
+    # An asymmetric 5-tap filter catches flips and off-by-one padding; scipy gives the full convolution
+    # of the zero-inserted signal, of which upfirdn keeps samples n·down + K - 1 - pad_before.
+    taps = np.array([1.0, -2.0, 0.5, 3.0, 0.25])
+    x = np.random.default_rng(1).standard_normal((2, 3, 5, 6))
+    ours = upfirdn2d(torch.from_numpy(x), torch.from_numpy(np.outer(taps, taps)), up=up, down=down, pad=pad)
+    expected, k, margin = x, len(taps), len(taps) + sum(pad) + up
+    for axis in (-1, -2):
+        n = expected.shape[axis]
+        full = scipy.signal.upfirdn(taps, expected, up=up, axis=axis)
+        widths = [(0, 0)] * full.ndim
+        widths[axis] = (margin, margin)
+        full = np.pad(full, widths)
+        length = (n * up + pad[0] + pad[1] - k) // down + 1
+        expected = np.take(full, margin + np.arange(length) * down + k - 1 - pad[0], axis=axis)
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_fir_upsample_of_constant_is_constant_inside() -> None:

@@ -96,15 +96,21 @@ def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1, pad: tuple[
     """
     if pad[0] < 0 or pad[1] < 0:
         raise ValueError(f"upfirdn2d only supports non-negative padding, got {pad}")
-    b, c, h, w = x.shape
-    y = x.reshape(b * c, 1, h, w)
-    if up > 1:
-        y = F.pad(y.reshape(b * c, 1, h, 1, w, 1), (0, up - 1, 0, 0, 0, up - 1))
-        y = y.reshape(b * c, 1, h * up, w * up)
-    y = F.pad(y, (pad[0], pad[1], pad[0], pad[1]))
-    weight = kernel.flip(0, 1).to(dtype=y.dtype, device=y.device).reshape(1, 1, *kernel.shape)
-    y = F.conv2d(y, weight, stride=down)
-    return y.reshape(b, c, y.shape[-2], y.shape[-1])
+    c, (kh, kw) = x.shape[1], kernel.shape
+    k = kernel.to(dtype=x.dtype, device=x.device)
+    if up == 1:
+        # Depthwise true convolution (flipped kernel) of the padded input, strided by `down`.
+        x = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))
+        return F.conv2d(x, k.flip(0, 1).expand(c, 1, kh, kw), stride=down, groups=c)
+    # A stride-`up` transposed depthwise conv is the full convolution of the zero-inserted signal,
+    # without materialising the zeros; output n of upfirdn is its sample n + K - 1 - before.
+    full = F.conv_transpose2d(x, k.expand(c, 1, kh, kw), stride=up, groups=c)
+    crops = []
+    for n, kn, lf in ((x.shape[-1], kw, full.shape[-1]), (x.shape[-2], kh, full.shape[-2])):
+        start, length = kn - 1 - pad[0], n * up + pad[0] + pad[1] - kn + 1
+        crops += [-start, start + length - lf]  # negative padding crops
+    y = F.pad(full, crops)
+    return y[..., ::down, ::down] if down > 1 else y
 
 
 def upsample_2d(x: Tensor, kernel: Tensor, factor: int = 2) -> Tensor:
