@@ -58,10 +58,9 @@ def timestep_embedding(
     half = dim // 2
     if half - freq_shift <= 0:
         raise ValueError(f"embedding dim {dim} is too small for freq_shift={freq_shift}")
-    exponent = torch.arange(half, dtype=torch.float32, device=t.device) * (
-        -math.log(max_period) / (half - freq_shift)
-    )
-    args = t.to(torch.float32)[:, None] * torch.exp(exponent)[None, :]
+    step = -math.log(max_period) / (half - freq_shift)
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device) * step)  # [half]
+    args = append_dims(t.to(torch.float32), 2) * freqs  # [B, 1] * [half] -> [B, half]
     parts = (torch.cos(args), torch.sin(args)) if cos_first else (torch.sin(args), torch.cos(args))
     emb = torch.cat(parts, dim=1)
     if dim % 2 == 1:
@@ -216,12 +215,16 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, height, width = x.shape
-        h = self.norm(x)
-        # [B, C, H, W] -> [B, heads, HW, C/heads]
-        q, k, v = (
-            conv(h).reshape(b, self.num_heads, c // self.num_heads, height * width).transpose(-1, -2)
-            for conv in (self.q, self.k, self.v)
-        )
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(-1, -2).reshape(b, c, height, width)
-        return x + self.proj_out(out)
+        heads, d = self.num_heads, c // self.num_heads
+        # The 1×1 convs are matmuls over channels; applying them to the token layout [B, HW, C]
+        # (one fused GEMM for q, k, v) leaves q, k, v with unit stride in the feature dim, which
+        # the fused CPU / GPU attention kernels require (otherwise SDPA falls back to plain math).
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]
+        w_qkv = torch.cat([self.q.weight, self.k.weight, self.v.weight]).flatten(1)  # [3C, C]
+        b_qkv = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+        qkv = F.linear(tokens, w_qkv, b_qkv).view(b, height * width, 3, heads, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, HW, d]
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q kᵀ / √d) v
+        out = out.transpose(1, 2).reshape(b, height * width, c)
+        out = F.linear(out, self.proj_out.weight.flatten(1), self.proj_out.bias)  # [B, HW, C]
+        return x + out.transpose(1, 2).reshape(b, c, height, width)
