@@ -399,8 +399,8 @@ def stage_plan(variant: str) -> tuple[tuple[int, bool, int], ...]:
 
     'base': NCSN's CondRefineNetDilated and NCSNv2 (32 px CIFAR-10, 64 px CelebA in the reference);
     'deeper': NCSNv2Deeper (LSUN 64-128 px); 'deepest': NCSNv2Deepest (FFHQ 256 px).
-    Only the first two 'down' stages without dilation halve the resolution (three in 'deeper',
-    four in 'deepest'); the dilated ones keep it.
+    Only 'down' stages without dilation halve the resolution: one in 'base' (32 px -> 16 px),
+    two in 'deeper', three in 'deepest'; the dilated 'down' stages keep it.
     """
     if variant == "base":
         return ((1, False, 1), (2, True, 1), (2, True, 2), (2, True, 4))
@@ -447,7 +447,7 @@ class DilatedRefineNet(nn.Module):
             block2 = ResidualBlock(out_ch, out_ch, enc_norm, self.act, False, dilation)
             self.stages.append(nn.ModuleList([block1, block2]))
             widths.append(out_ch)
-            in_ch, size = out_ch, (size + 1) // 2 if pools else size
+            in_ch, size = out_ch, ((size + 1) // 2 if pools else size)
         self.refines = nn.ModuleList()
         for i in reversed(range(len(plan))):
             in_planes = [widths[i]] if i == len(plan) - 1 else [widths[i], widths[i]]
