@@ -156,8 +156,9 @@ class _DownLevel(nn.Module):
             pyramid = self.pyramid_down(pyramid)
             h = self.combine(pyramid, h)
         elif self.progressive_input == "residual":
-            # Input pyramid, "residual" variant (App. H.1, Fig. 6): a strided conv of the previous
-            # pyramid image joins the features with a rescaled skip; the sum is the new pyramid.
+            # Input pyramid, "residual" variant (App. H, after StyleGAN2's residual input branch): a
+            # strided conv of the previous pyramid joins the features with a rescaled skip; the sum is
+            # the new pyramid.
             pyramid = (self.pyramid_down(pyramid) + h) * SQRT_HALF
             h = pyramid
         skips.append(h)
@@ -193,7 +194,7 @@ class _UpLevel(nn.Module):
         self.act = nn.SiLU()
         self.progressive = progressive
         self.coarsest = coarsest
-        # Output pyramid (App. H.1): "output_skip" sums per-resolution RGB predictions, upsampled;
+        # Output pyramid (App. H): "output_skip" sums per-resolution RGB predictions, upsampled;
         # "residual" carries a feature-space pyramid that is upsampled with a conv and added to h.
         self.pyramid_norm: nn.GroupNorm | None = None
         self.pyramid_conv: nn.Conv2d | None = None
@@ -312,7 +313,7 @@ class NCSNpp(nn.Module):
         self.progressive_input = progressive_input
         self.act = nn.SiLU()
 
-        # Time / noise-level embedding, then a 2-layer MLP to 4·nf (DDPM; App. H.1).
+        # Time / noise-level embedding, then a 2-layer MLP to 4·nf (DDPM; App. H).
         temb_dim = 4 * nf if conditional else None
         self.fourier: GaussianFourierProjection | None = None
         self.temb_mlp: nn.Sequential | None = None
@@ -397,7 +398,7 @@ class NCSNpp(nn.Module):
         if self.temb_mlp is None:
             return None
         if self.fourier is not None:
-            emb = self.fourier(torch.log(time_cond))  # Fourier features of log σ (App. H.1)
+            emb = self.fourier(torch.log(time_cond))  # Fourier features of log σ (App. H)
         else:
             emb = timestep_embedding(time_cond, self.nf)
         return self.temb_mlp(emb)
@@ -432,7 +433,7 @@ class NCSNpp(nn.Module):
         else:
             h = self.conv_out(self.act(self.norm_out(h)))
         if self.scale_by_sigma:
-            h = h / append_dims(time_cond, h.ndim)  # s(x, σ) = net(x, σ) / σ (App. H.1)
+            h = h / append_dims(time_cond, h.ndim)  # s(x, σ) = net(x, σ) / σ (NCSNv2, Song & Ermon 2020, Technique 3)
         return h
 
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from scorelib.utils import append_dims
 
-SQRT_HALF = 1.0 / math.sqrt(2.0)  # the `skip_rescale` factor: keeps Var(x + h) ≈ Var(x) (App. H.1)
+SQRT_HALF = 1.0 / math.sqrt(2.0)  # the `skip_rescale` factor: keeps Var(x + h) ≈ Var(x) (App. H)
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,7 +259,7 @@ class Downsample(nn.Module):
 class GaussianFourierProjection(nn.Module):
     """Random Fourier features [sin 2πWv, cos 2πWv], W ~ N(0, scale²) fixed (Tancik et al. 2020).
 
-    NCSN++ feeds v = log σ (App. H.1, "Fourier feature embeddings"). W is a buffer, not a parameter:
+    NCSN++ feeds v = log σ (App. H). W is a buffer, not a parameter:
     it is never trained. [B] -> [B, 2·embedding_size], computed in float32.
     """
 
@@ -376,7 +376,7 @@ class ResnetBlockDDPMpp(nn.Module):
 
 
 class ResnetBlockBigGANpp(nn.Module):
-    """BigGAN-style residual block that can also resample by 2 (Brock et al. 2019; App. H.1).
+    """BigGAN-style residual block that can also resample by 2 (Brock et al. 2019; App. H).
 
     The resampling (FIR or nearest/average) is applied after the first norm+SiLU on the residual
     path and to the shortcut, which gets a 1x1 conv whenever channels change or it resamples.
