@@ -380,6 +380,18 @@ def test_reference_parameter_counts(name: str) -> None:
     assert ours == ref - fourier  # the layer structure matches exactly
 
 
+def test_meta_init_then_load_state_dict_restores_everything() -> None:
+    kw = _small(16, progressive="residual", progressive_input="input_skip")
+    model = _randomize(NCSNpp(**kw)).eval()
+    with torch.device("meta"):
+        empty = NCSNpp(**kw)
+    empty = empty.to_empty(device="cpu").eval()
+    empty.load_state_dict(model.state_dict())
+    x, sigma = torch.rand(2, 3, 16, 16), torch.tensor([0.3, 3.0])
+    with torch.no_grad():
+        torch.testing.assert_close(empty(x, sigma), model(x, sigma))
+
+
 def test_presets_are_read_only() -> None:
     with pytest.raises(TypeError):
         ncsnpp.NCSNPP_CIFAR10["nf"] = 64  # type: ignore[index]
