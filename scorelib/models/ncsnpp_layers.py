@@ -170,9 +170,8 @@ class FIRConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_ch, in_ch, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_ch))
         default_init_(self.weight)
-        self.register_buffer(
-            "fir", fir_kernel_2d(fir_kernel)
-        )  # persistent: meta-device init + load_state_dict restores it
+        # persistent, so that meta-device construction + load_state_dict restores it
+        self.register_buffer("fir", fir_kernel_2d(fir_kernel))
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [B, in, H, W] -> [B, out, 2H, 2W] (up) or [B, out, H/2, W/2] (down)."""
@@ -210,9 +209,8 @@ class Upsample(nn.Module):
         self.conv: nn.Module | None = None
         if with_conv:
             self.conv = FIRConv2d(in_ch, out_ch, up=True, fir_kernel=fir_kernel) if fir else conv3x3(in_ch, out_ch)
-        self.register_buffer(
-            "fir", fir_kernel_2d(fir_kernel) if fir else None
-        )  # persistent: meta-device init + load_state_dict restores it
+        # persistent, so that meta-device construction + load_state_dict restores it
+        self.register_buffer("fir", fir_kernel_2d(fir_kernel) if fir else None)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [B, in, H, W] -> [B, out, 2H, 2W]."""
@@ -244,9 +242,8 @@ class Downsample(nn.Module):
                 self.conv = FIRConv2d(in_ch, out_ch, down=True, fir_kernel=fir_kernel)
             else:
                 self.conv = conv3x3(in_ch, out_ch, stride=2, padding=0)
-        self.register_buffer(
-            "fir", fir_kernel_2d(fir_kernel) if fir else None
-        )  # persistent: meta-device init + load_state_dict restores it
+        # persistent, so that meta-device construction + load_state_dict restores it
+        self.register_buffer("fir", fir_kernel_2d(fir_kernel) if fir else None)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [B, in, H, W] -> [B, out, H/2, W/2]."""
