@@ -5,12 +5,13 @@ Measures, for the DDPM CIFAR-10 network (35.7M parameters):
   * inference throughput (samples/s) of one eval-mode forward under `torch.inference_mode`.
 Repetitions of the two implementations are interleaved and the median is reported, so drifting
 clock speed or background load hits both alike; CPU time is printed beside wall time because it
-is the steadier of the two when other processes share the cores (on a busy machine also pass
-`--threads 1`: oversubscribed OpenMP threads spin and distort both measures). Before timing, the
-reference's weights are loaded into ours and the outputs compared (the two must be the same
-function; the parameter names agree).
+is the steadier of the two when other processes share the cores. On a busy machine set
+OMP_WAIT_POLICY=PASSIVE (or pass `--threads 1`): spinning OpenMP threads that lose their core
+make every parallel op wait, which slows small ops by up to 100x and swamps the comparison.
+Before timing, the reference's weights are loaded into ours and the outputs compared (the two
+must be the same function; the parameter names agree).
 
-    python benchmarks/bench_ddpm_unet.py --ddim-repo /path/to/ermongroup/ddim [--threads 1]
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_ddpm_unet.py --ddim-repo /path/to/ermongroup/ddim
 
 Without `--ddim-repo` (a local checkout of github.com/ermongroup/ddim) only ours is timed.
 """

@@ -56,9 +56,9 @@ def test_fresh_network_outputs_zero() -> None:
 
 def test_gradients_reach_every_parameter() -> None:
     torch.manual_seed(0)
-    net = perturb_(small_net(16, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(8,), dropout=0.1))
-    x = torch.randn(4, 1, 16, 16)
-    net(x, torch.randint(0, 1000, (4,))).square().mean().backward()
+    net = perturb_(small_net(8, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(4,), dropout=0.1))
+    x = torch.randn(2, 1, 8, 8)
+    net(x, torch.randint(0, 1000, (2,))).square().mean().backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert not missing, f"no gradient for {missing}"
 
@@ -135,6 +135,39 @@ def test_cifar10_parameter_count() -> None:
     assert abs(n - 35.7e6) / 35.7e6 < 0.01
     assert n == 35_746_307
     assert sum(p.numel() for p in big.parameters()) == 113_673_219
+
+
+def test_state_dict_names_match_reference_checkpoints() -> None:
+    # Key names and shapes of ermongroup/ddim's Model (and of the converted DDPM TF checkpoints),
+    # so their weights load with load_state_dict(strict=True).
+    with torch.device("meta"):
+        sd = DDPMUNet().state_dict()
+    expected = {
+        "temb.dense.0.weight": (512, 128),
+        "temb.dense.1.bias": (512,),
+        "conv_in.weight": (128, 3, 3, 3),
+        "down.0.block.0.norm1.weight": (128,),
+        "down.1.block.0.nin_shortcut.weight": (256, 128, 1, 1),
+        "down.1.attn.1.q.weight": (256, 256, 1, 1),
+        "down.2.downsample.conv.weight": (256, 256, 3, 3),
+        "mid.block_1.temb_proj.weight": (256, 512),
+        "mid.attn_1.proj_out.weight": (256, 256, 1, 1),
+        "mid.block_2.conv2.weight": (256, 256, 3, 3),
+        "up.0.block.2.nin_shortcut.weight": (128, 256, 1, 1),
+        "up.1.attn.2.k.bias": (256,),
+        "up.3.upsample.conv.weight": (256, 256, 3, 3),
+        "norm_out.weight": (128,),
+        "conv_out.weight": (3, 128, 3, 3),
+    }
+    for key, shape in expected.items():
+        assert tuple(sd[key].shape) == shape, key
+    assert len(sd) == 328
+
+
+def test_float64_model() -> None:
+    net = perturb_(small_net(8)).double()
+    out = net(torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.tensor([1.5, 2.0]))
+    assert out.dtype == torch.float64
 
 
 def test_autocast_bf16_forward_is_finite() -> None:
