@@ -50,6 +50,8 @@ class _Level(nn.Module):
 
 
 class _Mid(nn.Module):
+    """Bottleneck at the lowest resolution: res block, self-attention, res block."""
+
     def __init__(self, channels: int, temb_channels: int, dropout: float, num_groups: int) -> None:
         super().__init__()
         self.block_1 = ResnetBlock(
@@ -62,6 +64,8 @@ class _Mid(nn.Module):
 
 
 class _TimestepMLP(nn.Module):
+    """Sinusoidal embedding [B, ch] -> Linear -> swish -> Linear -> [B, 4·ch] (Ho et al. 2020, App. B)."""
+
     def __init__(self, ch: int, temb_channels: int) -> None:
         super().__init__()
         self.dense = nn.ModuleList([dense(ch, temb_channels), dense(temb_channels, temb_channels)])
