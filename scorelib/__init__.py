@@ -4,11 +4,14 @@ A score model is any callable `score(x, sigma) -> ∇ₓ log p_σ(x)` with x: [B
 """
 
 from .adapters import (
+    ClassifierFreeGuidance,
+    ClassifierGuidance,
     ContinuousEpsToScore,
     EpsToScore,
     IndexedScore,
     ScoreToContinuousEps,
     ScoreToEps,
+    VPClassifier,
     denoised_to_score,
     eps_to_score,
     score_to_denoised,
@@ -16,6 +19,17 @@ from .adapters import (
 )
 from .analytic import GaussianMixture
 from .losses import dsm_loss, eps_loss, hybrid_loss, ssm_loss, vlb_loss
+from .samplers import (
+    annealed_langevin,
+    ddim,
+    ddpm_ancestral,
+    dpm_solver_pp,
+    fast_sample,
+    heun,
+    pc_sampler,
+    probability_flow,
+    unipc,
+)
 from .schedules import (
     VESDE,
     VPSDE,
@@ -32,6 +46,8 @@ from .schedules import (
 __all__ = [
     "VESDE",
     "VPSDE",
+    "ClassifierFreeGuidance",
+    "ClassifierGuidance",
     "ContinuousEpsToScore",
     "DDPMSchedule",
     "EpsToScore",
@@ -40,19 +56,29 @@ __all__ = [
     "ScoreToContinuousEps",
     "ScoreToEps",
     "SubVPSDE",
+    "VPClassifier",
+    "annealed_langevin",
     "append_zero",
     "cosine_betas",
+    "ddim",
+    "ddpm_ancestral",
     "denoised_to_score",
+    "dpm_solver_pp",
     "dsm_loss",
     "eps_loss",
     "eps_to_score",
+    "fast_sample",
     "geometric_sigmas",
+    "heun",
     "hybrid_loss",
     "karras_sigmas",
     "linear_betas",
+    "pc_sampler",
+    "probability_flow",
     "score_to_denoised",
     "score_to_eps",
     "ssm_loss",
+    "unipc",
     "vlb_loss",
     "vp_sigmas",
 ]

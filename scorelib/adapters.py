@@ -88,7 +88,7 @@ def sigma_to_timestep(sigma: Tensor, table: Tensor) -> Tensor:
     """
     hp = _hp(sigma.device)
     tab = table.to(sigma.device, sigma.dtype).to(hp)
-    s = sigma.to(hp)
+    s = sigma.to(hp).contiguous()
     hi = torch.searchsorted(tab, s).clamp(1, tab.shape[0] - 1)
     lo = hi - 1
     log_lo, log_hi = tab[lo].log(), tab[hi].log()
@@ -208,3 +208,68 @@ class IndexedScore(nn.Module):
         sigma = batch_sigma(sigma, x).to(_hp(x.device))
         dist = (sigma.log()[:, None] - self.sigmas.to(sigma)[None, :].log()).abs()
         return self.net(x, dist.argmin(dim=1), **kwargs)
+
+
+# --- guidance: score-model transformers ---------------------------------------------------------
+
+
+class ClassifierGuidance(nn.Module):
+    """s(x | y) = s(x, σ) + w ∇ₓ log p_φ(y | x, σ) (Dhariwal & Nichol 2021, Song et al. 2021b eq. 14).
+
+    `classifier(x, sigma) -> logits [B, K]` is σ-space (wrap a DDPM noisy classifier with
+    `VPClassifier`); y: int64 [B]; w: the guidance scale (w = 1 is the exact conditional score).
+    """
+
+    def __init__(self, score_model: ScoreFn, classifier: Callable[[Tensor, Tensor], Tensor], y: Tensor, w: float):
+        super().__init__()
+        self.score_model, self.classifier, self.w = score_model, classifier, w
+        self.register_buffer("y", y, persistent=False)
+
+    def classifier_grad(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """∇ₓ log p_φ(y | x, σ), x's shape."""
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            logp = torch.log_softmax(self.classifier(xg, sigma).float(), dim=-1)
+            picked = logp.gather(1, self.y[:, None].to(logp.device)).sum()
+            (grad,) = torch.autograd.grad(picked, xg)
+        return grad
+
+    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
+        sigma = batch_sigma(sigma, x)
+        return self.score_model(x, sigma) + self.w * self.classifier_grad(x, sigma)
+
+
+class ClassifierFreeGuidance(nn.Module):
+    """s = (1 + w) s(x, σ, y) - w s(x, σ, ∅) (Ho & Salimans 2022, eq. 6), both in one batched call.
+
+    `model(x, sigma, y=labels)` is a conditional σ-space score model; `null_label` is its ∅ class.
+    """
+
+    def __init__(self, model: Callable[..., Tensor], y: Tensor, w: float, null_label: int):
+        super().__init__()
+        self.model, self.w, self.null_label = model, w, null_label
+        self.register_buffer("y", y, persistent=False)
+
+    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
+        sigma = batch_sigma(sigma, x)
+        y = self.y.to(x.device)
+        labels = torch.cat([y, torch.full_like(y, self.null_label)])
+        out = self.model(torch.cat([x, x]), torch.cat([sigma, sigma]), y=labels)
+        cond, uncond = out.chunk(2)
+        return torch.lerp(uncond, cond, 1 + self.w)
+
+
+class VPClassifier(nn.Module):
+    """A DDPM noisy-image classifier `classifier(x_t, t)` as a σ-space classifier(x, σ): it sees
+    x_t = x/√(1+σ²) at t(σ), so autograd gives ∇ of log p(y | x_σ) in σ-space coordinates."""
+
+    def __init__(self, classifier: nn.Module, alphas_cumprod: Tensor, quantize: bool = False):
+        super().__init__()
+        self.classifier, self.quantize = classifier, quantize
+        self.register_buffer("sigmas", vp_sigmas(alphas_cumprod), persistent=False)
+
+    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
+        sigma = batch_sigma(sigma, x)
+        t = sigma_to_timestep(sigma, self.sigmas)
+        t = t.round().long() if self.quantize else t.to(x.dtype)
+        return self.classifier(x / append_dims(1 + sigma**2, x.ndim).sqrt(), t)

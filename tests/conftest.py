@@ -1,5 +1,10 @@
+import os
 import sys
 from pathlib import Path
+
+# Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning threads make
+# small tensor ops up to 100x slower. Must be set before torch starts its thread pool.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 

@@ -52,3 +52,11 @@ def gaussian_score(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, sigma
 
 def standard_normal_cdf(x: float) -> float:
     return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+def gaussian_flow(g: GaussianMixture, x: torch.Tensor, s0: float, s1: float) -> torch.Tensor:
+    """Exact probability-flow map of a single Gaussian N(μ, Σ) from level s0 to s1:
+    x ↦ μ + U diag(√((λ+s1²)/(λ+s0²))) Uᵀ (x - μ)."""
+    mu, lam, U = g.means[0], g.evals[0], g.evecs[0]
+    scale = ((lam + s1**2) / (lam + s0**2)).sqrt()
+    return mu + ((x.to(F64) - mu) @ U) * scale @ U.T

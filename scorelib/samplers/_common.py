@@ -1,0 +1,46 @@
+"""Pieces every sampler shares: grid preparation, noise, callbacks, NFE counting."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..utils import check_sigmas
+
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+Callback = Callable[[dict[str, Any]], None] | None
+Project = Callable[[Tensor, float], Tensor] | None
+
+
+def prepare_grid(sigmas: Tensor, x: Tensor, allow_zero_last: bool = True) -> tuple[Tensor, Tensor]:
+    """Validate a σ grid once, before a loop. Returns (float64 copy on the CPU for coefficient
+    arithmetic, per-level batch σ [n, B] in x's dtype/device whose rows are passed to the score)."""
+    sigmas = torch.as_tensor(sigmas)
+    check_sigmas(sigmas, allow_zero_last)
+    s64 = sigmas.detach().to("cpu", torch.float64)
+    batch = s64.to(x.device, x.dtype)[:, None].expand(len(s64), x.shape[0])
+    return s64, batch
+
+
+def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def denoised(score: ScoreFn, x: Tensor, sigma_b: Tensor, sigma: float) -> Tensor:
+    """Tweedie D = x + σ² s(x, σ); sigma_b: [B] batch σ, sigma: the same level as a float."""
+    return torch.add(x, score(x, sigma_b), alpha=sigma**2)
+
+
+class CountingScore:
+    """Wraps a score model and counts evaluations (the NFE)."""
+
+    def __init__(self, score: ScoreFn):
+        self.score = score
+        self.nfe = 0
+
+    def __call__(self, x: Tensor, sigma: Tensor, **kwargs) -> Tensor:
+        self.nfe += 1
+        return self.score(x, sigma, **kwargs)
