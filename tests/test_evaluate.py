@@ -257,7 +257,13 @@ def test_load_inception_missing_file_names_the_path(tmp_path, monkeypatch):
 def test_load_inception_wrong_file_names_the_file(tmp_path):
     wrong = tmp_path / "wrong_keys.pth"
     torch.save({"conv.weight": torch.zeros(3)}, wrong)
-    with pytest.raises(ValueError, match=r"wrong_keys\.pth"):
+    with pytest.raises(ValueError, match=r"wrong_keys\.pth") as err:
+        ev.load_inception(wrong)
+    assert "566" not in str(err.value) and "missing keys" in str(err.value) and len(str(err.value)) < 600
+    sd = ev.FIDInceptionV3().state_dict()
+    sd["fc.weight"], sd["fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)  # torchvision's 1000 classes
+    torch.save(sd, wrong)
+    with pytest.raises(ValueError, match=r"fc\.weight \(1000, 2048\) \(expected \(1008, 2048\)\)"):
         ev.load_inception(wrong)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")

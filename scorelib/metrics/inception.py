@@ -268,8 +268,20 @@ def load_inception(path: str | os.PathLike | None = None, device: torch.device |
         )
     state = _read_state_dict(file)
     model = FIDInceptionV3()
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{file} is not an FID Inception-v3 state_dict ({INCEPTION_FILENAME} format): {err}") from err
+    _check_keys(file, state, model.state_dict())
+    model.load_state_dict(state, strict=True)
     return model.eval().requires_grad_(False).to(device)
+
+
+def _check_keys(file: Path, state: dict[str, Tensor], expected: dict[str, Tensor]) -> None:
+    """ValueError naming `file` and a few offending keys unless `state` has exactly the expected keys and shapes
+    (BatchNorm's num_batches_tracked may be absent: older checkpoints lack it and it is unused here)."""
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
+              for k in state if k in expected and state[k].shape != expected[k].shape]
+    problems = [f"{len(v)} {what} (e.g. {', '.join(v[:3])})" for what, v in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if v]
+    if problems:
+        raise ValueError(f"{file} is not an FID Inception-v3 state_dict in the {INCEPTION_FILENAME} format: "
+                         + "; ".join(problems))
