@@ -14,11 +14,11 @@ def k_diffusion_sampling():
     """`k_diffusion.sampling`, imported without the package's heavy __init__ (which pulls in
     torchvision, wandb, clean-fid, ...): only the sampling module and its `utils` are loaded, with a
     placeholder for torchvision's image transforms, which sampling never calls."""
+    if "k_diffusion.sampling" in sys.modules:
+        return sys.modules["k_diffusion.sampling"]
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None or spec.submodule_search_locations is None:
         return None
-    if "k_diffusion.sampling" in sys.modules:
-        return sys.modules["k_diffusion.sampling"]
     try:
         import torchvision.transforms.functional  # noqa: F401
     except Exception:  # torchvision missing or broken: provide the name utils imports

@@ -151,7 +151,8 @@ class ScoreToEps(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, **kwargs) -> Tensor:
         """x_t: [B, ...] DDPM-scaled input; t: [B]. Returns ε, x_t's shape."""
-        sigma = timestep_to_sigma(t, self.sigmas).to(x_t.dtype)
+        exact = not t.is_floating_point()  # integer timesteps index the table directly
+        sigma = (self.sigmas.to(x_t.device)[t] if exact else timestep_to_sigma(t, self.sigmas)).to(x_t.dtype)
         s = append_dims(sigma, x_t.ndim)
         return -s * self.score_model(x_t * (1 + s**2).sqrt(), sigma, **kwargs)
 

@@ -1,9 +1,20 @@
-"""Data sets: 2-D toy distributions (with exact mixtures where they are Gaussian mixtures)."""
+"""Data sets: CIFAR-10, MNIST, image folders, scikit-learn's 8×8 digits and 2-D toy distributions
+(with exact mixtures where they are Gaussian mixtures), and batch preparation."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import math
+import os
+import pickle
+import tarfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -53,3 +64,256 @@ def toy_data(name: str, n: int, generator: torch.Generator | None = None) -> Ten
         row = 2 * torch.randint(0, 2, (n,), generator=g) + col % 2
         return torch.stack([u[:, 0] + 2 * col - 4, u[:, 1] + 2 * row - 4], 1)
     raise ValueError(f"unknown toy data set {name!r}; known: {', '.join(TOY_NAMES)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Image data sets: an in-memory array of images (uint8 or float in [0, 1]) and optional labels
+# ---------------------------------------------------------------------------------------------
+
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+MNIST_FILES = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+DIGITS_TRAIN = 1200  # of 1797 bundled 8×8 digits; the rest (597) is the held-out split
+
+
+class DataError(Exception):
+    """A data set that cannot be found or read; the message names the path and what to do."""
+
+
+@dataclass
+class ImageData:
+    """images: [N, C, H, W] (uint8 0..255, or float in [0, 1]); labels: int64 [N] or None.
+    `levels` is the number of quantisation levels (256 for 8-bit images; 17 for sklearn's digits)."""
+
+    images: Tensor
+    labels: Tensor | None
+    levels: int
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download(url: str, dest: Path, md5: str) -> None:
+    """Fetch url to dest (atomically), checking its MD5."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+        while chunk := r.read(1 << 20):
+            f.write(chunk)
+    if _md5(tmp) != md5:
+        tmp.unlink()
+        raise DataError(f"downloaded {url} but its MD5 does not match {md5}")
+    os.replace(tmp, dest)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only plain containers and numpy arrays (the CIFAR-10 batch format): never code."""
+
+    ALLOWED: frozenset[tuple[str, str]] = frozenset({
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"), ("builtins", "bytes"), ("_codecs", "encode")})
+
+    def find_class(self, module: str, name: str):  # type: ignore[override]
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            batch = _ArrayUnpickler(f, encoding="bytes").load()
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (OSError, KeyError, ValueError, pickle.UnpicklingError, EOFError) as e:
+        raise DataError(f"{path} is not a CIFAR-10 python batch file ({e})") from e
+    return data, labels
+
+
+def load_cifar10(root: str | Path, train: bool = True, download: bool = True) -> ImageData:
+    """CIFAR-10 from `root/cifar-10-batches-py` (the official python-pickle layout), downloaded with an
+    MD5 check when missing and `download` is set and the network allows."""
+    folder = Path(root) / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    if not all((folder / n).exists() for n in names) and download:
+        archive = Path(root) / "cifar-10-python.tar.gz"
+        try:
+            if not archive.exists():
+                _download(CIFAR10_URL, archive, CIFAR10_MD5)
+            with tarfile.open(archive) as tar:
+                tar.extractall(Path(root), filter="data")
+        except (OSError, DataError, tarfile.TarError) as e:
+            raise DataError(
+                f"CIFAR-10 not found in {folder} and could not be downloaded ({e}); download {CIFAR10_URL} "
+                f"and extract it into {Path(root)} (giving {folder}/data_batch_1 ... test_batch), "
+                "or set --config.data.root") from e
+    missing = [n for n in names if not (folder / n).exists()]
+    if missing:
+        raise DataError(f"CIFAR-10 not found: {folder} lacks {', '.join(missing)}; extract {CIFAR10_URL} into "
+                        f"{Path(root)} or set --config.data.root")
+    parts = [_cifar_batch(folder / n) for n in names]
+    return ImageData(torch.from_numpy(np.concatenate([p[0] for p in parts])),
+                     torch.from_numpy(np.concatenate([p[1] for p in parts])), 256)
+
+
+def _idx(path: Path) -> np.ndarray:
+    """Read an idx file (MNIST format), plain or gzipped."""
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
+        raise DataError(f"{path} is not an unsigned-byte idx file")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise DataError(f"{path} is truncated: expected {shape}")
+    return data.reshape(shape)
+
+
+def load_mnist(root: str | Path, train: bool = True, download: bool = True) -> ImageData:
+    """MNIST idx files from `root` (plain or .gz), downloaded with MD5 checks when missing."""
+    root = Path(root)
+    prefix = "train" if train else "t10k"
+    found = {}
+    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+        name = f"{prefix}-{kind}"
+        candidates = [root / name, root / f"{name}.gz", root / "MNIST" / "raw" / name, root / "MNIST" / "raw" /
+                      f"{name}.gz"]
+        path = next((p for p in candidates if p.exists()), None)
+        if path is None and download:
+            try:
+                _download(MNIST_URL + f"{name}.gz", root / f"{name}.gz", MNIST_FILES[f"{name}.gz"])
+                path = root / f"{name}.gz"
+            except (OSError, DataError) as e:
+                raise DataError(f"MNIST file {name} not found in {root} and could not be downloaded ({e}); "
+                                f"put the idx files ({', '.join(MNIST_FILES)}) in {root}") from e
+        if path is None:
+            raise DataError(f"MNIST file {name}(.gz) not found in {root}")
+        found[kind] = _idx(path)
+    images = torch.from_numpy(found["images-idx3-ubyte"].copy())[:, None]
+    return ImageData(images, torch.from_numpy(found["labels-idx1-ubyte"].astype(np.int64)), 256)
+
+
+def _load_image(path: Path, size: int, crop: int, channels: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB" if channels == 3 else "L")
+        w, h = im.size
+        c = min(w, h) if crop <= 0 else min(crop, w, h)
+        left, top = (w - c) // 2, (h - c) // 2
+        im = im.crop((left, top, left + c, top + c)).resize((size, size), Image.Resampling.BICUBIC)
+        arr = np.asarray(im, dtype=np.uint8)
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+def load_image_folder(root: str | Path, image_size: int, channels: int = 3, crop: int = 0) -> ImageData:
+    """Every image under `root` (recursively), centre-cropped to `crop` (0: the shorter side) and resized.
+    The decoded array is cached in `root/.scorelib-cache/` when the folder is writable."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist (set --config.data.root)")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and ".scorelib-cache" not in
+                   p.parts)
+    if not files:
+        raise DataError(f"image folder {root} contains no images ({', '.join(IMAGE_SUFFIXES)})")
+    key = hashlib.sha1(f"{image_size}-{channels}-{crop}-{len(files)}-{files[0]}-{files[-1]}".encode()).hexdigest()[:16]
+    cache = root / ".scorelib-cache" / f"{key}.npy"
+    if cache.exists():
+        try:
+            return ImageData(torch.from_numpy(np.load(cache, allow_pickle=False)), None, 256)
+        except (OSError, ValueError):
+            pass
+    arrays = []
+    for p in files:
+        try:
+            arrays.append(_load_image(p, image_size, crop, channels))
+        except OSError as e:
+            raise DataError(f"cannot read image {p}: {e}") from e
+    data = np.stack(arrays)
+    try:
+        cache.parent.mkdir(exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npy")
+        np.save(tmp, data)
+        os.replace(tmp, cache)
+    except OSError:
+        pass
+    return ImageData(torch.from_numpy(data), None, 256)
+
+
+def load_digits(train: bool = True) -> ImageData:
+    """scikit-learn's bundled 8×8 digits (values 0..16 → [0, 1], 17 levels), split by a fixed shuffle
+    (numpy's legacy RandomState(0) stream, frozen across versions): the first DIGITS_TRAIN for
+    training, the remaining 597 held out (the digits-FID reference)."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    perm = np.random.RandomState(0).permutation(len(d.target))
+    idx = perm[:DIGITS_TRAIN] if train else perm[DIGITS_TRAIN:]
+    images = torch.from_numpy(d.images[idx].astype(np.float32) / 16.0)[:, None]
+    return ImageData(images, torch.from_numpy(d.target[idx].astype(np.int64)), 17)
+
+
+def prepare_batch(images: Tensor, levels: int, random_flip: bool, uniform_dequantization: bool, centered: bool,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """uint8 / [0, 1] images [B, C, H, W] -> float training data: optional uniform dequantisation
+    ((x·(L-1) + u)/L), random horizontal flips, centring to [-1, 1]."""
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    if uniform_dequantization:
+        u = torch.rand(x.shape, generator=generator, device=x.device)
+        x = (x * (levels - 1) + u) / levels
+    if random_flip:
+        flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return 2 * x - 1 if centered else x
+
+
+def to_unit_range(x: Tensor, centered: bool) -> Tensor:
+    """Model-space samples back to images in [0, 1]."""
+    return ((x + 1) / 2 if centered else x).clamp(0, 1)
+
+
+def save_image_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> None:
+    """Write [N, C, H, W] images in [0, 1] as one PNG grid (atomically), scaled up for tiny images."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    nrow = nrow or max(1, int(np.ceil(np.sqrt(n))))
+    ncol = int(np.ceil(n / nrow))
+    pad = 1
+    grid = np.ones((c, ncol * (h + pad) + pad, nrow * (w + pad) + pad), dtype=np.float32)
+    arr = images.detach().float().cpu().clamp(0, 1).numpy()
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + k * (w + pad): pad + k * (w + pad) + w] = arr[i]
+    img = (grid * 255 + 0.5).astype(np.uint8)
+    img = img[0] if c == 1 else img.transpose(1, 2, 0)
+    pil = Image.fromarray(img)
+    scale = max(1, 256 // pil.size[0])
+    if scale > 1:
+        pil = pil.resize((pil.size[0] * scale, pil.size[1] * scale), Image.Resampling.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)

@@ -17,27 +17,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .fid import extract_features, fid_from_features, to_unit_range
 
-N_TRAIN = 1200
-SPLIT_SEED = 0
 CHECKPOINT_NAME = "digits_cnn_v1.safetensors"  # bump the version when the architecture or training changes
 
 
 def digits_split() -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(train_x [1200, 1, 8, 8], train_y [1200], test_x [597, 1, 8, 8], test_y [597]); x in [0, 1], y int64."""
-    from sklearn.datasets import load_digits
+    """(train_x [1200, 1, 8, 8], train_y [1200], test_x [597, 1, 8, 8], test_y [597]); x in [0, 1], y int64.
+    The same split `scorelib.data.load_digits` gives the generative models."""
+    from ..data import load_digits
 
-    data = load_digits()
-    perm = np.random.RandomState(SPLIT_SEED).permutation(len(data.target))  # legacy stream: frozen
-    x = torch.from_numpy(data.images[perm].astype(np.float32) / 16.0)[:, None]
-    y = torch.from_numpy(data.target[perm].astype(np.int64))
-    return x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:]
+    train, test = load_digits(train=True), load_digits(train=False)
+    return train.images, train.labels, test.images, test.labels
 
 
 class DigitsClassifier(nn.Module):

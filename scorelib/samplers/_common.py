@@ -15,14 +15,14 @@ Callback = Callable[[dict[str, Any]], None] | None
 Project = Callable[[Tensor, float], Tensor] | None
 
 
-def prepare_grid(sigmas: Tensor, x: Tensor, allow_zero_last: bool = True) -> tuple[Tensor, Tensor]:
+def prepare_grid(sigmas: Tensor, x: Tensor, allow_zero_last: bool = True) -> tuple[Tensor, list[Tensor]]:
     """Validate a σ grid once, before a loop. Returns (float64 copy on the CPU for coefficient
-    arithmetic, per-level batch σ [n, B] in x's dtype/device whose rows are passed to the score)."""
+    arithmetic, one contiguous batch σ [B] per level in x's dtype/device, passed to the score)."""
     sigmas = torch.as_tensor(sigmas)
     check_sigmas(sigmas, allow_zero_last)
     s64 = sigmas.detach().to("cpu", torch.float64)
-    batch = s64.to(x.device, x.dtype)[:, None].expand(len(s64), x.shape[0])
-    return s64, batch
+    rows = s64.to(x.device, x.dtype)[:, None].expand(len(s64), x.shape[0]).contiguous().unbind(0)
+    return s64, list(rows)
 
 
 def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:

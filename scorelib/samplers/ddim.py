@@ -29,12 +29,15 @@ def _posterior_step_loop(score: ScoreFn, x: Tensor, down: list[float], up: list[
     """x ← D + (σ_down/σ)(x - D) + σ_up z over the grid (shared by ddim and ddpm_ancestral)."""
     cur = s64[:-1].tolist()
     for i in range(len(cur)):
-        d = torch.add(x, score(x, sig_b[i]), alpha=cur[i] ** 2)
-        x = torch.lerp(d, x, down[i] / cur[i])  # D + (σ_down/σ)(x - D)
+        s = score(x, sig_b[i])
+        # D + (σ_down/σ)(x - D) with D = x + σ² s, as one update: x + (1 - σ_down/σ) σ² s
+        x_next = torch.add(x, s, alpha=(1 - down[i] / cur[i]) * cur[i] ** 2)
         if up[i] > 0:
-            x = x.add_(noise_like(x, generator), alpha=up[i])
+            x_next = x_next.add_(noise_like(x, generator), alpha=up[i])
         if callback is not None:
-            callback({"i": i, "sigma": sig_b[i, 0], "sigma_next": sig_b[i + 1, 0], "x": x, "denoised": d})
+            d = torch.add(x, s, alpha=cur[i] ** 2)
+            callback({"i": i, "sigma": sig_b[i][0], "sigma_next": sig_b[i + 1][0], "x": x_next, "denoised": d})
+        x = x_next
     return x
 
 

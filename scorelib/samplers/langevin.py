@@ -42,7 +42,7 @@ def annealed_langevin(score: ScoreFn, x: Tensor, sigmas: Tensor, n_steps_each: i
             if project is not None:
                 x = project(x, levels[i])
             if callback is not None:
-                callback({"i": i, "step": step, "sigma": sig_b[i, 0], "x": x})
+                callback({"i": i, "step": step, "sigma": sig_b[i][0], "x": x})
     if denoise:
         x = torch.add(x, score(x, sig_b[-1]), alpha=levels[-1] ** 2)
         if project is not None:

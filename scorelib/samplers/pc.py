@@ -86,5 +86,5 @@ def pc_sampler(score: ScoreFn, x: Tensor, sigmas: Tensor, predictor: str = "reve
             if project is not None:
                 x, x_mean = project(x, levels[i + 1]), project(x_mean, 0.0)
         if callback is not None:
-            callback({"i": i, "sigma": sig_b[i, 0], "x": x, "x_mean": x_mean})
+            callback({"i": i, "sigma": sig_b[i][0], "x": x, "x_mean": x_mean})
     return x_mean if denoise else x

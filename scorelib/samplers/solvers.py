@@ -47,7 +47,7 @@ def heun(score: ScoreFn, x: Tensor, sigmas: Tensor, s_churn: float = 0.0, s_tmin
             x_next = torch.add(x, slope + slope2, alpha=0.5 * (sigma_next - sigma_hat))
         x = x_next
         if callback is not None:
-            callback({"i": i, "sigma": sig_b[i, 0], "sigma_hat": sigma_hat, "x": x, "denoised": d})
+            callback({"i": i, "sigma": sig_b[i][0], "sigma_hat": sigma_hat, "x": x, "denoised": d})
     return x
 
 
@@ -106,7 +106,7 @@ def dpm_solver_pp(score: ScoreFn, x: Tensor, sigmas: Tensor, order: int = 2, low
                     phi3 = phi2 / h - 0.5
                     x = x.add(d1, alpha=phi2).add_(d2, alpha=-phi3)
         if callback is not None:
-            callback({"i": i, "sigma": sig_b[i, 0], "x": x, "denoised": d})
+            callback({"i": i, "sigma": sig_b[i][0], "x": x, "denoised": d})
     return x
 
 
@@ -181,7 +181,7 @@ def unipc(score: ScoreFn, x: Tensor, sigmas: Tensor, order: int = 3, variant: st
             x = x + (d_new - x_pred)
         ds, lams = [*ds, d_new][-order:], [*lams, lam[i + 1]][-order:]
         if callback is not None:
-            callback({"i": i, "sigma": sig_b[i, 0], "x": x, "denoised": d_new})
+            callback({"i": i, "sigma": sig_b[i][0], "x": x, "denoised": d_new})
     if to_zero and n_steps == 0:
         x = ds[-1]
     return x

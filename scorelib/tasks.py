@@ -1,0 +1,183 @@
+"""What each `main.py --mode` does: train, sample, eval, likelihood, bench."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import build
+from .checkpoint import CheckpointError, atomic_write_bytes, load_network
+from .data import DataError, save_image_grid, to_unit_range
+from .train import TrainingError, load_data, sample_images, setup_runtime, train
+
+USER_ERRORS = (DataError, build.ConfigError, CheckpointError, TrainingError, FileNotFoundError)
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2, default=float) + "\n").encode()))
+
+
+def _checkpoint_source(config: Any, workdir: Path) -> Path:
+    """sampling.checkpoint when set, else the workdir (its newest checkpoint)."""
+    if config.sampling.checkpoint:
+        return Path(config.sampling.checkpoint)
+    if not (workdir / "checkpoints").is_dir():
+        raise CheckpointError(f"no checkpoints in {workdir / 'checkpoints'}; train first "
+                              f"(--mode=train) or set --config.sampling.checkpoint")
+    return workdir
+
+
+def _trained_network(config: Any, workdir: Path, device: torch.device) -> torch.nn.Module:
+    """The EMA network of the newest checkpoint, built with its own stored architecture; sampling and
+    evaluation settings still come from the current config (so flags can change the sampler)."""
+    net, stored = load_network(_checkpoint_source(config, workdir))
+    with config.unlocked():
+        config.model, config.noise = stored.model, stored.noise
+        for key in ("dataset", "toy", "channels", "image_size", "centered", "num_classes"):
+            config.data[key] = stored.data[key]
+    return net.to(device).eval()
+
+
+def _classifier(config: Any, device: torch.device) -> torch.nn.Module | None:
+    """The noisy classifier for classifier guidance (classifier.workdir's newest checkpoint), if used."""
+    if config.sampling.guidance != "classifier":
+        return None
+    if not config.classifier.workdir:
+        raise build.ConfigError("sampling.guidance='classifier' needs --config.classifier.workdir (a run trained "
+                                "with --config.training.target=classifier)")
+    net, _ = load_network(config.classifier.workdir)
+    return net.to(device).eval()
+
+
+def run_train(config: Any, workdir: Path) -> None:
+    """Train (resuming from the newest checkpoint); with training.eval_at_end also sample and evaluate."""
+    rt = setup_runtime(config)
+    summary = train(config, workdir)
+    if config.training.eval_at_end and rt.is_main and config.training.target == "model":
+        run_sample(config, workdir)
+        run_eval(config, workdir)
+    if rt.is_main:
+        print(f"trained {summary['steps']} steps in {workdir}")
+
+
+def run_sample(config: Any, workdir: Path) -> Path:
+    """Draw sampling.n_samples with the configured sampler from the newest checkpoint's EMA weights;
+    write WORKDIR/samples/<method>.png and .npz (samples in model space, float32)."""
+    rt = setup_runtime(config)
+    net = _trained_network(config, workdir, rt.device)
+    n = config.sampling.n_samples
+    start = time.perf_counter()
+    x = sample_images(config, net, n, rt.device, seed=config.seed + 1, classifier=_classifier(config, rt.device))
+    elapsed = time.perf_counter() - start
+    name = config.sampling.method
+    out = workdir / "samples" / f"{name}.npz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, lambda f: np.savez(f, samples=x.float().cpu().numpy()))
+    if config.data.dataset == "toy":
+        _scatter_png(x, workdir / "samples" / f"{name}.png")
+    else:
+        save_image_grid(to_unit_range(x[:256], config.data.centered), workdir / "samples" / f"{name}.png")
+    nfe = build.sampling_nfe(config)
+    print(f"{n} samples with {name} ({nfe if nfe > 0 else 'adaptive'} NFE) in {elapsed:.1f}s -> {out}")
+    return out
+
+
+def _scatter_png(x: torch.Tensor, path: Path) -> None:
+    """A 2-D point cloud as a 256×256 density image (no plotting library needed)."""
+    pts = x[:, :2].float().cpu()
+    lim = float(pts.abs().quantile(0.995)) * 1.1 + 1e-6
+    bins = 256
+    idx = ((pts / lim + 1) / 2 * (bins - 1)).round().long().clamp(0, bins - 1)
+    hist = torch.zeros(bins, bins)
+    hist.index_put_((bins - 1 - idx[:, 1], idx[:, 0]), torch.ones(len(idx)), accumulate=True)
+    img = (hist / hist.max().clamp(min=1)).sqrt()
+    save_image_grid((1 - img)[None, None], path, nrow=1)
+
+
+def run_eval(config: Any, workdir: Path) -> dict[str, Any]:
+    """Sample eval.n_samples and compute the metrics the data allows; write WORKDIR/eval/metrics.json."""
+    from . import evaluate
+
+    rt = setup_runtime(config)
+    net = _trained_network(config, workdir, rt.device)
+    n = config.eval.n_samples
+    with config.unlocked():
+        config.sampling.batch_size = config.eval.batch_size
+    start = time.perf_counter()
+    x = sample_images(config, net, n, rt.device, seed=config.seed + 2, classifier=_classifier(config, rt.device))
+    results: dict[str, Any] = {"n_samples": n, "sampler": config.sampling.method,
+                               "nfe": build.sampling_nfe(config), "sampling_seconds": time.perf_counter() - start}
+    real = None if config.data.dataset == "toy" else load_data(config, train=False).images
+    results.update(evaluate.evaluate_samples(x, **build.evaluation_kwargs(config, workdir, real)))
+    if config.eval.likelihood:
+        results.update(run_likelihood(config, workdir, write=False))
+    _write_json(workdir / "eval" / "metrics.json", results)
+    print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list | dict)}, default=float))
+    return results
+
+
+def run_likelihood(config: Any, workdir: Path, write: bool = True) -> dict[str, Any]:
+    """Bits/dim of the test split under the probability-flow ODE (and, for DDPM models, the discrete
+    VLB); eval.likelihood_batches batches of eval.batch_size; WORKDIR/eval/likelihood.json."""
+    from .likelihood import bits_per_dim, ddpm_vlb, dequantize, log_likelihood
+
+    rt = setup_runtime(config)
+    net = _trained_network(config, workdir, rt.device)
+    score = build.create_score_model(config, net).eval()
+    data = load_data(config, train=False)
+    sigma_max, sigma_min = build.sigma_range(config)
+    e = config.eval
+    g = torch.Generator(rt.device).manual_seed(config.seed)
+    ode_bpd, vlb_bpd, nfes = [], [], []
+    if data is None:
+        from .data import toy_data
+
+        batches = [toy_data(config.data.toy, e.batch_size, torch.Generator().manual_seed(config.seed + i))
+                   for i in range(e.likelihood_batches)]
+        bin_width = None
+    else:
+        batches = [data.images[i * e.batch_size:(i + 1) * e.batch_size] for i in range(e.likelihood_batches)]
+        batches = [b for b in batches if len(b)]
+        bin_width = (2.0 if config.data.centered else 1.0) / (256 if data.levels == 256 else data.levels)
+    for raw in batches:
+        raw = raw.to(rt.device)
+        if data is None:
+            x = raw.float()
+        elif data.levels == 256:
+            x = dequantize(raw, config.data.centered, g)
+        else:  # float data with `levels` levels in [0, 1]: dequantise within its bins
+            u = torch.rand(raw.shape, generator=g, device=raw.device)
+            x = (raw.float() * (data.levels - 1) + u) / data.levels
+            x = 2 * x - 1 if config.data.centered else x
+        nats, nfe = log_likelihood(score, x, sigma_max, sigma_min, rtol=e.likelihood_rtol, atol=e.likelihood_rtol,
+                                   exact_trace=e.exact_trace, generator=g, return_nfe=True)
+        dims = int(np.prod(x.shape[1:]))
+        ode_bpd.append(bits_per_dim(nats, dims, bin_width) if bin_width else -nats / (dims * math.log(2)))
+        nfes.append(nfe)
+        if config.noise.kind == "ddpm" and data is not None and config.data.centered and data.levels == 256:
+            variance = "learned" if config.model.learn_sigma else config.sampling.variance
+            total, _ = ddpm_vlb(net, (raw.float() / 127.5 - 1), build.create_schedule(config), variance, g)
+            vlb_bpd.append(total)
+    out: dict[str, Any] = {"ode_bpd": float(torch.cat(ode_bpd).mean()), "ode_nfe_mean": float(np.mean(nfes)),
+                           "likelihood_examples": int(sum(len(b) for b in ode_bpd))}
+    if data is None:
+        out["ode_bpd_note"] = "toy data: -log2 p / dim of continuous points (no dequantisation)"
+    if vlb_bpd:
+        out["vlb_bpd"] = float(torch.cat(vlb_bpd).mean())
+    if write:
+        _write_json(workdir / "eval" / "likelihood.json", out)
+        print(json.dumps(out))
+    return out
+
+
+def run_bench(config: Any, workdir: Path) -> None:
+    """The sampler benchmark on the config's model (see scorelib.bench)."""
+    from . import bench
+
+    bench.run(config, workdir)

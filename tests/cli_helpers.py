@@ -1,0 +1,36 @@
+"""Helpers for end-to-end tests of main.py: run it in a subprocess, write fake data sets."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_main(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def write_fake_cifar10(root: Path, n_per_batch: int = 16, seed: int = 0) -> Path:
+    """A CIFAR-10 directory in the official python-pickle layout (cifar-10-batches-py/data_batch_1..5,
+    test_batch, batches.meta) with random images."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"batch_label": name.encode(), b"labels": rng.integers(0, 10, n_per_batch).tolist(),
+                 b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+                 b"filenames": [f"{name}_{i}.png".encode() for i in range(n_per_batch)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [b"c%d" % i for i in range(10)], b"num_vis": 3072}, f, protocol=2)
+    return root

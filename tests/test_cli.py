@@ -1,0 +1,147 @@
+"""End-to-end tests of `python main.py`: training, checkpoints, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from cli_helpers import ROOT, run_main, write_fake_cifar10
+
+from scorelib.checkpoint import list_checkpoints, load_checkpoint
+
+TOY = ["--config=toy_gmm", "--config.training.n_iters=60", "--config.training.snapshot_freq=30",
+       "--config.training.log_freq=10", "--config.training.eval_at_end=False"]
+
+
+def test_toy_config_trains_and_writes_checkpoints_and_metrics(tmp_path):
+    r = run_main(*TOY, f"--workdir={tmp_path}")
+    assert r.returncode == 0, r.stderr
+    steps = [s for s, _ in list_checkpoints(tmp_path / "checkpoints")]
+    assert steps == [30, 60]
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [10, 20, 30, 40, 50, 60]
+    assert {"loss", "lr", "grad_norm", "it_per_s"} <= set(lines[0])
+    state = load_checkpoint(tmp_path / "checkpoints" / "checkpoint_00000060.pt")
+    assert state["step"] == 60 and {"model", "ema", "optimizer", "rng", "config"} <= set(state)
+    r = run_main("--config=toy_gmm", f"--workdir={tmp_path}", "--mode=sample", "--config.sampling.n_samples=100")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "samples" / "ald.png").exists() and (tmp_path / "samples" / "ald.npz").exists()
+
+
+def test_fake_cifar10_end_to_end(tmp_path):
+    data = write_fake_cifar10(tmp_path / "data")
+    r = run_main("--config=ncsn_cifar", f"--workdir={tmp_path / 'run'}", f"--config.data.root={data}",
+                 "--config.training.n_iters=2", "--config.training.batch_size=4", "--config.model.nf=8",
+                 "--config.training.snapshot_freq=2", "--config.training.snapshot_samples=4",
+                 "--config.sampling.n_steps_each=1", "--config.sampling.batch_size=4")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint_00000002.pt").exists()
+    assert (tmp_path / "run" / "samples" / "step_00000002.png").exists()
+
+
+def _final_weights(workdir):
+    state = load_checkpoint(list_checkpoints(workdir / "checkpoints")[-1][1])
+    return state["model"], state["ema"], state["step"]
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+    args = ["--config=toy_gmm", "--config.training.n_iters=400", "--config.training.snapshot_freq=20",
+            "--config.training.log_freq=20", "--config.training.eval_at_end=False",
+            "--config.training.keep_checkpoints=50"]
+    full = run_main(*args, f"--workdir={tmp_path / 'full'}")
+    assert full.returncode == 0, full.stderr
+    victim = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args, f"--workdir={victim}"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if any(s >= 100 for s, _ in list_checkpoints(victim / "checkpoints")):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = list_checkpoints(victim / "checkpoints")[-1][0]
+    assert killed_at < 400, "the run finished before it could be killed"
+    resumed = run_main(*args, f"--workdir={victim}")
+    assert resumed.returncode == 0, resumed.stderr
+    a_model, a_ema, a_step = _final_weights(tmp_path / "full")
+    b_model, b_ema, b_step = _final_weights(victim)
+    assert a_step == b_step == 400
+    for k in a_model:
+        assert torch.equal(a_model[k], b_model[k]), k
+        assert torch.equal(a_ema[k], b_ema[k]), k
+
+
+def test_truncated_newest_checkpoint_is_skipped(tmp_path):
+    r = run_main(*TOY, f"--workdir={tmp_path}")
+    assert r.returncode == 0, r.stderr
+    newest = tmp_path / "checkpoints" / "checkpoint_00000060.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    r = run_main(*TOY[:1], "--config.training.n_iters=90", "--config.training.snapshot_freq=30",
+                 "--config.training.eval_at_end=False", f"--workdir={tmp_path}")
+    assert r.returncode == 0, r.stderr
+    assert "skipping" in r.stderr and "checkpoint_00000060.pt" in r.stderr
+    metrics = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert metrics == sorted(metrics) and metrics[-1] == 90  # resumed from step 30, rewrote 31..90
+    assert load_checkpoint(tmp_path / "checkpoints" / "checkpoint_00000090.pt")["step"] == 90
+
+
+def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path):
+    r = run_main(*TOY, f"--workdir={tmp_path}")
+    assert r.returncode == 0
+    r = run_main(*TOY[:1], "--config.training.n_iters=200", "--config.optim.lr=1e12", "--config.training.log_freq=5",
+                 "--config.training.eval_at_end=False", f"--workdir={tmp_path}")
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert "loss became" in r.stderr and "checkpoint_00000060.pt" in r.stderr
+    assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")][-1] == 60
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--config=nonexistent"], "unknown config 'nonexistent'; known configs:"),
+    (["--config=toy_gmm", "--config.training.nope=3"], "unknown config key 'training.nope'"),
+    (["--config=ncsn_cifar", "--config.data.root=/nonexistent/cifar", "--config.data.download=False"],
+     "/nonexistent/cifar"),
+    (["--config=toy_gmm", "--config.training.batch_size=abc"], "batch_size"),
+    (["--config=toy_gmm", "--mode=sample", "--workdir=/nonexistent/run"], "no checkpoints in /nonexistent/run"),
+])
+def test_bad_input_gives_one_clear_line(args, needle, tmp_path):
+    if not any(a.startswith("--workdir") for a in args):
+        args = [*args, f"--workdir={tmp_path}"]
+    r = run_main(*args)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert needle in r.stderr, r.stderr
+
+
+def test_image_folder_without_images(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    r = run_main("--config=ncsnv2_celeba", f"--config.data.root={tmp_path / 'empty'}", f"--workdir={tmp_path / 'run'}")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert f"image folder {tmp_path / 'empty'} contains no images" in r.stderr
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    bad = tmp_path / "checkpoints" / "checkpoint_00000001.pt"
+    bad.parent.mkdir(parents=True)
+    with open(bad, "wb") as f:
+        pickle.dump({"model": Evil()}, f)
+    r = run_main("--config=toy_gmm", "--mode=sample", f"--workdir={tmp_path}")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert not marker.exists()
+    assert "checkpoint_00000001.pt" in r.stderr
