@@ -3,6 +3,7 @@
 A score model is any callable `score(x, sigma) -> ∇ₓ log p_σ(x)` with x: [B, ...], sigma: [B].
 """
 
+from . import build
 from .adapters import (
     ClassifierFreeGuidance,
     ClassifierGuidance,
@@ -18,6 +19,8 @@ from .adapters import (
     score_to_eps,
 )
 from .analytic import GaussianMixture
+from .checkpoint import load, save
+from .likelihood import bits_per_dim, log_likelihood
 from .losses import dsm_loss, eps_loss, hybrid_loss, ssm_loss, vlb_loss
 from .samplers import (
     annealed_langevin,
@@ -59,6 +62,8 @@ __all__ = [
     "VPClassifier",
     "annealed_langevin",
     "append_zero",
+    "bits_per_dim",
+    "build",
     "cosine_betas",
     "ddim",
     "ddpm_ancestral",
@@ -73,8 +78,11 @@ __all__ = [
     "hybrid_loss",
     "karras_sigmas",
     "linear_betas",
+    "load",
+    "log_likelihood",
     "pc_sampler",
     "probability_flow",
+    "save",
     "score_to_denoised",
     "score_to_eps",
     "ssm_loss",
