@@ -141,10 +141,16 @@ def config_to_json(config: ConfigDict) -> str:
 
 
 def config_from_json(text: str, source: str | Path) -> ConfigDict:
+    """A stored config, laid over the current defaults (fields added since it was written get defaults)."""
+    from .defaults import merged
+
     try:
-        return ConfigDict(json.loads(text))
+        stored = json.loads(text)
     except (json.JSONDecodeError, TypeError) as e:
         raise CheckpointError(f"{source}: the config is not valid JSON ({e})") from e
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{source}: the config is not a JSON object")
+    return merged(stored)
 
 
 def _network_state(model: nn.Module, config: ConfigDict) -> dict[str, torch.Tensor]:

@@ -149,7 +149,7 @@ def test_a_code_carrying_pickle_is_refused_and_runs_nothing(tmp_path):
 
     bad = tmp_path / "evil.pt"
     with open(bad, "wb") as f:
-        pickle.dump({"model": Payload(), "config": "{}"}, f)
+        pickle.dump({"model": Payload(), "config": "{}"}, f, protocol=2)
     with pytest.raises(CheckpointError, match="evil.pt"):
         scorelib.load(bad)
     assert not marker.exists()

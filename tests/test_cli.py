@@ -145,3 +145,19 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert not marker.exists()
     assert "checkpoint_00000001.pt" in r.stderr
+
+
+def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           str(ROOT / "main.py"), "--config=toy_gmm", "--config.training.n_iters=40",
+           "--config.training.snapshot_freq=20", "--config.training.log_freq=10",
+           "--config.training.eval_at_end=False", f"--workdir={tmp_path}"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [20, 40]
+    steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [10, 20, 30, 40]  # one writer: no duplicated lines
+    assert r.stdout.count("trained 40 steps") == 1
+    state = load_checkpoint(tmp_path / "checkpoints" / "checkpoint_00000040.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values())

@@ -1,0 +1,153 @@
+"""Every config field with its default. Experiment configs (configs/*.py) start from `base()` and
+change what differs; stored configs (checkpoints, shared models) are read on top of it, so fields
+added later get their defaults. Configs hold plain values only; `scorelib.build` reads them."""
+
+from ml_collections import ConfigDict
+
+
+def base() -> ConfigDict:
+    c = ConfigDict()
+    c.seed = 42
+    c.device = "auto"  # auto | cpu | cuda
+
+    c.data = d = ConfigDict()
+    d.dataset = "cifar10"  # cifar10 | mnist | folder | digits | toy
+    d.root = "data"  # where the data set lives (cifar10: contains cifar-10-batches-py/)
+    d.download = True  # fetch CIFAR-10 / MNIST when missing and the network allows it
+    d.image_size = 32
+    d.channels = 3
+    d.random_flip = True
+    d.uniform_dequantization = False
+    d.centered = False  # False: data in [0, 1]; True: [-1, 1]
+    d.num_classes = 10  # labels are used when the model is class-conditional
+    d.toy = "gmm8"  # for dataset=toy: gmm8 | grid25 | two_modes | rings | swissroll | moons | checkerboard
+    d.crop = 0  # folder: centre crop to this size before resizing (0 = the shorter side)
+
+    c.model = m = ConfigDict()
+    m.name = "ncsnv2"  # mlp | conv | ncsn | ncsnv2 | ddpm | iddpm | adm | ncsnpp | ddpmpp
+    m.nf = 128  # base width (ngf / ch / model_channels / nf; MLP hidden width)
+    m.ch_mult = (1, 2, 2, 2)
+    m.num_res_blocks = 2  # MLP: number of hidden layers
+    m.attn_resolutions = (16,)
+    m.dropout = 0.0
+    m.resamp_with_conv = True
+    m.learn_sigma = False
+    m.normalization = "instancenorm++"
+    m.nonlinearity = "elu"
+    m.variant = "base"  # ncsnv2: base | deeper | deepest
+    m.num_heads = 4
+    m.num_head_channels = -1
+    m.use_scale_shift_norm = True
+    m.resblock_updown = False
+    m.use_new_attention_order = False
+    m.class_dropout = 0.0  # adm: label dropout for classifier-free guidance
+    m.fir = True
+    m.progressive_input = "residual"
+    m.embedding_type = "fourier"
+    m.fourier_scale = 16.0
+    m.embed_dim = 64  # mlp
+    m.data_std = 0.5  # mlp / conv input scaling
+    m.ema_rate = 0.999
+
+    c.noise = n = ConfigDict()
+    n.kind = "ve"  # ve (NCSN levels) | ve_continuous | ddpm | vp | subvp
+    n.sigma_min = 0.01
+    n.sigma_max = 50.0
+    n.num_scales = 232  # L noise levels (ve) / T timesteps (ddpm) / default sampling steps
+    n.beta_schedule = "linear"  # ddpm: linear | cosine
+    n.beta_start = 1e-4
+    n.beta_end = 0.02
+    n.beta_min = 0.1  # vp / subvp SDE
+    n.beta_max = 20.0
+
+    c.training = t = ConfigDict()
+    t.batch_size = 128
+    t.n_iters = 300_000
+    t.snapshot_freq = 5000  # checkpoint + sample grid every this many steps
+    t.log_freq = 50
+    t.keep_checkpoints = 3
+    t.loss = "dsm"  # dsm | ssm | eps | hybrid | vlb
+    t.anneal_power = 2.0
+    t.n_projections = 1  # ssm
+    t.lambda_vlb = 0.001  # hybrid
+    t.timestep_sampler = "uniform"  # ddpm: uniform | importance
+    t.snapshot_samples = 64
+    t.amp = True  # bf16 autocast on CUDA
+    t.compile = False
+    t.eval_at_end = False  # sample and evaluate when training finishes
+    t.threads = 0  # CPU threads for torch (0 = torch's default)
+    t.target = "model"  # model | classifier (the noisy classifier of classifier guidance)
+
+    c.sampling = s = ConfigDict()
+    s.method = "ald"  # ald | pc | ddpm | ddim | ode | heun | dpm_solver | unipc | fast
+    s.init = "uniform"  # uniform (NCSN) | gaussian (σ_max · z)
+    s.n_steps_each = 5
+    s.step_lr = 6.2e-6
+    s.denoise = True
+    s.n_steps = 0  # steps / levels of the grid (0 = noise.num_scales)
+    s.spacing = "uniform"  # ddpm timestep respacing: uniform | leading | trailing | quadratic
+    s.eta = 0.0
+    s.variance = "large"  # ddpm ancestral: small | large
+    s.predictor = "reverse_diffusion"
+    s.corrector = "langevin"
+    s.snr = 0.16
+    s.n_corrector_steps = 1
+    s.ode_method = "dopri5"
+    s.rtol = 1e-5
+    s.atol = 1e-5
+    s.order = 3
+    s.rho = 7.0
+    s.data_diameter = 0.0  # fast: > 0 lets the first step skip the range above it
+    s.batch_size = 64
+    s.n_samples = 64
+    s.guidance = "none"  # none | classifier | cfg
+    s.guidance_scale = 1.0
+    s.class_label = -1  # -1: random labels for class-conditional models
+    s.checkpoint = ""  # a checkpoint path (default: the newest in WORKDIR/checkpoints)
+
+    c.optim = o = ConfigDict()
+    o.optimizer = "adam"
+    o.lr = 1e-4
+    o.beta1 = 0.9
+    o.beta2 = 0.999
+    o.eps = 1e-8
+    o.weight_decay = 0.0
+    o.warmup = 0
+    o.grad_clip = -1.0  # <= 0: no clipping
+
+    c.eval = e = ConfigDict()
+    e.n_samples = 1000
+    e.batch_size = 250
+    e.metrics = ("fid", "kid", "is")  # the ones the data allows are computed
+    e.inception_path = ""  # pt_inception-2015-12-05 weights (or $SCORELIB_INCEPTION)
+    e.likelihood = False
+    e.likelihood_batches = 4
+    e.likelihood_rtol = 1e-5
+    e.exact_trace = False
+
+    c.classifier = k = ConfigDict()  # ADM noisy classifier (classifier guidance)
+    k.nf = 128
+    k.ch_mult = (1, 2, 2, 2)
+    k.num_res_blocks = 2
+    k.attn_resolutions = (16, 8)
+    k.num_head_channels = 64
+    k.pool = "attention"
+    k.workdir = ""  # where its checkpoints are (for sampling with guidance)
+    return c
+
+
+def merged(stored: dict) -> ConfigDict:
+    """A stored config (a plain dict, e.g. from JSON) laid over `base()`: unknown fields are kept,
+    missing ones get their defaults."""
+    out = base()
+
+    def lay(target: ConfigDict, values: dict) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict) and key in target and isinstance(target[key], ConfigDict):
+                lay(target[key], value)
+            else:
+                with target.ignore_type():
+                    target[key] = value
+
+    lay(out, stored)
+    return out
