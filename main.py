@@ -22,6 +22,7 @@ MODES = ("train", "sample", "eval", "likelihood", "bench")
 config_flags.DEFINE_config_file("config", None, "experiment config: a name from configs/ or a path", lock_config=True)
 flags.DEFINE_string("workdir", None, "run directory (default: runs/<config name>)")
 flags.DEFINE_enum("mode", "train", MODES, "what to do")
+flags.DEFINE_bool("quick", False, "with --mode=bench: the small sampler grid")
 FLAGS = flags.FLAGS
 
 
@@ -111,7 +112,7 @@ def main(argv: list[str]) -> None:
         elif mode == "likelihood":
             tasks.run_likelihood(config, workdir)
         else:
-            tasks.run_bench(config, workdir)
+            tasks.run_bench(config, workdir, quick=FLAGS.quick)
     except tasks.USER_ERRORS as e:
         fail(str(e))
     except KeyboardInterrupt:

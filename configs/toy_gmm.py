@@ -14,7 +14,7 @@ def get_config():
     c.model.ema_rate = 0.99
     c.noise.kind = "ve"
     c.noise.sigma_max, c.noise.sigma_min, c.noise.num_scales = 10.0, 0.01, 20
-    c.training.batch_size, c.training.n_iters = 256, 2000
+    c.training.batch_size, c.training.n_iters = 256, 5000
     c.training.snapshot_freq, c.training.log_freq = 1000, 100
     c.training.eval_at_end = True
     c.optim.lr = 2e-3

@@ -176,8 +176,8 @@ def run_likelihood(config: Any, workdir: Path, write: bool = True) -> dict[str, 
     return out
 
 
-def run_bench(config: Any, workdir: Path) -> None:
-    """The sampler benchmark on the config's model (see scorelib.bench)."""
+def run_bench(config: Any, workdir: Path, quick: bool = False) -> None:
+    """The sampler benchmark on the config's model (see scorelib.bench); `quick`: the small grid."""
     from . import bench
 
-    bench.run(config, workdir)
+    bench.run(config, workdir, quick=quick)

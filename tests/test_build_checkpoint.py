@@ -122,15 +122,15 @@ def test_load_errors_name_the_file(tmp_path):
     c = config("toy_gmm")
     net = build.create_model(c)
     scorelib.save(net, tmp_path / "ok.safetensors", c)
-    with pytest.raises(CheckpointError, match="missing.safetensors"):
+    with pytest.raises(CheckpointError, match=r"missing\.safetensors"):
         scorelib.load(tmp_path / "missing.safetensors")
     (tmp_path / "garbage.safetensors").write_bytes(b"not a safetensors file at all")
     (tmp_path / "garbage.json").write_text((tmp_path / "ok.json").read_text())
-    with pytest.raises(CheckpointError, match="garbage.safetensors"):
+    with pytest.raises(CheckpointError, match=r"garbage\.safetensors"):
         scorelib.load(tmp_path / "garbage.safetensors")
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
-    with pytest.raises(CheckpointError, match="foreign.pt"):
+    with pytest.raises(CheckpointError, match=r"foreign\.pt"):
         scorelib.load(foreign)
     # a config that disagrees with the weights: the message lists the keys
     other = config("toy_gmm")
@@ -150,6 +150,6 @@ def test_a_code_carrying_pickle_is_refused_and_runs_nothing(tmp_path):
     bad = tmp_path / "evil.pt"
     with open(bad, "wb") as f:
         pickle.dump({"model": Payload(), "config": "{}"}, f, protocol=2)
-    with pytest.raises(CheckpointError, match="evil.pt"):
+    with pytest.raises(CheckpointError, match=r"evil\.pt"):
         scorelib.load(bad)
     assert not marker.exists()

@@ -82,6 +82,8 @@ def max_pairwise_distance(data: Tensor, chunk: int = 1024) -> float:
 def ncsnv2_ratio(dim: int) -> float:
     """γ = σ_{i-1}/σ_i solving Φ(√(2D)(γ-1) + 3γ) - Φ(√(2D)(γ-1) - 3γ) = 0.5 (Technique 2)."""
     c = math.sqrt(2 * dim)
+    if c <= 3:  # then the difference of the two Φ's stays above 1/2 for every γ > 1
+        raise ValueError(f"Technique 2 needs dimension D > 4.5 (√(2D) > 3); got D = {dim}")
 
     def f(g: float) -> float:
         return norm.cdf(c * (g - 1) + 3 * g) - norm.cdf(c * (g - 1) - 3 * g) - 0.5
