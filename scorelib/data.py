@@ -307,7 +307,7 @@ def save_image_grid(images: Tensor, path: str | Path, nrow: int | None = None) -
     img = (grid * 255 + 0.5).astype(np.uint8)
     img = img[0] if c == 1 else img.transpose(1, 2, 0)
     pil = Image.fromarray(img)
-    scale = max(1, 256 // pil.size[0])
+    scale = max(1, 512 // pil.size[0])
     if scale > 1:
         pil = pil.resize((pil.size[0] * scale, pil.size[1] * scale), Image.Resampling.NEAREST)
     path = Path(path)
