@@ -92,7 +92,9 @@ def test_a_sampler_that_raises_is_a_failed_row_and_the_rest_run(toy_run):
     broken = rows[("broken", "raises")]
     assert broken["status"] == "failed" and "boom" in broken["error"] and math.isnan(broken["wall_s"])
     after = report.rows[report.rows.index(broken) + 1:]
-    assert sum(r["status"] == "ok" for r in after) >= 15
+    # every scorelib sampler after the broken one still ran (peer rows depend on what is installed)
+    ours = [r for r in after if not r["sampler"].startswith(("k-diffusion", "diffusers", "liar"))]
+    assert len(ours) >= 12 and all(r["status"] == "ok" for r in ours), [(r["sampler"], r["status"]) for r in ours]
     for r in report.rows:
         if r["status"] == "ok":
             assert r["nfe"] > 0 and r["wall_s"] > 0 and r["samples_per_s"] > 0 and r["peak_mem_mib"] >= 0
