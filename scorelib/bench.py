@@ -65,9 +65,11 @@ import torch
 from torch import Tensor
 
 from . import build
-from .checkpoint import CheckpointError, atomic_write_bytes, list_checkpoints, load_network
+from .checkpoint import CheckpointError, atomic_write_bytes
 from .samplers import probability_flow
 from .samplers._common import CountingScore
+from .tasks import checkpoint_source, guidance_classifier, trained_network
+from .train import setup_runtime
 from .utils import append_dims
 
 ScoreFn = Callable[..., Tensor]
@@ -141,25 +143,6 @@ def ncsnv2_step_lr(sigma_max: float, sigma_min: float, n_levels: int, n_steps_ea
     return float(res.x) * sigma_min**2
 
 
-def _override(config: Any, overrides: dict[str, Any]) -> Any:
-    """A copy of the config with dotted keys set (e.g. {"sampling.n_steps": 10})."""
-    cfg = copy.deepcopy(config)
-    with cfg.unlocked():
-        for key, value in overrides.items():
-            *parents, leaf = key.split(".")
-            node = cfg
-            for part in parents:
-                node = node[part]
-            if leaf not in node:
-                raise KeyError(f"unknown config key {key!r}")
-            node[leaf] = value
-    return cfg
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
 def _raiser(error: Exception) -> SampleFn:
     def sample(score: ScoreFn, x0: Tensor, g: torch.Generator) -> Tensor:
         raise error
@@ -171,35 +154,19 @@ def config_case(config: Any, name: str, family: str, settings: str, overrides: d
     """A row running `build.create_sampler` on the config with `overrides` (sampling.init is set to
     gaussian: x0 = grid[0]·z with z the first draw of the row's generator)."""
     overrides = {"sampling.init": "gaussian", **overrides}
-    flags = " ".join(f"--config.{k}={_fmt(v)}" for k, v in overrides.items())
+    flags = " ".join(f"--config.{k}={build.format_value(v)}" for k, v in overrides.items())
     try:
-        cfg = _override(config, overrides)
+        cfg = build.with_overrides(config, overrides)
         sampler = build.create_sampler(cfg)
         nfe = build.sampling_nfe(cfg)
-        method = cfg.sampling.method
     except Exception as e:  # a setting this config cannot build: the row reports it
         return Case(name, family, settings, _raiser(e), None, False, flags)
-    deterministic = method in ("ode", "heun", "dpm_solver", "unipc", "fast") or (
-        method == "ddim" and cfg.sampling.eta == 0)
+    deterministic = build.is_deterministic(cfg)
 
     def sample(score: ScoreFn, x0: Tensor, g: torch.Generator) -> Tensor:
         return sampler(score, tuple(x0.shape), g, x0.device)
 
     return Case(name, family, settings, sample, nfe if nfe > 0 else None, deterministic, flags)
-
-
-def describe_sampling(config: Any) -> str:
-    """The configured sampler in a few words: method, grid length and the fields it reads."""
-    s = config.sampling
-    fields = {"ald": ("n_steps_each", "step_lr", "denoise"),
-              "pc": ("predictor", "corrector", "snr", "n_corrector_steps"), "ddpm": ("variance",), "ddim": ("eta",),
-              "ode": ("ode_method", "rtol", "atol"), "heun": ("rho",), "dpm_solver": ("order", "rho"),
-              "unipc": ("order", "rho"), "fast": ("data_diameter",)}
-    try:
-        levels = f", {int((build.sampling_grid(config) > 0).sum())} levels" if s.method != "ode" else ""
-    except Exception:  # the row itself reports the error
-        levels = ""
-    return f"{s.method}{levels}, " + ", ".join(f"{k}={_fmt(s[k])}" for k in fields.get(s.method, ()))
 
 
 def ode_case(config: Any, tol: float) -> Case:
@@ -217,8 +184,10 @@ def ode_case(config: Any, tol: float) -> Case:
 def scorelib_cases(config: Any, spec: GridSpec) -> list[Case]:
     """scorelib's samplers on the config's model, each as `build.create_sampler` of a changed config."""
     sigma_max, sigma_min = build.sigma_range(config)
-    ve = config.noise.kind == "ve"  # there annealed Langevin's levels are noise.num_scales, else sampling.n_steps
-    cases = [config_case(config, f"config ({config.sampling.method})", "config", describe_sampling(config), {})]
+    kind = build.noise_kind(config)
+    ve = kind == "ve"  # there annealed Langevin's levels are noise.num_scales, else sampling.n_steps
+    method = build.sample_settings(config).method
+    cases = [config_case(config, f"config ({method})", "config", build.describe_sampler(config), {})]
 
     def ald(levels: int, steps: int, step_lr: float, denoise: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"sampling.method": "ald", "sampling.n_steps": levels, "sampling.n_steps_each": steps,
@@ -239,7 +208,7 @@ def scorelib_cases(config: Any, spec: GridSpec) -> list[Case]:
                                  {"sampling.method": "pc", "sampling.n_steps": n,
                                   "sampling.predictor": "reverse_diffusion", "sampling.corrector": "langevin",
                                   "sampling.snr": 0.16, "sampling.n_corrector_steps": 1, "sampling.denoise": True}))
-    variance = "small" if config.noise.kind in ("ve", "ve_continuous") else "large"  # "large" is VP-specific
+    variance = "small" if kind in ("ve", "ve_continuous") else "large"  # "large" is VP-specific
     for n in spec.ddpm_steps:
         cases.append(config_case(config, "ddpm_ancestral", f"ddpm ancestral ({variance} variance)", f"{n} steps",
                                  {"sampling.method": "ddpm", "sampling.n_steps": n, "sampling.variance": variance}))
@@ -320,7 +289,8 @@ def diffusers_cases(config: Any, spec: GridSpec) -> list[Case]:
                      skip="diffusers is not installed (pip install 'scorelib[peers]')")]
     sigma_max, sigma_min = build.sigma_range(config)
     cases: list[Case] = []
-    if config.noise.kind == "ddpm":
+    kind = build.noise_kind(config)
+    if kind == "ddpm":
         from .adapters import ScoreToEps
 
         sched_cfg = build.create_schedule(config)
@@ -354,7 +324,7 @@ def diffusers_cases(config: Any, spec: GridSpec) -> list[Case]:
         return cases
 
     cases.append(Case("diffusers DDIMScheduler", "diffusers DDIMScheduler η=0", "", None, None, True,
-                      skip=f"noise.kind={config.noise.kind!r} (σ {sigma_max:g} → {sigma_min:g}) is not a DDPM "
+                      skip=f"noise.kind={kind!r} (σ {sigma_max:g} → {sigma_min:g}) is not a DDPM "
                            f"schedule: DDIMScheduler needs discrete ᾱ_t"))
     sigma_data = 0.5
 
@@ -482,43 +452,34 @@ class Model:
 def load_model(config: Any, workdir: Path, device: torch.device) -> Model:
     """The newest checkpoint's EMA network (`sampling.checkpoint` or WORKDIR/checkpoints), built from its
     stored config, as a σ-space score model; else the exact mixture of a mixture toy config."""
-    cfg = copy.deepcopy(config)
-    source: Path | None = None
-    if cfg.sampling.checkpoint:
-        source = Path(cfg.sampling.checkpoint)
-    elif list_checkpoints(workdir / "checkpoints"):
-        source = workdir
+    source = checkpoint_source(config, workdir, required=False)
     if source is not None:
-        net, stored = load_network(source)
-        with cfg.unlocked():
-            cfg.model, cfg.noise = stored.model, stored.noise
-            for key in ("dataset", "toy", "channels", "image_size", "centered", "num_classes"):
-                cfg.data[key] = stored.data[key]
-        net = net.to(device).eval()
+        net, cfg = trained_network(config, source, device)
         return Model(build.create_score_model(cfg, net).eval(), f"checkpoint {source} (EMA weights)", None, net, cfg)
-    if cfg.data.dataset == "toy" and cfg.data.toy in MIXTURE_TOYS:
+    d = build.data_spec(config)
+    if d.dataset == "toy" and d.toy in MIXTURE_TOYS:
         from .data import toy_mixture
 
-        gmm = toy_mixture(cfg.data.toy)
-        return Model(gmm, f"exact {cfg.data.toy} mixture (no checkpoint in {workdir / 'checkpoints'})", gmm, None, cfg)
+        gmm = toy_mixture(d.toy)
+        return Model(gmm, f"exact {d.toy} mixture (no checkpoint in {workdir / 'checkpoints'})", gmm, None,
+                     copy.deepcopy(config))
     raise CheckpointError(f"no checkpoints in {workdir / 'checkpoints'} and no exact score for this config; train "
                           f"first (--mode=train) or set --config.sampling.checkpoint")
 
 
+def _guided(config: Any, net: torch.nn.Module | None) -> bool:
+    """Whether the score of a checkpoint's network takes labels (and maybe guidance)."""
+    return net is not None and build.sample_settings(config).labelled
+
+
 def _batch_scores(config: Any, score: ScoreFn, net: torch.nn.Module | None, device: torch.device, n: int,
                   seed: int) -> Callable[[int, int], ScoreFn]:
-    """`scores(start, b)`: the score of samples [start, start+b). Class-conditional models get uniform
-    random labels (or sampling.class_label) and the configured guidance, as in `train.sample_images`."""
-    if net is None or not (build.is_class_conditional(config) or config.sampling.guidance == "classifier"):
+    """`scores(start, b)`: the score of samples [start, start+b). Class-conditional models get
+    `build.sampling_labels` (drawn once for all n) and the configured guidance, as in `train.sample_images`."""
+    if not _guided(config, net):
         return lambda start, b: score
-    classifier = None
-    if config.sampling.guidance == "classifier":
-        if not config.classifier.workdir:
-            raise build.ConfigError("sampling.guidance='classifier' needs --config.classifier.workdir")
-        classifier = load_network(config.classifier.workdir)[0].to(device).eval()
-    label = config.sampling.class_label
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.full((n,), label) if label >= 0 else torch.randint(config.data.num_classes, (n,), generator=g)
+    classifier = guidance_classifier(config, device)
+    labels = build.sampling_labels(config, n, torch.Generator().manual_seed(seed), torch.device("cpu"))
     return lambda start, b: build.guided_score(config, score, labels[start:start + b].to(device), classifier)
 
 
@@ -527,7 +488,7 @@ def _reference(config: Any, model: Model, x0s: Sequence[Tensor], starts: Sequenc
     """The probability-flow ODE solution (dopri5 at rtol = atol = tol, then the Tweedie step) from every
     batch of initial noise: in float64 (a float64 copy of a network), float32 for guided models."""
     t0 = time.perf_counter()
-    guided = model.net is not None and (build.is_class_conditional(config) or config.sampling.guidance == "classifier")
+    guided = _guided(config, model.net)
     if model.exact is not None or guided:
         scores = _batch_scores(config, model.score, model.net, device, n, seed)
         dtype = torch.float32 if guided else torch.float64
@@ -608,7 +569,6 @@ def run(config: Any, workdir: str | Path, *, quick: bool = False, n_samples: int
     from tqdm.auto import tqdm
 
     from . import evaluate
-    from .train import load_data, setup_runtime
 
     workdir = Path(workdir)
     device = setup_runtime(config).device
@@ -618,11 +578,11 @@ def run(config: Any, workdir: str | Path, *, quick: bool = False, n_samples: int
     model = load_model(config, workdir, device)
     cfg = model.config
     sigma_max, sigma_min = build.sigma_range(cfg)
-    d = cfg.data
-    shape = (d.channels,) if d.dataset == "toy" else (d.channels, d.image_size, d.image_size)
-    n = n_samples or (min(256, cfg.eval.n_samples) if quick else cfg.eval.n_samples)
-    bs = min(batch_size or cfg.sampling.batch_size, n)
-    seed = cfg.seed + 3 if seed is None else seed
+    d, e = build.data_spec(cfg), build.eval_settings(cfg)
+    shape = d.shape
+    n = n_samples or (min(256, e.n_samples) if quick else e.n_samples)
+    bs = min(batch_size or build.sample_settings(cfg).batch_size, n)
+    seed = e.seed + 3 if seed is None else seed
     starts = list(range(0, n, bs))
     x0s = [sigma_max * torch.randn((min(bs, n - s), *shape), generator=torch.Generator(device).manual_seed(seed + k),
                                    device=device) for k, s in enumerate(starts)]
@@ -635,7 +595,8 @@ def run(config: Any, workdir: str | Path, *, quick: bool = False, n_samples: int
     if want_ref:
         ref, ref_info, ref_nfe, ref_seconds = _reference(cfg, model, x0s, starts, n, seed, device, reference_tol)
 
-    real = None if d.dataset == "toy" else load_data(cfg, train=False).images
+    data = build.create_dataset(cfg, train=False)
+    real = None if data is None else data.images
     eval_kwargs = build.evaluation_kwargs(cfg, workdir, real)
     if eval_kwargs.get("kind") == "images" and "device" not in eval_kwargs:
         eval_kwargs["device"] = device
@@ -733,7 +694,7 @@ def run(config: Any, workdir: str | Path, *, quick: bool = False, n_samples: int
     bar.close()
 
     meta = {
-        "config": _config_name(config), "model": model.source, "device": str(device),
+        "config": build.describe_model(config), "model": model.source, "device": str(device),
         "torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
         "python": platform.python_version(), "torch": torch.__version__, "machine": platform.processor() or
         platform.machine(), "sigma_max": sigma_max, "sigma_min": sigma_min, "sample_shape": list(shape),
@@ -744,11 +705,6 @@ def run(config: Any, workdir: str | Path, *, quick: bool = False, n_samples: int
         "metrics": f"evaluate.evaluate_samples kind={eval_kwargs['kind']!r}", "reference_metrics": reference_metrics,
     }
     return _write_outputs(rows, meta, columns, metric_cols, workdir / "bench", plots)
-
-
-def _config_name(config: Any) -> str:
-    d = config.data
-    return f"{d.dataset}" + (f"/{d.toy}" if d.dataset == "toy" else "") + f", model {config.model.name}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -958,8 +914,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error(f"unrecognised argument {arg!r} (config overrides are --config.KEY=VALUE)")
         key, value = arg[len("--config."):].split("=", 1)
         try:
-            config = _override(config, {key: _parse_value(value)})
-        except (KeyError, AttributeError, TypeError) as e:
+            config = build.with_overrides(config, {key: _parse_value(value)})
+        except (build.ConfigError, KeyError, AttributeError, TypeError) as e:
             parser.error(f"cannot set config.{key}: {e}")
     workdir = Path(args.workdir or Path("runs") / name)
     reference = None if args.reference == "auto" else args.reference == "yes"

@@ -1,16 +1,19 @@
 """The only module that reads configs: config -> networks, score models, noise levels, losses,
-samplers, optimisers. Explicit if/elif on names; no registries.
+samplers, optimisers, data, and the typed run settings (`TrainSettings`, `SampleSettings`,
+`EvalSettings`, `DataSpec`) that train.py, tasks.py and bench.py use instead of config fields.
+Explicit if/elif on names; no registries.
 
-Config sections read here (see configs/default.py for every field):
-    data.{channels, image_size, centered, num_classes}
-    model.{name, ...architecture}, noise.{kind, ...}, training.{loss, ...}, sampling.{method, ...},
-    optim.{lr, beta1, beta2, eps, weight_decay, warmup}
+Every section is read here (see scorelib/defaults.py for every field): seed, device, data, model,
+noise, training, sampling, optim, eval, classifier.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +28,7 @@ from .adapters import (
     IndexedScore,
     VPClassifier,
 )
+from .data import ImageData, load_cifar10, load_digits, load_image_folder, load_mnist
 from .samplers import (
     annealed_langevin,
     ddim,
@@ -457,8 +461,6 @@ def learning_rate(config: Any, step: int) -> float:
 def evaluation_kwargs(config: Any, workdir: Any, real: Tensor | None) -> dict[str, Any]:
     """Keyword arguments of `evaluate.evaluate_samples` for the config's data: the metric kind, value
     ranges, the real reference set (test split; `real` is it as loaded), caches inside WORKDIR/eval."""
-    from pathlib import Path
-
     from .data import TOY_NAMES, toy_data, toy_mixture
 
     d, e = config.data, config.eval
@@ -475,3 +477,225 @@ def evaluation_kwargs(config: Any, workdir: Any, real: Tensor | None) -> dict[st
     return {"kind": "images", "metrics": tuple(e.metrics), "value_range": value_range, "real": ref,
             "inception_path": e.inception_path or None, "stats_path": cache / f"fid_stats_{d.dataset}_test.npz",
             "batch_size": 50}
+
+
+# ---------------------------------------------------------------------------------------------
+# Run settings: the typed values the training loop, the CLI modes and the benchmark read
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The config's data set (data.*): what to load and how to prepare a batch of it."""
+
+    dataset: str
+    root: str
+    download: bool
+    image_size: int
+    channels: int
+    crop: int
+    toy: str
+    random_flip: bool
+    uniform_dequantization: bool
+    centered: bool
+    num_classes: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One example's shape: (C,) for the 2-D toys, (C, H, W) for images."""
+        return (self.channels,) if self.dataset == "toy" else (self.channels, self.image_size, self.image_size)
+
+
+def data_spec(config: Any) -> DataSpec:
+    """The data fields of the config."""
+    d = config.data
+    return DataSpec(d.dataset, d.root, d.download, d.image_size, d.channels, d.crop, d.toy, d.random_flip,
+                    d.uniform_dequantization, d.centered, d.num_classes)
+
+
+def create_dataset(config: Any, train: bool = True) -> ImageData | None:
+    """The config's data set, training or test split (None for the 2-D toys, sampled fresh each step)."""
+    d = data_spec(config)
+    if d.dataset == "toy":
+        return None
+    if d.dataset == "cifar10":
+        return load_cifar10(d.root, train, d.download)
+    if d.dataset == "mnist":
+        data = load_mnist(d.root, train, d.download)
+        if d.image_size != 28:
+            data.images = nn.functional.interpolate(data.images.float(), size=d.image_size, mode="bilinear",
+                                                    antialias=True).round().clamp(0, 255).to(torch.uint8)
+        return data
+    if d.dataset == "folder":
+        return load_image_folder(d.root, d.image_size, d.channels, d.crop)
+    if d.dataset == "digits":
+        return load_digits(train)
+    raise ConfigError(f"data.dataset={d.dataset!r} is not one of: cifar10, mnist, folder, digits, toy")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What the training loop reads (training.*, optim.grad_clip, model.ema_rate, seed, device)."""
+
+    seed: int
+    device: str  # auto | cpu | cuda
+    threads: int  # CPU threads for torch (0: torch's default)
+    batch_size: int  # global, over all processes
+    n_iters: int
+    log_freq: int
+    snapshot_freq: int
+    snapshot_samples: int
+    keep_checkpoints: int
+    amp: bool
+    compile: bool
+    eval_at_end: bool
+    target: str  # model | classifier
+    uses_labels: bool
+    ema_rate: float
+    grad_clip: float  # math.inf: no clipping
+
+
+def train_settings(config: Any) -> TrainSettings:
+    """The training-loop settings of the config."""
+    t, clip = config.training, config.optim.grad_clip
+    return TrainSettings(config.seed, _choice(config.device, ("auto", "cpu", "cuda"), "device"), t.threads,
+                         t.batch_size, t.n_iters, t.log_freq, t.snapshot_freq, t.snapshot_samples, t.keep_checkpoints,
+                         t.amp, t.compile, t.eval_at_end, _choice(t.target, ("model", "classifier"), "training.target"),
+                         uses_labels(config), config.model.ema_rate, clip if clip > 0 else math.inf)
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """What drawing samples reads besides the sampler itself (sampling.*, classifier.workdir, seed)."""
+
+    seed: int
+    method: str
+    n_samples: int
+    batch_size: int
+    checkpoint: str  # "" : the newest checkpoint in WORKDIR/checkpoints
+    guidance: str  # none | cfg | classifier
+    labelled: bool  # whether the score takes class labels (a conditional model or classifier guidance)
+    class_label: int  # -1: uniform random labels
+    num_classes: int
+    classifier_workdir: str
+
+
+def sample_settings(config: Any) -> SampleSettings:
+    """The sampling settings of the config."""
+    s = config.sampling
+    guidance = _choice(s.guidance, ("none", "cfg", "classifier"), "sampling.guidance")
+    return SampleSettings(config.seed, s.method, s.n_samples, s.batch_size, s.checkpoint, guidance,
+                          is_class_conditional(config) or guidance == "classifier", s.class_label,
+                          config.data.num_classes, config.classifier.workdir)
+
+
+def sampling_labels(config: Any, n: int, generator: torch.Generator, device: torch.device) -> Tensor | None:
+    """Class labels [n] for n samples when the score takes them: `sampling.class_label`, or uniform
+    random labels from `generator` when it is -1; None for unconditional sampling."""
+    s = sample_settings(config)
+    if not s.labelled:
+        return None
+    if s.class_label >= 0:
+        return torch.full((n,), s.class_label, device=device)
+    return torch.randint(s.num_classes, (n,), generator=generator, device=device)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What `--mode=eval` / `likelihood` read (eval.*, seed) and the discrete VLB's variance."""
+
+    seed: int
+    n_samples: int
+    batch_size: int
+    likelihood: bool
+    likelihood_batches: int
+    likelihood_rtol: float
+    exact_trace: bool
+    vlb_variance: str | None  # DDPM models: learned | small | large; None: no discrete VLB
+
+
+def eval_settings(config: Any) -> EvalSettings:
+    """The evaluation settings of the config."""
+    e = config.eval
+    vlb = None
+    if config.noise.kind == "ddpm":
+        vlb = "learned" if config.model.learn_sigma else config.sampling.variance
+    return EvalSettings(config.seed, e.n_samples, e.batch_size, e.likelihood, e.likelihood_batches,
+                        e.likelihood_rtol, e.exact_trace, vlb)
+
+
+def noise_kind(config: Any) -> str:
+    """noise.kind: ve | ve_continuous | ddpm | vp | subvp."""
+    return _choice(config.noise.kind, NOISE_KINDS, "noise.kind")
+
+
+def describe_model(config: Any) -> str:
+    """The data set and network in a few words, e.g. "toy/gmm8, model mlp"."""
+    d = data_spec(config)
+    return f"{d.dataset}" + (f"/{d.toy}" if d.dataset == "toy" else "") + f", model {config.model.name}"
+
+
+def format_value(v: Any) -> str:
+    """A config value as a flag writes it (floats with %g)."""
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def describe_sampler(config: Any) -> str:
+    """The configured sampler in a few words: method, grid length and the fields it reads."""
+    s = config.sampling
+    fields = {"ald": ("n_steps_each", "step_lr", "denoise"),
+              "pc": ("predictor", "corrector", "snr", "n_corrector_steps"), "ddpm": ("variance",), "ddim": ("eta",),
+              "ode": ("ode_method", "rtol", "atol"), "heun": ("rho",), "dpm_solver": ("order", "rho"),
+              "unipc": ("order", "rho"), "fast": ("data_diameter",)}
+    try:
+        levels = f", {int((sampling_grid(config) > 0).sum())} levels" if s.method != "ode" else ""
+    except ValueError:  # a config that cannot build a grid still gets described (its row reports why)
+        levels = ""
+    return f"{s.method}{levels}, " + ", ".join(f"{k}={format_value(s[k])}" for k in fields.get(s.method, ()))
+
+
+def is_deterministic(config: Any) -> bool:
+    """Whether the configured sampler draws no noise after its initial x (ODE solvers, DDIM with η = 0)."""
+    s = config.sampling
+    return s.method in ("ode", "heun", "dpm_solver", "unipc", "fast") or (s.method == "ddim" and s.eta == 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Derived configs
+# ---------------------------------------------------------------------------------------------
+
+ARCHITECTURE_DATA_FIELDS = ("dataset", "toy", "channels", "image_size", "centered", "num_classes")
+
+
+def with_overrides(config: Any, overrides: dict[str, Any]) -> Any:
+    """A copy of the config with dotted keys set, e.g. {"sampling.n_steps": 10}; an unknown key raises
+    ConfigError naming it."""
+    out = copy.deepcopy(config)
+    with out.unlocked():
+        for key, value in overrides.items():
+            *parents, leaf = key.split(".")
+            node = out
+            for part in parents:
+                if part not in node:
+                    raise ConfigError(f"unknown config key {key!r}")
+                node = node[part]
+            if leaf not in node:
+                raise ConfigError(f"unknown config key {key!r}")
+            node[leaf] = value
+    return out
+
+
+def with_stored_model(config: Any, stored: Any) -> Any:
+    """A copy of the config whose model, noise and the data fields that shape the network come from
+    `stored` (a checkpoint's config), so sampling and evaluation flags still apply to a trained model."""
+    out = copy.deepcopy(config)
+    with out.unlocked():
+        out.model, out.noise = copy.deepcopy(stored.model), copy.deepcopy(stored.noise)
+        for key in ARCHITECTURE_DATA_FIELDS:
+            out.data[key] = stored.data[key]
+    return out
+
+
+def for_evaluation(config: Any) -> Any:
+    """The config with sampling.batch_size = eval.batch_size (evaluation draws in its own batches)."""
+    return with_overrides(config, {"sampling.batch_size": config.eval.batch_size})

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from . import build
-from .checkpoint import CheckpointError, atomic_write_bytes, load_network
+from .checkpoint import CheckpointError, atomic_write_bytes, list_checkpoints, load_network
 from .data import DataError, save_image_grid, to_unit_range
-from .train import TrainingError, load_data, sample_images, setup_runtime, train
+from .train import TrainingError, sample_images, setup_runtime, train
 
 USER_ERRORS = (DataError, build.ConfigError, CheckpointError, TrainingError, FileNotFoundError)
 
@@ -23,35 +23,36 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
     atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2, default=float) + "\n").encode()))
 
 
-def _checkpoint_source(config: Any, workdir: Path) -> Path:
-    """sampling.checkpoint when set, else the workdir (its newest checkpoint)."""
-    if config.sampling.checkpoint:
-        return Path(config.sampling.checkpoint)
-    if not (workdir / "checkpoints").is_dir():
-        raise CheckpointError(f"no checkpoints in {workdir / 'checkpoints'}; train first "
-                              f"(--mode=train) or set --config.sampling.checkpoint")
-    return workdir
-
-
-def _trained_network(config: Any, workdir: Path, device: torch.device) -> torch.nn.Module:
-    """The EMA network of the newest checkpoint, built with its own stored architecture; sampling and
-    evaluation settings still come from the current config (so flags can change the sampler)."""
-    net, stored = load_network(_checkpoint_source(config, workdir))
-    with config.unlocked():
-        config.model, config.noise = stored.model, stored.noise
-        for key in ("dataset", "toy", "channels", "image_size", "centered", "num_classes"):
-            config.data[key] = stored.data[key]
-    return net.to(device).eval()
-
-
-def _classifier(config: Any, device: torch.device) -> torch.nn.Module | None:
-    """The noisy classifier for classifier guidance (classifier.workdir's newest checkpoint), if used."""
-    if config.sampling.guidance != "classifier":
+def checkpoint_source(config: Any, workdir: Path, required: bool = True) -> Path | None:
+    """sampling.checkpoint when set, else the workdir when it holds checkpoints; when there is none,
+    None, or with `required` a CheckpointError that says how to get one."""
+    if path := build.sample_settings(config).checkpoint:
+        return Path(path)
+    if list_checkpoints(workdir / "checkpoints"):
+        return workdir
+    if not required:
         return None
-    if not config.classifier.workdir:
+    raise CheckpointError(f"no checkpoints in {workdir / 'checkpoints'}; train first "
+                          f"(--mode=train) or set --config.sampling.checkpoint")
+
+
+def trained_network(config: Any, source: Path, device: torch.device) -> tuple[torch.nn.Module, Any]:
+    """The EMA network of the newest checkpoint at `source` in eval mode, built with its own stored
+    architecture, and the config to run it with: `build.with_stored_model` of `config`, so sampling
+    and evaluation settings still come from the current config (flags can change the sampler)."""
+    net, stored = load_network(source)
+    return net.to(device).eval(), build.with_stored_model(config, stored)
+
+
+def guidance_classifier(config: Any, device: torch.device) -> torch.nn.Module | None:
+    """The noisy classifier for classifier guidance (classifier.workdir's newest checkpoint), if used."""
+    s = build.sample_settings(config)
+    if s.guidance != "classifier":
+        return None
+    if not s.classifier_workdir:
         raise build.ConfigError("sampling.guidance='classifier' needs --config.classifier.workdir (a run trained "
                                 "with --config.training.target=classifier)")
-    net, _ = load_network(config.classifier.workdir)
+    net, _ = load_network(s.classifier_workdir)
     return net.to(device).eval()
 
 
@@ -59,7 +60,8 @@ def run_train(config: Any, workdir: Path) -> None:
     """Train (resuming from the newest checkpoint); with training.eval_at_end also sample and evaluate."""
     rt = setup_runtime(config)
     summary = train(config, workdir)
-    if config.training.eval_at_end and rt.is_main and config.training.target == "model":
+    t = build.train_settings(config)
+    if t.eval_at_end and rt.is_main and t.target == "model":
         run_sample(config, workdir)
         run_eval(config, workdir)
     if rt.is_main:
@@ -70,20 +72,21 @@ def run_sample(config: Any, workdir: Path) -> Path:
     """Draw sampling.n_samples with the configured sampler from the newest checkpoint's EMA weights;
     write WORKDIR/samples/<method>.png and .npz (samples in model space, float32)."""
     rt = setup_runtime(config)
-    net = _trained_network(config, workdir, rt.device)
-    n = config.sampling.n_samples
+    net, config = trained_network(config, checkpoint_source(config, workdir), rt.device)
+    s, d = build.sample_settings(config), build.data_spec(config)
     start = time.perf_counter()
-    x = sample_images(config, net, n, rt.device, seed=config.seed + 1, classifier=_classifier(config, rt.device))
+    x = sample_images(config, net, s.n_samples, rt.device, seed=s.seed + 1,
+                      classifier=guidance_classifier(config, rt.device))
     elapsed = time.perf_counter() - start
-    name = config.sampling.method
+    name = s.method
     out = workdir / "samples" / f"{name}.npz"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, lambda f: np.savez(f, samples=x.float().cpu().numpy()))
-    if config.data.dataset == "toy":
+    if d.dataset == "toy":
         _scatter_png(x, workdir / "samples" / f"{name}.png")
     else:
-        save_image_grid(to_unit_range(x[:256], config.data.centered), workdir / "samples" / f"{name}.png")
-    nfe = build.sampling_nfe(config)
+        save_image_grid(to_unit_range(x[:256], d.centered), workdir / "samples" / f"{name}.png")
+    n, nfe = s.n_samples, build.sampling_nfe(config)
     print(f"{n} samples with {name} ({nfe if nfe > 0 else 'adaptive'} NFE) in {elapsed:.1f}s -> {out}")
     return out
 
@@ -105,17 +108,18 @@ def run_eval(config: Any, workdir: Path) -> dict[str, Any]:
     from . import evaluate
 
     rt = setup_runtime(config)
-    net = _trained_network(config, workdir, rt.device)
-    n = config.eval.n_samples
-    with config.unlocked():
-        config.sampling.batch_size = config.eval.batch_size
+    net, config = trained_network(config, checkpoint_source(config, workdir), rt.device)
+    config = build.for_evaluation(config)
+    e = build.eval_settings(config)
     start = time.perf_counter()
-    x = sample_images(config, net, n, rt.device, seed=config.seed + 2, classifier=_classifier(config, rt.device))
-    results: dict[str, Any] = {"n_samples": n, "sampler": config.sampling.method,
+    x = sample_images(config, net, e.n_samples, rt.device, seed=e.seed + 2,
+                      classifier=guidance_classifier(config, rt.device))
+    results: dict[str, Any] = {"n_samples": e.n_samples, "sampler": build.sample_settings(config).method,
                                "nfe": build.sampling_nfe(config), "sampling_seconds": time.perf_counter() - start}
-    real = None if config.data.dataset == "toy" else load_data(config, train=False).images
-    results.update(evaluate.evaluate_samples(x, **build.evaluation_kwargs(config, workdir, real)))
-    if config.eval.likelihood:
+    data = build.create_dataset(config, train=False)
+    results.update(evaluate.evaluate_samples(x, **build.evaluation_kwargs(config, workdir,
+                                                                          None if data is None else data.images)))
+    if e.likelihood:
         results.update(run_likelihood(config, workdir, write=False))
     _write_json(workdir / "eval" / "metrics.json", results)
     print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list | dict)}, default=float))
@@ -128,41 +132,40 @@ def run_likelihood(config: Any, workdir: Path, write: bool = True) -> dict[str, 
     from .likelihood import bits_per_dim, ddpm_vlb, dequantize, log_likelihood
 
     rt = setup_runtime(config)
-    net = _trained_network(config, workdir, rt.device)
+    net, config = trained_network(config, checkpoint_source(config, workdir), rt.device)
     score = build.create_score_model(config, net).eval()
-    data = load_data(config, train=False)
+    data = build.create_dataset(config, train=False)
     sigma_max, sigma_min = build.sigma_range(config)
-    e = config.eval
-    g = torch.Generator(rt.device).manual_seed(config.seed)
+    e, d = build.eval_settings(config), build.data_spec(config)
+    g = torch.Generator(rt.device).manual_seed(e.seed)
     ode_bpd, vlb_bpd, nfes = [], [], []
     if data is None:
         from .data import toy_data
 
-        batches = [toy_data(config.data.toy, e.batch_size, torch.Generator().manual_seed(config.seed + i))
+        batches = [toy_data(d.toy, e.batch_size, torch.Generator().manual_seed(e.seed + i))
                    for i in range(e.likelihood_batches)]
         bin_width = None
     else:
         batches = [data.images[i * e.batch_size:(i + 1) * e.batch_size] for i in range(e.likelihood_batches)]
         batches = [b for b in batches if len(b)]
-        bin_width = (2.0 if config.data.centered else 1.0) / (256 if data.levels == 256 else data.levels)
+        bin_width = (2.0 if d.centered else 1.0) / (256 if data.levels == 256 else data.levels)
     for raw in batches:
         raw = raw.to(rt.device)
         if data is None:
             x = raw.float()
         elif data.levels == 256:
-            x = dequantize(raw, config.data.centered, g)
+            x = dequantize(raw, d.centered, g)
         else:  # float data with `levels` levels in [0, 1]: dequantise within its bins
             u = torch.rand(raw.shape, generator=g, device=raw.device)
             x = (raw.float() * (data.levels - 1) + u) / data.levels
-            x = 2 * x - 1 if config.data.centered else x
+            x = 2 * x - 1 if d.centered else x
         nats, nfe = log_likelihood(score, x, sigma_max, sigma_min, rtol=e.likelihood_rtol, atol=e.likelihood_rtol,
                                    exact_trace=e.exact_trace, generator=g, return_nfe=True)
         dims = int(np.prod(x.shape[1:]))
         ode_bpd.append(bits_per_dim(nats, dims, bin_width) if bin_width else -nats / (dims * math.log(2)))
         nfes.append(nfe)
-        if config.noise.kind == "ddpm" and data is not None and config.data.centered and data.levels == 256:
-            variance = "learned" if config.model.learn_sigma else config.sampling.variance
-            total, _ = ddpm_vlb(net, (raw.float() / 127.5 - 1), build.create_schedule(config), variance, g)
+        if e.vlb_variance is not None and data is not None and d.centered and data.levels == 256:
+            total, _ = ddpm_vlb(net, (raw.float() / 127.5 - 1), build.create_schedule(config), e.vlb_variance, g)
             vlb_bpd.append(total)
     out: dict[str, Any] = {"ode_bpd": float(torch.cat(ode_bpd).mean()), "ode_nfe_mean": float(np.mean(nfes)),
                            "likelihood_examples": int(sum(len(b) for b in ode_bpd))}

@@ -34,17 +34,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .data import (
-    ImageData,
-    load_cifar10,
-    load_digits,
-    load_image_folder,
-    load_mnist,
-    prepare_batch,
-    save_image_grid,
-    to_unit_range,
-    toy_data,
-)
+from .data import ImageData, prepare_batch, save_image_grid, to_unit_range, toy_data
 
 
 class TrainingError(RuntimeError):
@@ -69,9 +59,10 @@ class Runtime:
 
 def setup_runtime(config: Any) -> Runtime:
     """Device and (under torchrun) the process group: gloo on CPU, nccl on GPU."""
+    settings = build.train_settings(config)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    want = config.device
+    want = settings.device
     use_cuda = torch.cuda.is_available() if want == "auto" else want == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise TrainingError("config.device='cuda' but no CUDA device is available")
@@ -83,8 +74,8 @@ def setup_runtime(config: Any) -> Runtime:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    if config.training.threads > 0:
-        torch.set_num_threads(config.training.threads)
+    if settings.threads > 0:
+        torch.set_num_threads(settings.threads)
     return Runtime(rank, world, device)
 
 
@@ -98,33 +89,13 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_data(config: Any, train: bool = True) -> ImageData | None:
-    """The config's data set (None for 2-D toys, which are sampled fresh every step)."""
-    d = config.data
-    if d.dataset == "toy":
-        return None
-    if d.dataset == "cifar10":
-        return load_cifar10(d.root, train, d.download)
-    if d.dataset == "mnist":
-        data = load_mnist(d.root, train, d.download)
-        if d.image_size != 28:
-            data.images = torch.nn.functional.interpolate(data.images.float(), size=d.image_size, mode="bilinear",
-                                                          antialias=True).round().clamp(0, 255).to(torch.uint8)
-        return data
-    if d.dataset == "folder":
-        return load_image_folder(d.root, d.image_size, d.channels, d.crop)
-    if d.dataset == "digits":
-        return load_digits(train)
-    raise build.ConfigError(f"data.dataset={d.dataset!r} is not one of: cifar10, mnist, folder, digits, toy")
-
-
 class Batches:
     """The batch of step k: positions [kB, (k+1)B) of an endless sequence of per-epoch permutations
     (seeded by epoch), this rank's slice of it, prepared on the device."""
 
-    def __init__(self, config: Any, data: ImageData | None, rt: Runtime):
-        self.config, self.data, self.rt = config, data, rt
-        b = config.training.batch_size
+    def __init__(self, spec: build.DataSpec, seed: int, batch_size: int, data: ImageData | None, rt: Runtime):
+        self.spec, self.seed, self.data, self.rt = spec, seed, data, rt
+        b = batch_size
         if b % rt.world:
             raise TrainingError(f"training.batch_size={b} is not divisible by the {rt.world} processes")
         self.global_batch, self.local_batch = b, b // rt.world
@@ -135,14 +106,14 @@ class Batches:
 
     def _perm(self, epoch: int) -> Tensor:
         if epoch not in self._perms:
-            g = torch.Generator().manual_seed(self.config.seed * 31 + epoch)
+            g = torch.Generator().manual_seed(self.seed * 31 + epoch)
             self._perms = {epoch: torch.randperm(len(self.data), generator=g)}
         return self._perms[epoch]
 
     def __call__(self, step: int, g: torch.Generator) -> tuple[Tensor, Tensor | None]:
-        d = self.config.data
+        d = self.spec
         if self.data is None:
-            cpu_g = torch.Generator().manual_seed(step_seed(self.config.seed, step, self.rt.rank))
+            cpu_g = torch.Generator().manual_seed(step_seed(self.seed, step, self.rt.rank))
             return toy_data(d.toy, self.local_batch, cpu_g).to(self.rt.device), None
         n = len(self.data)
         start = step * self.global_batch + self.rt.rank * self.local_batch
@@ -176,23 +147,19 @@ def ema_update(ema: nn.Module, model: nn.Module, rate: float) -> None:
 
 def sample_images(config: Any, net: nn.Module, n: int, device: torch.device, seed: int = 0,
                   classifier: nn.Module | None = None) -> Tensor:
-    """n samples of the config's sampler from network `net` (in eval mode), model-space [n, ...].
-    Class-conditional models get labels `sampling.class_label` (or uniform random ones) and the
+    """n samples of the config's sampler from network `net` (in eval mode), model-space [n, ...], in
+    batches of sampling.batch_size. Class-conditional models get `build.sampling_labels` and the
     configured guidance."""
     score = build.create_score_model(config, net).eval()
     sample = build.create_sampler(config)
-    d = config.data
-    shape_one = (d.channels,) if d.dataset == "toy" else (d.channels, d.image_size, d.image_size)
+    shape_one = build.data_spec(config).shape
+    batch_size = build.sample_settings(config).batch_size
     g = torch.Generator(device).manual_seed(seed)
     out = []
     with torch.no_grad():
-        for start in range(0, n, config.sampling.batch_size):
-            b = min(config.sampling.batch_size, n - start)
-            y = None
-            if build.is_class_conditional(config) or config.sampling.guidance == "classifier":
-                label = config.sampling.class_label
-                y = (torch.full((b,), label, device=device) if label >= 0
-                     else torch.randint(d.num_classes, (b,), generator=g, device=device))
+        for start in range(0, n, batch_size):
+            b = min(batch_size, n - start)
+            y = build.sampling_labels(config, b, g, device)
             out.append(sample(build.guided_score(config, score, y, classifier), (b, *shape_one), g, device))
     return torch.cat(out)
 
@@ -223,14 +190,14 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
 
 
 def _snapshot(config: Any, workdir: Path, step: int, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
-              loss_fn: build.LossFn) -> Path:
+              loss_fn: build.LossFn, keep: int) -> Path:
     state: dict[str, Any] = {"model": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                              "step": step, "config": config_to_json(config), "rng": rng_state()}
     if loss_fn.timesteps is not None and hasattr(loss_fn.timesteps, "state_dict"):
         state["timesteps"] = loss_fn.timesteps.state_dict()
     path = checkpoint_path(workdir / "checkpoints", step)
     save_checkpoint(path, state)
-    prune_checkpoints(workdir / "checkpoints", config.training.keep_checkpoints)
+    prune_checkpoints(workdir / "checkpoints", keep)
     return path
 
 
@@ -243,10 +210,10 @@ def train(config: Any, workdir: str | Path) -> dict[str, Any]:
     """
     rt = setup_runtime(config)
     workdir = Path(workdir)
-    t = config.training
-    data = load_data(config)
-    batches = Batches(config, data, rt)
-    torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run
+    t, spec = build.train_settings(config), build.data_spec(config)
+    data = build.create_dataset(config)
+    batches = Batches(spec, t.seed, t.batch_size, data, rt)
+    torch.manual_seed(t.seed)  # the same initial weights on every rank and in every run
     net = build.create_network(config).to(rt.device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = build.create_optimizer(config, net.parameters())
@@ -278,11 +245,10 @@ def train(config: Any, workdir: str | Path) -> dict[str, Any]:
     window_loss = torch.zeros((), device=rt.device, dtype=torch.float64)
     window_start, window_steps, last_good = time.perf_counter(), 0, start
     grad_norm = torch.zeros((), device=rt.device)
-    clip = config.optim.grad_clip if config.optim.grad_clip > 0 else math.inf
     net.train()
     try:
         for step in range(start, t.n_iters):
-            seed = step_seed(config.seed, step, rt.rank)
+            seed = step_seed(t.seed, step, rt.rank)
             torch.manual_seed(seed)  # dropout masks depend on the step only
             g = torch.Generator(rt.device).manual_seed(seed)
             x, y = batches(step, g)
@@ -290,12 +256,12 @@ def train(config: Any, workdir: str | Path) -> dict[str, Any]:
             for group in opt.param_groups:
                 group["lr"] = lr
             with autocast:
-                loss = loss_fn(train_model, x, y if build.uses_labels(config) else None, g).float().mean()
+                loss = loss_fn(train_model, x, y if t.uses_labels else None, g).float().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip)
             opt.step()
-            ema_update(ema, net, ema_rate_at(config.model.ema_rate, step))
+            ema_update(ema, net, ema_rate_at(t.ema_rate, step))
             window_loss += loss.detach()
             window_steps += 1
             done = step + 1
@@ -325,10 +291,10 @@ def train(config: Any, workdir: str | Path) -> dict[str, Any]:
                 window_loss.zero_()
                 window_start, window_steps = time.perf_counter(), 0
             if (done % t.snapshot_freq == 0 or last) and rt.is_main:
-                _snapshot(config, workdir, done, net, ema, opt, loss_fn)
-                if t.snapshot_samples > 0 and config.data.dataset != "toy" and t.target == "model":
-                    imgs = sample_images(config, ema, t.snapshot_samples, rt.device, seed=config.seed)
-                    save_image_grid(to_unit_range(imgs, config.data.centered), workdir / "samples" /
+                _snapshot(config, workdir, done, net, ema, opt, loss_fn, t.keep_checkpoints)
+                if t.snapshot_samples > 0 and spec.dataset != "toy" and t.target == "model":
+                    imgs = sample_images(config, ema, t.snapshot_samples, rt.device, seed=t.seed)
+                    save_image_grid(to_unit_range(imgs, spec.centered), workdir / "samples" /
                                     f"step_{done:08d}.png")
             bar.update(1)
     finally:
