@@ -29,6 +29,12 @@ def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
+def add_noise(mean: Tensor, std: float, generator: torch.Generator | None) -> Tensor:
+    """mean + std·z, z ~ N(0, I) of mean's shape, dtype and device: the same draws as
+    `mean + std * noise_like(mean, generator)` in one operator (the loops' per-step cost)."""
+    return torch.normal(mean, std, generator=generator)
+
+
 def denoised(score: ScoreFn, x: Tensor, sigma_b: Tensor, sigma: float) -> Tensor:
     """Tweedie D = x + σ² s(x, σ); sigma_b: [B] batch σ, sigma: the same level as a float."""
     return torch.add(x, score(x, sigma_b), alpha=sigma**2)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..utils import append_dims
-from ._common import ScoreFn, noise_like
+from ._common import ScoreFn, add_noise
 from .langevin import annealed_langevin
 from .ode import encode, probability_flow
 from .pc import pc_sampler
@@ -31,7 +31,7 @@ def known_projector(known: Tensor, mask: Tensor, generator: torch.Generator | No
         elif once_per_level and sigma in cache:
             y = cache[sigma]
         else:
-            y = torch.add(known, noise_like(known, generator), alpha=sigma)
+            y = add_noise(known, sigma, generator)
             if once_per_level:
                 cache.clear()
                 cache[sigma] = y

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import Callback, ScoreFn, noise_like, prepare_grid
+from ._common import Callback, ScoreFn, add_noise, prepare_grid
 
 
 def ddim_coefficients(s64: Tensor, eta: float) -> tuple[Tensor, Tensor]:
@@ -33,7 +33,7 @@ def _posterior_step_loop(score: ScoreFn, x: Tensor, down: list[float], up: list[
         # D + (σ_down/σ)(x - D) with D = x + σ² s, as one update: x + (1 - σ_down/σ) σ² s
         x_next = torch.add(x, s, alpha=(1 - down[i] / cur[i]) * cur[i] ** 2)
         if up[i] > 0:
-            x_next = x_next.add_(noise_like(x, generator), alpha=up[i])
+            x_next = add_noise(x_next, up[i], generator)
         if callback is not None:
             d = torch.add(x, s, alpha=cur[i] ** 2)
             callback({"i": i, "sigma": sig_b[i][0], "sigma_next": sig_b[i + 1][0], "x": x_next, "denoised": d})

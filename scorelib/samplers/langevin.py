@@ -11,7 +11,7 @@ from scipy import optimize
 from scipy.stats import norm
 from torch import Tensor
 
-from ._common import Callback, Project, ScoreFn, noise_like, prepare_grid
+from ._common import Callback, Project, ScoreFn, add_noise, prepare_grid
 
 
 def annealed_langevin(score: ScoreFn, x: Tensor, sigmas: Tensor, n_steps_each: int = 100, step_lr: float = 2e-5,
@@ -38,7 +38,7 @@ def annealed_langevin(score: ScoreFn, x: Tensor, sigmas: Tensor, n_steps_each: i
             x = project(x, levels[i])
         for step in range(n_steps_each):
             g = score(x, sig_b[i])
-            x = torch.add(x, g, alpha=alpha).add_(noise_like(x, generator), alpha=noise_scale)
+            x = add_noise(torch.add(x, g, alpha=alpha), noise_scale, generator)
             if project is not None:
                 x = project(x, levels[i])
             if callback is not None:
@@ -56,7 +56,7 @@ def langevin(score: ScoreFn, x: Tensor, sigma: float, n_steps: int = 1000, step_
     sig_b = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
     noise_scale = math.sqrt(2 * step_size)
     for step in range(n_steps):
-        x = torch.add(x, score(x, sig_b), alpha=step_size).add_(noise_like(x, generator), alpha=noise_scale)
+        x = add_noise(torch.add(x, score(x, sig_b), alpha=step_size), noise_scale, generator)
         if callback is not None:
             callback({"i": 0, "step": step, "sigma": sig_b[0], "x": x})
     return x

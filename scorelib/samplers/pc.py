@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import Callback, Project, ScoreFn, noise_like, prepare_grid
+from ._common import Callback, Project, ScoreFn, add_noise, noise_like, prepare_grid
 
 PREDICTORS = ("reverse_diffusion", "euler_maruyama", "ancestral", "none")
 CORRECTORS = ("langevin", "ald", "none")
@@ -82,7 +82,7 @@ def pc_sampler(score: ScoreFn, x: Tensor, sigmas: Tensor, predictor: str = "reve
                     x, x_mean = project(x, levels[i]), project(x_mean, 0.0)
         if predictor != "none":
             x_mean = torch.add(x, score(x, sig_b[i]), alpha=c[i])
-            x = torch.add(x_mean, noise_like(x, generator), alpha=tau[i]) if tau[i] > 0 else x_mean
+            x = add_noise(x_mean, tau[i], generator) if tau[i] > 0 else x_mean
             if project is not None:
                 x, x_mean = project(x, levels[i + 1]), project(x_mean, 0.0)
         if callback is not None:

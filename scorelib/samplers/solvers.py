@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..schedules import append_zero, geometric_sigmas, karras_sigmas
-from ._common import Callback, ScoreFn, denoised, noise_like, prepare_grid
+from ._common import Callback, ScoreFn, add_noise, denoised, prepare_grid
 
 
 def heun(score: ScoreFn, x: Tensor, sigmas: Tensor, s_churn: float = 0.0, s_tmin: float = 0.0,
@@ -37,7 +37,7 @@ def heun(score: ScoreFn, x: Tensor, sigmas: Tensor, s_churn: float = 0.0, s_tmin
         sigma_hat = sigma * (1 + g)
         hat_b = sig_b[i] if g == 0 else torch.full_like(sig_b[i], sigma_hat)
         if g > 0:
-            x = x.add(noise_like(x, generator), alpha=s_noise * math.sqrt(sigma_hat**2 - sigma**2))
+            x = add_noise(x, s_noise * math.sqrt(sigma_hat**2 - sigma**2), generator)
         d = denoised(score, x, hat_b, sigma_hat)
         slope = (x - d) / sigma_hat
         x_next = torch.add(x, slope, alpha=sigma_next - sigma_hat)
