@@ -13,7 +13,7 @@ import torch
 
 from . import build
 from .checkpoint import CheckpointError, atomic_write_bytes, list_checkpoints, load_network
-from .data import DataError, save_image_grid, to_unit_range
+from .data import DataError, ImageData, save_image_grid, to_unit_range
 from .train import TrainingError, sample_images, setup_runtime, train
 
 USER_ERRORS = (DataError, build.ConfigError, CheckpointError, TrainingError, FileNotFoundError)
@@ -120,24 +120,32 @@ def run_eval(config: Any, workdir: Path) -> dict[str, Any]:
     results.update(evaluate.evaluate_samples(x, **build.evaluation_kwargs(config, workdir,
                                                                           None if data is None else data.images)))
     if e.likelihood:
-        results.update(run_likelihood(config, workdir, write=False))
+        results.update(likelihood_metrics(config, net, data, rt.device))
     _write_json(workdir / "eval" / "metrics.json", results)
     print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list | dict)}, default=float))
     return results
 
 
-def run_likelihood(config: Any, workdir: Path, write: bool = True) -> dict[str, Any]:
-    """Bits/dim of the test split under the probability-flow ODE (and, for DDPM models, the discrete
-    VLB); eval.likelihood_batches batches of eval.batch_size; WORKDIR/eval/likelihood.json."""
-    from .likelihood import bits_per_dim, ddpm_vlb, dequantize, log_likelihood
-
+def run_likelihood(config: Any, workdir: Path) -> dict[str, Any]:
+    """`likelihood_metrics` of the newest checkpoint on the test split; WORKDIR/eval/likelihood.json."""
     rt = setup_runtime(config)
     net, config = trained_network(config, checkpoint_source(config, workdir), rt.device)
+    out = likelihood_metrics(config, net, build.create_dataset(config, train=False), rt.device)
+    _write_json(workdir / "eval" / "likelihood.json", out)
+    print(json.dumps(out))
+    return out
+
+
+def likelihood_metrics(config: Any, net: torch.nn.Module, data: ImageData | None,
+                       device: torch.device) -> dict[str, Any]:
+    """Bits/dim of `data` (the test split; None: fresh toy points) under the probability-flow ODE and,
+    for DDPM models on 8-bit data, the discrete VLB: eval.likelihood_batches batches of eval.batch_size."""
+    from .likelihood import bits_per_dim, ddpm_vlb, dequantize, log_likelihood
+
     score = build.create_score_model(config, net).eval()
-    data = build.create_dataset(config, train=False)
     sigma_max, sigma_min = build.sigma_range(config)
     e, d = build.eval_settings(config), build.data_spec(config)
-    g = torch.Generator(rt.device).manual_seed(e.seed)
+    g = torch.Generator(device).manual_seed(e.seed)
     ode_bpd, vlb_bpd, nfes = [], [], []
     if data is None:
         from .data import toy_data
@@ -150,7 +158,7 @@ def run_likelihood(config: Any, workdir: Path, write: bool = True) -> dict[str, 
         batches = [b for b in batches if len(b)]
         bin_width = (2.0 if d.centered else 1.0) / (256 if data.levels == 256 else data.levels)
     for raw in batches:
-        raw = raw.to(rt.device)
+        raw = raw.to(device)
         if data is None:
             x = raw.float()
         elif data.levels == 256:
@@ -173,9 +181,6 @@ def run_likelihood(config: Any, workdir: Path, write: bool = True) -> dict[str, 
         out["ode_bpd_note"] = "toy data: -log2 p / dim of continuous points (no dequantisation)"
     if vlb_bpd:
         out["vlb_bpd"] = float(torch.cat(vlb_bpd).mean())
-    if write:
-        _write_json(workdir / "eval" / "likelihood.json", out)
-        print(json.dumps(out))
     return out
 
 
