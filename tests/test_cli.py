@@ -180,3 +180,10 @@ def test_toy_train_eval_and_likelihood_modes(tmp_path):
     assert lik["likelihood_examples"] == 50 and lik["ode_nfe_mean"] > 0
     # toy data: -log2 p / dim of the 2-D points under the trained model; the exact mixture gives about 2.4
     assert 1.0 < lik["ode_bpd"] < 5.0, lik
+    # eval with the likelihood included reports the same test-split bits/dim beside the sample metrics
+    r = run_main(*common, "--mode=eval", "--config.eval.likelihood=True", "--config.eval.likelihood_batches=1",
+                 "--config.eval.n_samples=50", "--config.eval.batch_size=50")
+    assert r.returncode == 0, r.stderr
+    both = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert both["n_samples"] == 50 and "sliced_wasserstein" in both
+    assert both["likelihood_examples"] == 50 and both["ode_bpd"] == pytest.approx(lik["ode_bpd"], rel=1e-6)
