@@ -3,13 +3,12 @@ medians, markdown tables, and the sharp Gaussian-mixture problems of the solver 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from _peers import k_diffusion_sampling
@@ -78,17 +77,6 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], alig
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "|".join(rule) + "|"]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
     return "\n".join(lines)
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """Temporarily change torch's default floating dtype (for peers that build tensors with it)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def sharp_mixture(d: int, k: int, std: float, seed: int, scale: float = 1.0) -> GaussianMixture:

@@ -42,15 +42,15 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import default_dtype, markdown_table, sharp_mixture
 from _common import k_sampling as peer_k_sampling
+from _common import markdown_table, sharp_mixture
 
 import scorelib
 from scorelib.analytic import GaussianMixture
 from scorelib.samplers._common import CountingScore
 from scorelib.samplers.langevin import max_pairwise_distance
 from scorelib.schedules import append_zero
-from scorelib.utils import append_dims
+from scorelib.utils import append_dims, default_dtype
 
 F64 = torch.float64
 SIGMA_MAX, SIGMA_MIN = 80.0, 0.002

@@ -44,7 +44,6 @@ is importable, quality_vs_nfe.png and quality_vs_time.png.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import io
@@ -56,7 +55,7 @@ import re
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,7 @@ from .samplers import probability_flow
 from .samplers._common import CountingScore
 from .tasks import checkpoint_source, guidance_classifier, trained_network
 from .train import setup_runtime
-from .utils import append_dims
+from .utils import append_dims, default_dtype
 
 ScoreFn = Callable[..., Tensor]
 SampleFn = Callable[[ScoreFn, Tensor, torch.Generator], "Tensor | tuple[Tensor, int]"]
@@ -233,16 +232,6 @@ def scorelib_cases(config: Any, spec: GridSpec) -> list[Case]:
     return cases
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
 def _denoiser(score: ScoreFn) -> Callable[[Tensor, Tensor], Tensor]:
     """k-diffusion's model interface: D(x, σ) = x + σ² s(x, σ), σ: [B]."""
     return lambda x, sigma: x + append_dims(sigma, x.ndim) ** 2 * score(x, sigma)
@@ -267,7 +256,7 @@ def k_diffusion_cases(config: Any, spec: GridSpec) -> list[Case]:
         for gname, grid_fn in grids.items():
             for n in spec.solver_steps:
                 def sample(score: ScoreFn, x0: Tensor, g: torch.Generator, fn=fn, grid_fn=grid_fn, n=n) -> Tensor:
-                    with _default_dtype(torch.float64):
+                    with default_dtype(torch.float64):
                         sigmas = grid_fn(n)
                     return fn(_denoiser(score), x0, sigmas.to(x0.device, x0.dtype), disable=True)
 

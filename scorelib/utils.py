@@ -1,6 +1,9 @@
-"""Small shared helpers: broadcasting and σ-grid validation."""
+"""Small shared helpers: broadcasting, σ-grid validation, the default-dtype context."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -54,3 +57,14 @@ def mean_flat(x: Tensor) -> Tensor:
 def sum_flat(x: Tensor) -> Tensor:
     """Sum over all but the batch dimension: [B, ...] -> [B]."""
     return x.flatten(1).sum(1)
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Temporarily change torch's default floating dtype (for peers that build tensors with it)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
