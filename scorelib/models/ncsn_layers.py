@@ -100,6 +100,15 @@ class InstanceNorm2dPlus(_ChannelNorm):
         return scale, beta + gamma * alpha * mean_std - scale * mean
 
 
+def _gamma_beta_embedding(num_classes: int, num_features: int) -> nn.Embedding:
+    """[L, 2C] rows (γ, β) per noise level, γ ~ U[0, 1), β = 0 at initialisation, as in the reference."""
+    embed = nn.Embedding(num_classes, 2 * num_features)
+    with torch.no_grad():
+        embed.weight[:, :num_features].uniform_()
+        embed.weight[:, num_features:].zero_()
+    return embed
+
+
 class InstanceNorm2d(_ChannelNorm):
     """Instance normalisation; conditional (γ, β per noise level) when ``num_classes`` is given.
 
@@ -110,10 +119,7 @@ class InstanceNorm2d(_ChannelNorm):
     def __init__(self, num_features: int, num_classes: int | None = None) -> None:
         super().__init__(num_features, num_classes)
         if num_classes is not None:
-            self.embed = nn.Embedding(num_classes, 2 * num_features)
-            with torch.no_grad():
-                self.embed.weight[:, :num_features].uniform_()
-                self.embed.weight[:, num_features:].zero_()
+            self.embed = _gamma_beta_embedding(num_classes, num_features)
 
     def _scale_shift(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
         var, mean = torch.var_mean(x, dim=(2, 3), correction=0)
@@ -152,10 +158,7 @@ class NoneNorm2d(_ChannelNorm):
     def __init__(self, num_features: int, num_classes: int | None = None) -> None:
         super().__init__(num_features, num_classes)
         if num_classes is not None:
-            self.embed = nn.Embedding(num_classes, 2 * num_features)
-            with torch.no_grad():
-                self.embed.weight[:, :num_features].uniform_()
-                self.embed.weight[:, num_features:].zero_()
+            self.embed = _gamma_beta_embedding(num_classes, num_features)
 
     def _scale_shift(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
         return self._rows(y, 2)
