@@ -95,10 +95,9 @@ class Batches:
 
     def __init__(self, spec: build.DataSpec, seed: int, batch_size: int, data: ImageData | None, rt: Runtime):
         self.spec, self.seed, self.data, self.rt = spec, seed, data, rt
-        b = batch_size
-        if b % rt.world:
-            raise TrainingError(f"training.batch_size={b} is not divisible by the {rt.world} processes")
-        self.global_batch, self.local_batch = b, b // rt.world
+        if batch_size % rt.world:
+            raise TrainingError(f"training.batch_size={batch_size} is not divisible by the {rt.world} processes")
+        self.global_batch, self.local_batch = batch_size, batch_size // rt.world
         if data is not None:
             self.images = data.images.to(rt.device)
             self.labels = None if data.labels is None else data.labels.to(rt.device)
