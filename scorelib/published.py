@@ -150,9 +150,10 @@ def ncsnpp_reference_names(net: nn.Module) -> list[tuple[str, str, bool]]:
     """(score_sde name, scorelib name, is_nin) for every tensor of an `NCSNpp`, in the order
     score_sde's models/ncsnpp.py registers them in `all_modules` (its state_dict order).
 
-    score_sde keeps one flat ModuleList; modules without parameters (FIR / nearest resampling) still
-    take an index. Its NIN layers (models/layers.py `NIN`, W: [in, out]) are our 1×1 convs
-    (weight [out, in, 1, 1]): `is_nin` marks the tensors that need that transpose.
+    score_sde keeps one flat ModuleList (HEAD of yang-song/score_sde_pytorch: the parameter-free pyramid
+    resamplers of "input_skip" / "output_skip" are attributes outside it, every other module takes an
+    index). Its NIN layers (models/layers.py `NIN`, W: [in, out]) are our 1×1 convs (weight
+    [out, in, 1, 1]): `is_nin` marks the tensors that need that transpose.
     """
     from .models.ncsnpp_layers import (
         AttnBlockpp,
@@ -180,8 +181,8 @@ def ncsnpp_reference_names(net: nn.Module) -> list[tuple[str, str, bool]]:
                     yield attn
             if level.downsample is not None:
                 yield level.downsample
-                if level.progressive_input == "input_skip":
-                    yield from (level.pyramid_down, level.combine)
+                if level.progressive_input == "input_skip":  # its FIR / pooling downsampler is no list entry
+                    yield level.combine
                 elif level.progressive_input == "residual":
                     yield level.pyramid_down
         yield from (net.mid_block1, net.mid_attn, net.mid_block2)
@@ -190,8 +191,8 @@ def ncsnpp_reference_names(net: nn.Module) -> list[tuple[str, str, bool]]:
             if not isinstance(level.attn, nn.Identity):
                 yield level.attn
             if level.progressive != "none":
-                if level.pyramid_up is not None:
-                    yield level.pyramid_up
+                if level.pyramid_up is not None and level.progressive == "residual":
+                    yield level.pyramid_up  # output_skip's conv-less upsampler is no list entry
                 if level.pyramid_norm is not None:
                     yield from (level.pyramid_norm, level.pyramid_conv)
             if level.upsample is not None:
@@ -386,7 +387,7 @@ def openai_config(flags: Mapping[str, Any], num_classes: int = 1000) -> ConfigDi
     diffusion_steps, noise_schedule, rescale_timesteps, ...; classifier=True for a noisy classifier)."""
     from .defaults import base
 
-    f = {**_IDDPM, **flags}
+    f = {**(_CLASSIFIER if flags.get("classifier") else _IDDPM), **flags}
     out = base()
     size = int(f["image_size"])
     out.data.dataset, out.data.image_size, out.data.channels, out.data.centered = "folder", size, 3, True
