@@ -122,12 +122,15 @@ def create_model(config: Any) -> nn.Module:
     from .models.ncsnpp import NCSNpp
 
     ve = name == "ncsnpp"
+    # score_sde's discrete VE NCSN++ (configs/ve/cifar10_ncsnpp.py): positional embedding of the level index,
+    # output divided by that level's σ.
+    levels = create_sigmas(config) if ve and m.embedding_type == "positional" else None
     return NCSNpp(image_size=d.image_size, in_channels=d.channels, nf=m.nf, ch_mult=tuple(m.ch_mult),
                   num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
                   resamp_with_conv=m.resamp_with_conv, fir=m.fir, skip_rescale=True, resblock_type=m.resblock_type,
                   progressive=m.progressive, progressive_input=m.progressive_input,
                   progressive_combine=m.progressive_combine, embedding_type=m.embedding_type,
-                  fourier_scale=m.fourier_scale, scale_by_sigma=ve, centered=d.centered)
+                  fourier_scale=m.fourier_scale, scale_by_sigma=ve, centered=d.centered, level_sigmas=levels)
 
 
 def is_class_conditional(config: Any) -> bool:
@@ -230,7 +233,7 @@ def create_score_model(config: Any, model: nn.Module | None = None) -> nn.Module
     `EpsToScore`; continuous VP / sub-VP: `ContinuousEpsToScore`."""
     net = create_model(config) if model is None else model
     name, kind = config.model.name, _choice(config.noise.kind, NOISE_KINDS, "noise.kind")
-    if name == "ncsn":
+    if name == "ncsn" or (name == "ncsnpp" and config.model.embedding_type == "positional"):
         return IndexedScore(net, create_sigmas(config))
     if name in ("ncsnv2", "mlp", "conv", "ncsnpp"):
         return net

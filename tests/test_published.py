@@ -124,6 +124,34 @@ def test_score_sde_checkpoint_matches_get_score_fn(case: str, tmp_path: Path) ->
                        atol=2e-3, rtol=1e-4)
 
 
+@pytest.mark.parametrize("case", ["ve_ncsnpp_discrete", "vp_ddpmpp_discrete"])
+def test_score_sde_discrete_checkpoints_use_level_and_timestep_labels(case: str, tmp_path: Path) -> None:
+    rec = GOLD["score_sde_discrete"][case]
+    levels = np.exp(np.linspace(np.log(50.0), np.log(0.01), 1000))  # models/utils.py get_sigmas, descending
+    w = reference_weights(rec["keys"], 1)
+    w["sigmas"] = torch.tensor(levels)
+    path = tmp_path / "checkpoint_3.pth"
+    torch.save({"optimizer": optimizer_state(), "model": {f"module.{k}": v for k, v in w.items()},
+                "ema": {"decay": 0.999, "num_updates": 3, "shadow_params": [w[k] for k, _ in rec["keys"]
+                                                                          if k != "sigmas"]}, "step": 3}, path)
+    c = _score_sde_config("ve_ncsnpp_continuous" if case.startswith("ve") else "vp_ddpmpp_continuous")
+    c.model.embedding_type = "positional"
+    x_t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(123))
+    labels = torch.tensor(rec["labels"]).long()
+    if case.startswith("ve"):  # labels = round((T - t)(N - 1)) index the descending levels
+        c.noise.kind, c.noise.num_scales = "ve", 1000
+        sigma, m = torch.tensor(levels)[labels], torch.ones(2, dtype=torch.float64)
+    else:  # sde_lib.VPSDE discrete_betas = linspace(β_min/N, β_max/N, N); std = sqrt_1m_alphas_cumprod[label]
+        c.noise.kind, c.noise.num_scales, c.noise.beta_start, c.noise.beta_end = "ddpm", 1000, 1e-4, 0.02
+        abar = np.cumprod(1 - np.linspace(0.1 / 1000, 20 / 1000, 1000))
+        sigma = _vp_sigma(abar, labels.tolist())
+        m = 1 / (1 + sigma**2).sqrt()
+    score = scorelib.load(path, config=c)
+    with torch.no_grad():
+        got = score(x_t / m.float()[:, None, None, None], sigma.float()) / m.float()[:, None, None, None]
+    assert_matches(got, {"sub": rec["score_seed1"], "sum": rec["score_seed1_sum"]}, atol=2e-3, rtol=1e-4)
+
+
 def test_score_sde_names_cover_the_network_in_reference_order() -> None:
     for case, rec in GOLD["score_sde"].items():
         net = scorelib.build.create_network(_score_sde_config(case))
