@@ -136,7 +136,7 @@ def base() -> ConfigDict:
     k.attn_resolutions = (16, 8)
     k.num_head_channels = 64
     k.pool = "attention"
-    k.workdir = ""  # where its checkpoints are (for sampling with guidance)
+    k.workdir = ""  # its run directory or checkpoint, or a guided-diffusion classifier .pt (sampling with guidance)
     return c
 
 

@@ -397,14 +397,19 @@ def openai_config(flags: Mapping[str, Any], num_classes: int = 1000) -> ConfigDi
     scale = 1000.0 / out.noise.num_scales
     out.noise.beta_start, out.noise.beta_end = 1e-4 * scale, 0.02 * scale
     out.sampling.method, out.sampling.init, out.sampling.n_steps = "ddim", "gaussian", 50
+    released_classifier = OPENAI_PRESETS.get(f"{size}x{size}_classifier")
+    if f.get("classifier") or released_classifier is not None:
+        # guided-diffusion script_util.py create_classifier (64 channels per head, AdaGN, BigGAN blocks); a
+        # diffusion preset gets its size's released classifier, for sampling.guidance = "classifier".
+        g = {**_CLASSIFIER, **(flags if f.get("classifier") else released_classifier)}
+        k = out.classifier
+        k.nf, k.num_res_blocks, k.ch_mult = int(g["classifier_width"]), int(g["classifier_depth"]), \
+            _channel_mult(size, "")
+        k.attn_resolutions = tuple(int(r) for r in str(g["classifier_attention_resolutions"]).split(","))
+        k.num_head_channels, k.pool = 64, g["classifier_pool"]
     if f.get("classifier"):
         out.training.target = "classifier"
         out.data.num_classes = num_classes
-        k = out.classifier
-        k.nf, k.num_res_blocks, k.ch_mult = int(f["classifier_width"]), int(f["classifier_depth"]), \
-            _channel_mult(size, "")
-        k.attn_resolutions = tuple(int(r) for r in str(f["classifier_attention_resolutions"]).split(","))
-        k.num_head_channels, k.pool = 64, f["classifier_pool"]
         return out
     conditional = bool(f["class_cond"])
     m = out.model

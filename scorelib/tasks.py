@@ -54,7 +54,8 @@ def guidance_classifier(config: Any, device: torch.device) -> torch.nn.Module | 
     if not s.classifier_workdir:
         raise build.ConfigError("sampling.guidance='classifier' needs --config.classifier.workdir (a run trained "
                                 "with --config.training.target=classifier)")
-    net, _ = load_network(s.classifier_workdir)
+    # a published noisy classifier (guided-diffusion .pt) is built from the config's classifier section
+    net, _ = load_network(s.classifier_workdir, config=build.with_overrides(config, {"training.target": "classifier"}))
     return net.to(device).eval()
 
 

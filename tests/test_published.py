@@ -301,6 +301,24 @@ def test_guided_diffusion_noisy_classifier(tmp_path: Path) -> None:
     torch.testing.assert_close(logits.flatten(), torch.tensor(rec["seed1"]["logits"]), atol=2e-4, rtol=1e-4)
 
 
+def test_classifier_guidance_takes_a_published_classifier_file(tmp_path: Path) -> None:
+    from scorelib import build, tasks
+
+    rec = GOLD["guided_classifier"]
+    path = tmp_path / "64x64_classifier.pt"
+    torch.save(reference_weights(rec["keys"], 1), path)
+    flags = {"classifier": True, "image_size": 64, "classifier_width": 64, "classifier_depth": 1}
+    config = build.with_overrides(published.openai_config(flags), {
+        "training.target": "model", "sampling.guidance": "classifier", "classifier.workdir": str(path)})
+    classifier = tasks.guidance_classifier(config, torch.device("cpu"))
+    with torch.no_grad():
+        logits = classifier(inputs()[2], torch.tensor(rec["t"]))
+    torch.testing.assert_close(logits.flatten(), torch.tensor(rec["seed1"]["logits"]), atol=2e-4, rtol=1e-4)
+    # a diffusion preset carries the classifier its README samples with (64 px: depth 4)
+    c = published.resolve_config("openai:64x64_diffusion").classifier
+    assert (c.nf, c.num_res_blocks, c.attn_resolutions, c.ch_mult) == (128, 4, (32, 16, 8), (1, 2, 3, 4))
+
+
 # Parameter counts of the released networks measured with the reference code (tests/test_models_adm.py).
 PRESET_COUNTS = {"cifar10_uncond": 52_546_438, "imagenet64_uncond": 121_063_942, "64x64_diffusion": 295_904_454,
                  "128x128_diffusion": 421_529_606, "256x256_diffusion": 553_838_086,
