@@ -45,6 +45,7 @@ from .metrics.fid import (
     STATS_FORMATS,
     ReferenceStatistics,
     cache_key,
+    cache_ready,
     cached_reference,
     cached_statistics,
     extract_features,
@@ -69,6 +70,7 @@ from .metrics.inception import (
     FIDInceptionV3,
     InceptionWeightsNotFoundError,
     default_inception_path,
+    inception_weights_path,
     load_inception,
 )
 from .metrics.toy import mean_log_density, median_bandwidth, mmd_rbf, sliced_wasserstein, toy_metrics, wasserstein_1d
@@ -84,6 +86,7 @@ __all__ = [
     "InceptionWeightsNotFoundError",
     "ReferenceStatistics",
     "cache_key",
+    "cache_ready",
     "cached_reference",
     "cached_statistics",
     "class_histogram",
@@ -100,6 +103,7 @@ __all__ = [
     "frechet_distance",
     "inception_features",
     "inception_score",
+    "inception_weights_path",
     "kid",
     "load_inception",
     "load_statistics",

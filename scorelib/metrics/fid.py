@@ -211,14 +211,17 @@ def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray,
-                    features: np.ndarray | None = None) -> None:
+                    features: np.ndarray | None = None, count: int | None = None) -> None:
     """Write (mu, sigma) in pytorch-fid's format (.npz, keys `mu`, `sigma`) atomically: a temporary file,
-    then a rename. `features` [N, D], if given, go beside them as float32 under score_sde's key `pool_3`
-    (pytorch-fid reads only mu and sigma, so the file stays a valid pytorch-fid file)."""
+    then a rename. `features` [N, D], if given, go beside them as float32 under score_sde's key `pool_3`,
+    and `count` (the number of images behind the statistics) under `count`; pytorch-fid reads only mu
+    and sigma, so the file stays a valid pytorch-fid file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     extra = {} if features is None else {"pool_3": np.asarray(features, np.float32)}
+    if count is not None:
+        extra["count"] = np.asarray(count, np.int64)
     with open(tmp, "wb") as fh:
         np.savez(fh, mu=mu, sigma=sigma, **extra)
     os.replace(tmp, path)
@@ -231,7 +234,19 @@ def _read_cache(path: str | os.PathLike) -> ReferenceStatistics:
         raise ValueError(f"{path} is not a statistics cache")
     with np.load(path, allow_pickle=False) as f:
         feats = np.asarray(f["pool_3"], np.float64) if "pool_3" in f else None
-    return ReferenceStatistics(ref.mu, ref.sigma, feats, None if feats is None else len(feats), "features")
+        count = int(f["count"]) if "count" in f else None if feats is None else len(feats)
+    return ReferenceStatistics(ref.mu, ref.sigma, feats, count, "features")
+
+
+def cache_ready(path: str | os.PathLike | None, keep_features: bool = False) -> bool:
+    """Whether `cached_reference(path, ..., keep_features)` would read the cache rather than compute
+    (checked from the .npy headers alone)."""
+    if path is None:
+        return False
+    try:
+        return statistics_format(path) == "pytorch-fid" and (not keep_features or "pool_3" in _npz_headers(path))
+    except (OSError, ValueError):
+        return False
 
 
 def cached_reference(cache_path: str | os.PathLike, features_fn: Callable[[], ArrayLike],
@@ -249,7 +264,7 @@ def cached_reference(cache_path: str | os.PathLike, features_fn: Callable[[], Ar
     except ValueError:
         pass
     ref = reference_from_features(features_fn())
-    save_statistics(cache_path, ref.mu, ref.sigma, ref.features if keep_features else None)
+    save_statistics(cache_path, ref.mu, ref.sigma, ref.features if keep_features else None, ref.count)
     return ref if keep_features else ReferenceStatistics(ref.mu, ref.sigma, None, ref.count, ref.format)
 
 

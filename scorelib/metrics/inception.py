@@ -249,6 +249,11 @@ def _candidate_path(path: str | os.PathLike | None) -> tuple[Path, str]:
     return default_inception_path(), f"the default location (${INCEPTION_ENV} is not set)"
 
 
+def inception_weights_path(path: str | os.PathLike | None = None) -> Path:
+    """The weights file `load_inception(path)` reads: `path`, else $SCORELIB_INCEPTION, else the default."""
+    return _candidate_path(path)[0]
+
+
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     """A state_dict from a .safetensors file or a torch.save file (weights_only: never runs code)."""
     try:
