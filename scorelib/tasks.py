@@ -169,6 +169,23 @@ def _reference_images(config: Any, workdir: Path, test: ImageData | None) -> tor
     return build.create_dataset(config, train=ref.split == "train").images
 
 
+def _inception_results(config: Any, workdir: Path, x: torch.Tensor, test: ImageData | None,
+                       ref: build.FidReference | None, device: torch.device) -> dict[str, Any]:
+    """FID / KID / IS of the samples x against `ref` (None: no FID/KID requested) and, with a FID, the
+    record of what it was computed from (`evaluate.fid_protocol`, the split, file and cache)."""
+    from . import evaluate
+
+    split = ref.split if ref is not None and ref.split else None
+    kwargs = build.evaluation_kwargs(config, workdir, _reference_images(config, workdir, test), split=split,
+                                     device=device)
+    out = evaluate.evaluate_samples(x, **kwargs)
+    if ref is not None and "fid" in out:
+        out.update(evaluate.fid_protocol(len(x), ref.description, out.get("fid_reference_count"), ref.full))
+        out.update(fid_reference_split=ref.split or None, fid_reference_file=ref.file or None,
+                   fid_reference_cache=None if ref.cache is None else str(ref.cache))
+    return out
+
+
 def run_eval(config: Any, workdir: Path) -> dict[str, Any]:
     """Sample eval.n_samples and compute the metrics the data allows; write WORKDIR/eval/metrics.json.
 
@@ -191,17 +208,12 @@ def run_eval(config: Any, workdir: Path) -> dict[str, Any]:
                       classifier=guidance_classifier(config, rt.device))
     results: dict[str, Any] = {"n_samples": e.n_samples, "sampler": build.sample_settings(config).method,
                                "nfe": build.sampling_nfe(config), "sampling_seconds": time.perf_counter() - start}
-    data = build.create_dataset(config, train=False)
+    ref = build.fid_reference(config, workdir) if _needs_reference(config) else None
+    digits = build.data_spec(config).dataset == "digits"
+    needs_test = e.likelihood or digits or (ref is not None and ref.split == "test")
+    data = build.create_dataset(config, train=False) if needs_test else None  # the test split
     if _uses_inception(config):
-        ref = build.fid_reference(config, workdir)
-        kwargs = build.evaluation_kwargs(config, workdir, _reference_images(config, workdir, data),
-                                         split=ref.split or None, device=rt.device)
-        results.update(evaluate.evaluate_samples(x, **kwargs))
-        if "fid" in results:
-            results.update(evaluate.fid_protocol(e.n_samples, ref.description, results.get("fid_reference_count"),
-                                                 ref.full))
-            results.update(fid_reference_split=ref.split or None, fid_reference_file=ref.file or None,
-                           fid_reference_cache=None if ref.cache is None else str(ref.cache))
+        results.update(_inception_results(config, workdir, x, data, ref, rt.device))
     else:
         results.update(evaluate.evaluate_samples(x, **build.evaluation_kwargs(config, workdir,
                                                                               None if data is None else data.images)))
