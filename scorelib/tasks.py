@@ -145,7 +145,7 @@ def preflight_eval(config: Any, workdir: Path) -> None:
         ref = build.fid_reference(config, workdir)
         if ref.file:
             try:
-                evaluate.statistics_format(ref.file)
+                evaluate.check_statistics(ref.file)
             except ValueError as err:
                 raise build.ConfigError(f"eval.stats_path: {err}") from err
         elif not evaluate.cache_ready(ref.cache, "kid" in e.metrics):

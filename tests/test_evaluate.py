@@ -440,6 +440,42 @@ def test_evaluate_samples_images_with_cached_statistics(inception_file, tmp_path
         ev.evaluate_samples(samples, "audio")
 
 
+def test_evaluate_samples_against_reference_files(inception_file, tmp_path, monkeypatch):
+    # an ADM batch of images only goes through the same network as `real` would (NHWC uint8 -> NCHW in [0, 1]);
+    # the pytorch-fid file of those statistics gives the same FID; a mu/sigma-only file cannot give KID
+    monkeypatch.setattr(ev, "frechet_distance", lambda m1, s1, m2, s2, method: float(np.sum((m1 - m2) ** 2)))
+    model = ev.load_inception(inception_file)
+    monkeypatch.setattr(ev, "load_inception", lambda path, device: model)
+    g = torch.Generator().manual_seed(30)
+    real = torch.randint(0, 256, (4, 3, 12, 12), generator=g, dtype=torch.uint8)
+    samples = torch.rand(3, 3, 12, 12, generator=g)
+    adm = tmp_path / "VIRTUAL_tiny.npz"
+    np.savez(adm, arr_0=real.permute(0, 2, 3, 1).numpy())
+    from_real = ev.evaluate_samples(samples, "images", metrics=("fid", "kid"), real=real, real_value_range=(0, 255),
+                                    batch_size=2)
+    from_adm = ev.evaluate_samples(samples, "images", metrics=("fid", "kid"), reference_path=adm, batch_size=2)
+    assert from_adm["fid_reference_format"] == "adm" and from_adm["fid_reference_count"] == 4
+    assert from_adm["fid"] == pytest.approx(from_real["fid"], rel=1e-6, abs=1e-30)
+    assert from_adm["kid"] == pytest.approx(from_real["kid"], rel=1e-6, abs=1e-30)
+    real_feats = ev.inception_features(model, real, (0, 255))[0]
+    stats = tmp_path / "fid_stats.npz"
+    ev.save_statistics(stats, *ev.feature_statistics(real_feats))
+    from_stats = ev.evaluate_samples(samples, "images", metrics=("fid", "kid"), reference_path=stats)
+    assert from_stats["fid"] == pytest.approx(from_real["fid"], rel=1e-6, abs=1e-30)
+    assert "kid" not in from_stats and "statistics, not features" in from_stats["kid_note"]
+
+
+def test_check_statistics_reads_stored_statistics(tmp_path):
+    path = tmp_path / "ref.npz"
+    np.savez(path, mu=np.array([0.0, np.nan]), sigma=np.eye(2))
+    with pytest.raises(ValueError, match=r"ref\.npz: mu or sigma is not finite"):
+        ev.check_statistics(path)
+    np.savez(path, mu=np.zeros(2), sigma=np.eye(2))
+    assert ev.check_statistics(path) == "pytorch-fid"
+    np.savez(path, pool_3=np.zeros((3, 2), np.float32))
+    assert ev.check_statistics(path) == "score_sde"
+
+
 def _real_inception_path():
     env = os.environ.get(ev.INCEPTION_ENV)
     path = env if env else ev.default_inception_path()

@@ -203,6 +203,19 @@ def read_statistics(path: str | os.PathLike,
     return ReferenceStatistics(mu, sigma, None, count, fmt)
 
 
+def check_statistics(path: str | os.PathLike) -> str:
+    """The format of the reference file at `path` (`statistics_format`) after checking it can be used:
+    stored mu/sigma are read in full and must be finite; features and images are checked by shape only
+    (their data is read when the statistics are needed). ValueError naming the file otherwise."""
+    fmt = statistics_format(path)
+    if "mu" in _npz_headers(path):
+        try:
+            read_statistics(path)
+        except (OSError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"cannot read reference statistics {path}: {err}") from err
+    return fmt
+
+
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(mu [D], sigma [D, D]) from a reference file whose statistics need no network (pytorch-fid's
     mu/sigma, score_sde's pool_3, an ADM batch with mu/sigma); ValueError naming the file if unusable."""
