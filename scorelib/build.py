@@ -514,8 +514,8 @@ def evaluation_kwargs(config: Any, workdir: Any, real: Tensor | None, split: str
                       device: torch.device | str | None = None) -> dict[str, Any]:
     """Keyword arguments of `evaluate.evaluate_samples` for the config's data: the metric kind, value
     ranges, the real reference set (`real`: the `split` as loaded, None: eval.reference_split; the first
-    eval.reference_count of it), Inception
-    on `device` in batches of eval.batch_size, caches inside WORKDIR/eval, or the file eval.stats_path."""
+    eval.reference_count of it) or the file eval.stats_path, Inception on `device` in batches of
+    eval.batch_size, caches inside WORKDIR/eval (see `fid_reference`)."""
     from .data import TOY_NAMES, toy_data, toy_mixture
 
     d, e = config.data, config.eval

@@ -263,6 +263,13 @@ def test_inception_score_matches_reference_formula():
         scores.append(np.exp(kl.sum(1).mean()))
     m, s = ev.inception_score(logits, splits=3)
     assert m == pytest.approx(np.mean(scores), rel=1e-12) and s == pytest.approx(np.std(scores), rel=1e-10)
+    # torch-fidelity's convention: rows permuted by RandomState(2020) first, then the same contiguous splits
+    shuffled = p[np.random.RandomState(2020).permutation(len(p))]
+    fidelity = [np.exp(np.sum(q * (np.log(q) - np.log(q.mean(0, keepdims=True))), 1).mean())
+                for q in np.array_split(shuffled, 3)]
+    m2, s2 = ev.inception_score(logits, splits=3, shuffle_seed=2020)
+    assert m2 == pytest.approx(np.mean(fidelity), rel=1e-12) and s2 == pytest.approx(np.std(fidelity), rel=1e-10)
+    assert abs(s2 - s) > 1e-6  # the permutation does change the splits
 
 
 def test_inception_score_of_the_network_uses_unbiased_logits(inception_file):

@@ -4,10 +4,13 @@
   fitted to two feature sets; computed in float64 with scipy.linalg.sqrtm as pytorch-fid does.
 - KID (Bińkowski et al. 2018, §3 and App. D): the unbiased MMD² with the cubic polynomial kernel
   k(x, y) = (xᵀy / d + 1)³, averaged over random subsets; returns (mean, std over subsets).
-- IS (Salimans et al. 2016, §4): exp(E_x KL(p(y|x) ‖ p(y))), over `splits` chunks; (mean, std).
+- IS (Salimans et al. 2016, §4): exp(E_x KL(p(y|x) ‖ p(y))), over `splits` chunks; (mean, std); p(y|x)
+  the softmax of the Inception's unbiased logits (see metrics/inception.py).
 
-Statistics are numpy float64 (`mu` [D], `sigma` [D, D]); `.npz` caches use pytorch-fid's key
-names `mu` and `sigma`, so its precomputed statistics files load too.
+Statistics are numpy float64 (`mu` [D], `sigma` [D, D]). Reference files in the formats people have
+(`statistics_format`: pytorch-fid's mu/sigma, score_sde's pool_3 features, ADM's reference batches) are
+read by `read_statistics`; caches are written in pytorch-fid's format (`save_statistics`), so
+pytorch-fid reads them too. `fid_protocol` says whether a FID can stand beside a published one.
 """
 
 from __future__ import annotations
@@ -355,16 +358,22 @@ def kid(features1: ArrayLike, features2: ArrayLike, n_subsets: int = 100, subset
     return float(vals.mean()), float(vals.std())
 
 
-def inception_score(logits: ArrayLike, splits: int = 10, from_probs: bool = False) -> tuple[float, float]:
+def inception_score(logits: ArrayLike, splits: int = 10, from_probs: bool = False,
+                    shuffle_seed: int | None = None) -> tuple[float, float]:
     """Inception Score of class logits [N, K] (or probabilities with `from_probs=True`): (mean, std over splits).
 
     The N rows are cut into `splits` contiguous chunks as in Salimans et al.'s code; each chunk gives
     exp(mean_x KL(p(y|x) ‖ p̂(y))) with p̂(y) the chunk's mean prediction. Float64. Ranges from 1
-    (every prediction the same) to K (confident and balanced).
+    (every prediction the same) to K (confident and balanced). With `shuffle_seed` the rows are first
+    permuted by numpy's RandomState(shuffle_seed).permutation(N), as torch-fidelity's metric_isc.py
+    `isc_features_to_metric` does (its default seed is 2020): its numbers, draw for draw.
+    For the Inception network's score pass the unbiased logits that `inception_features` returns.
     """
     t = torch.as_tensor(logits).detach().cpu().double()
     if t.ndim != 2:
         raise ValueError(f"expected [N, K] logits or probabilities, got shape {tuple(t.shape)}")
+    if shuffle_seed is not None:
+        t = t[torch.from_numpy(np.random.RandomState(shuffle_seed).permutation(t.shape[0]))]
     p = t / t.sum(1, keepdim=True) if from_probs else torch.softmax(t, dim=1)
     n = p.shape[0]
     if not 1 <= splits <= n:
