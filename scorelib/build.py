@@ -531,10 +531,11 @@ def evaluation_kwargs(config: Any, workdir: Any, real: Tensor | None, split: str
     ref = fid_reference(config, workdir, split)
     if real is not None and ref.count:
         real = real[:ref.count]
-    real = None if real is None or ref.file else (real.float() / 255.0 if real.dtype == torch.uint8 else real.float())
+    real = None if ref.file else real
+    real_range = (0.0, 255.0) if real is not None and real.dtype == torch.uint8 else (0.0, 1.0)  # scaled per batch
     out = {"kind": "images", "metrics": tuple(e.metrics), "value_range": value_range, "real": real,
-           "inception_path": e.inception_path or None, "stats_path": ref.cache, "reference_path": ref.file or None,
-           "batch_size": e.batch_size}
+           "real_value_range": real_range, "inception_path": e.inception_path or None, "stats_path": ref.cache,
+           "reference_path": ref.file or None, "batch_size": e.batch_size}
     if device is not None:
         out["device"] = device
     return out

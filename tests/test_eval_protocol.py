@@ -107,6 +107,7 @@ def test_evaluation_kwargs_device_batch_size_count_and_file(tmp_path):
                                  split="train", device="cpu")
     assert kw["batch_size"] == 7 and kw["device"] == "cpu" and kw["real"].shape == (4, 3, 32, 32)
     assert kw["reference_path"] is None and "_train_" in kw["stats_path"].name
+    assert kw["real"].dtype == torch.uint8 and kw["real_value_range"] == (0.0, 255.0)  # scaled batch by batch
     kw = build.evaluation_kwargs(_cifar_config(tmp_path, stats_path="ref.npz"), tmp_path, real)
     assert kw["reference_path"] == "ref.npz" and kw["stats_path"] is None and kw["real"] is None
 
