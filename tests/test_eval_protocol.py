@@ -217,12 +217,20 @@ def _informative_pool3(self, x):
 def test_eval_records_the_protocol_and_reads_a_reference_file(trained, tmp_path, monkeypatch):
     config, run, _ = trained
     monkeypatch.setattr(ev, "frechet_distance", _mean_distance)
-    monkeypatch.setattr(ev.FIDInceptionV3, "pool3", _informative_pool3)
+    batches = []
+
+    def pool3(self, x):
+        batches.append(len(x))
+        return _informative_pool3(self, x)
+
+    monkeypatch.setattr(ev.FIDInceptionV3, "pool3", pool3)
     c = _copy(config)
     c.eval.metrics = ("fid", "is")
     workdir = tmp_path / "w"
     shutil.copytree(run / "checkpoints", workdir / "checkpoints")
     out = tasks.run_eval(c, workdir)
+    assert batches == [6] + [6, 6, 6, 2]  # eval.batch_size = 6: the samples, then the 20 training images
+    monkeypatch.setattr(ev.FIDInceptionV3, "pool3", _informative_pool3)
     stored = json.loads((workdir / "eval" / "metrics.json").read_text())
     assert stored["fid"] == pytest.approx(out["fid"])
     assert stored["fid_reference_split"] == "train" and stored["fid_reference_count"] == 20  # the whole train split
