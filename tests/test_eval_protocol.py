@@ -229,7 +229,7 @@ def test_eval_records_the_protocol_and_reads_a_reference_file(trained, tmp_path,
     workdir = tmp_path / "w"
     shutil.copytree(run / "checkpoints", workdir / "checkpoints")
     out = tasks.run_eval(c, workdir)
-    assert batches == [6] + [6, 6, 6, 2]  # eval.batch_size = 6: the samples, then the 20 training images
+    assert batches == [6, 6, 6, 6, 2]  # eval.batch_size = 6: the samples (6), then the 20 training images
     monkeypatch.setattr(ev.FIDInceptionV3, "pool3", _informative_pool3)
     stored = json.loads((workdir / "eval" / "metrics.json").read_text())
     assert stored["fid"] == pytest.approx(out["fid"])
