@@ -181,16 +181,17 @@ def create_sde(config: Any) -> VESDE | VPSDE | SubVPSDE:
     n = config.noise
     kind = _choice(n.kind, NOISE_KINDS, "noise.kind")
     if kind in ("ve", "ve_continuous"):
-        return VESDE(n.sigma_min, n.sigma_max)
+        return VESDE(n.sigma_min, n.sigma_max, eps=n.eps)
     if kind == "vp":
-        return VPSDE(n.beta_min, n.beta_max)
+        return VPSDE(n.beta_min, n.beta_max, eps=n.eps, sampling_eps=n.sampling_eps)
     if kind == "subvp":
-        return SubVPSDE(n.beta_min, n.beta_max)
+        return SubVPSDE(n.beta_min, n.beta_max, eps=n.eps, sampling_eps=n.sampling_eps)
     raise ConfigError("noise.kind='ddpm' has a discrete schedule, not an SDE")
 
 
 def sigma_range(config: Any) -> tuple[float, float]:
-    """(σ_max, σ_min) the config's score model covers."""
+    """(σ_max, σ_min) the config's samplers run over. VP / sub-VP: σ(1) down to σ(noise.sampling_eps)
+    (score_sde run_lib.py samples from t = 1e-3; it trains and computes likelihoods from 1e-5)."""
     n = config.noise
     if n.kind in ("ve", "ve_continuous"):
         return float(n.sigma_max), float(n.sigma_min)
@@ -198,7 +199,16 @@ def sigma_range(config: Any) -> tuple[float, float]:
         s = create_schedule(config).sigmas
         return float(s[-1]), float(s[0])
     sde = create_sde(config)
-    return float(sde.sigma(torch.tensor(1.0))), float(sde.sigma(torch.tensor(sde.eps)))
+    return float(sde.sigma(1.0)), float(sde.sigma(sde.sampling_eps))
+
+
+def likelihood_sigma_range(config: Any) -> tuple[float, float]:
+    """(σ_max, σ_min) of the probability-flow likelihood: VP / sub-VP integrate from t = noise.eps
+    (score_sde likelihood.py `get_likelihood_fn(eps=1e-5)`), the others over `sigma_range`."""
+    if config.noise.kind not in ("vp", "subvp"):
+        return sigma_range(config)
+    sde = create_sde(config)
+    return float(sde.sigma(1.0)), float(sde.sigma(sde.eps))
 
 
 class _EpsHead(nn.Module):
@@ -295,7 +305,7 @@ def create_loss(config: Any) -> LossFn:
             return losses.ssm_loss_at(score, x_tilde, sigma, n_projections=t.n_projections,
                                       anneal_power=t.anneal_power, generator=g)
         noise = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
-        return losses.dsm_loss_at(score, x, sigma, noise, anneal_power=t.anneal_power)
+        return losses.dsm_loss_at(score, x, sigma, noise, anneal_power=t.anneal_power, reduce_mean=t.reduce_mean)
 
     return LossFn(score_loss)
 
@@ -345,13 +355,45 @@ def sampling_grid(config: Any) -> Tensor:
         return create_sigmas(config) if kind == "ve" else geometric_sigmas(*sigma_range(config), s.n_steps)
     if kind == "ddpm" and method in ("ddim", "ddpm", "pc"):
         sched = create_schedule(config)
-        steps = sched.T if s.n_steps <= 0 else s.n_steps
-        return timesteps_to_sigmas(sched.alphas_cumprod, respace_timesteps(sched.T, steps, s.spacing))
-    sigma_max, sigma_min = sigma_range(config)
+        return timesteps_to_sigmas(sched.alphas_cumprod, _respaced(config, sched))
     n = s.n_steps if s.n_steps > 0 else config.noise.num_scales
+    if method == "pc" and kind in ("vp", "subvp"):
+        return append_zero(create_sde(config).sigma(_score_sde_times(config, n)))
+    sigma_max, sigma_min = sigma_range(config)
     if method in ("pc", "ddpm", "ddim"):
         return append_zero(geometric_sigmas(sigma_max, sigma_min, n))
     return append_zero(karras_sigmas(sigma_max, sigma_min, n, s.rho))
+
+
+def _respaced(config: Any, sched: DDPMSchedule) -> Tensor:
+    """The descending DDPM timesteps the sampler visits (sampling.n_steps of them, sampling.spacing)."""
+    s = config.sampling
+    return respace_timesteps(sched.T, sched.T if s.n_steps <= 0 else s.n_steps, s.spacing)
+
+
+def _score_sde_times(config: Any, n: int) -> Tensor:
+    """score_sde's PC time grid `torch.linspace(sde.T, eps, sde.N)` (sampling.py `get_pc_sampler`),
+    float64 [n], t from 1 down to noise.sampling_eps."""
+    return torch.linspace(1.0, create_sde(config).sampling_eps, n, dtype=torch.float64)
+
+
+def pc_betas(config: Any) -> Tensor | None:
+    """The discrete β_i at each PC step's level for VP-type models, None for VE (`pc_sampler(betas=)`).
+
+    vp / subvp: score_sde's `sde.discrete_betas[(t (N-1)/T).long()]` with discrete_betas =
+    linspace(β_min/N, β_max/N, N) (sde_lib.py VPSDE / subVPSDE) on the grid `_score_sde_times`.
+    ddpm: the respaced β = 1 - ᾱ_t/ᾱ_t' of consecutive kept timesteps (improved-diffusion respace.py),
+    with which the ancestral predictor is DDPM's σ² = β step.
+    """
+    kind, s = config.noise.kind, config.sampling
+    if kind == "ddpm":
+        abar = create_schedule(config).alphas_cumprod[_respaced(config, create_schedule(config))]
+        return 1 - abar / torch.cat([abar[1:], abar.new_ones(1)])
+    if kind not in ("vp", "subvp"):
+        return None
+    n, nz = config.noise, s.n_steps if s.n_steps > 0 else config.noise.num_scales
+    table = torch.linspace(n.beta_min / nz, n.beta_max / nz, nz, dtype=torch.float64)
+    return table[(_score_sde_times(config, nz) * (nz - 1)).long()]
 
 
 def create_sampler(config: Any) -> Callable[[Callable[..., Tensor], tuple[int, ...], torch.Generator, torch.device],
@@ -362,6 +404,10 @@ def create_sampler(config: Any) -> Callable[[Callable[..., Tensor], tuple[int, .
     method = _choice(s.method, SAMPLING_METHODS, "sampling.method")
     grid = sampling_grid(config)
     sigma_max, sigma_min = sigma_range(config)
+    betas = pc_betas(config) if method == "pc" else None
+    if method == "pc" and s.predictor == "ancestral" and config.noise.kind == "subvp":
+        raise ConfigError("sampling.predictor='ancestral' has no sub-VP form (score_sde's AncestralSamplingPredictor "
+                          "supports VE and VP only)")
 
     def init(shape: tuple[int, ...], g: torch.Generator, device: torch.device) -> Tensor:
         if s.init == "uniform":  # NCSN / NCSNv2: U[0,1] images (centred when the data is)
@@ -376,7 +422,7 @@ def create_sampler(config: Any) -> Callable[[Callable[..., Tensor], tuple[int, .
             return annealed_langevin(score, x, grid, s.n_steps_each, s.step_lr, s.denoise, generator=g)
         if method == "pc":
             return pc_sampler(score, x, grid, s.predictor, s.corrector, s.snr, s.n_corrector_steps, s.denoise,
-                              generator=g)
+                              generator=g, betas=betas)
         if method == "ddpm":
             return ddpm_ancestral(score, x, grid, s.variance, generator=g)
         if method == "ddim":

@@ -59,6 +59,8 @@ def base() -> ConfigDict:
     n.beta_end = 0.02
     n.beta_min = 0.1  # vp / subvp SDE
     n.beta_max = 20.0
+    n.eps = 1e-5  # vp / subvp / ve_continuous: smallest t of training and likelihoods (score_sde losses.py)
+    n.sampling_eps = 1e-3  # vp / subvp: smallest t the samplers reach (score_sde run_lib.py sampling_eps)
 
     c.training = t = ConfigDict()
     t.batch_size = 128
@@ -68,6 +70,8 @@ def base() -> ConfigDict:
     t.keep_checkpoints = 3
     t.loss = "dsm"  # dsm | ssm | eps | hybrid | vlb
     t.anneal_power = 2.0
+    t.reduce_mean = False  # dsm: True averages the squared error over dimensions, False sums it with ½
+    # (score_sde's training.reduce_mean: True in its VP / sub-VP configs, False for VE)
     t.n_projections = 1  # ssm
     t.lambda_vlb = 0.001  # hybrid
     t.timestep_sampler = "uniform"  # ddpm: uniform | importance

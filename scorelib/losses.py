@@ -32,18 +32,21 @@ def sample_sigmas(sigmas: Tensor, batch: int, generator: torch.Generator | None 
 
 
 def dsm_loss_at(score_model: ScoreFn, x: Tensor, sigma: Tensor, noise: Tensor,
-                anneal_power: float = 2.0) -> Tensor:
+                anneal_power: float = 2.0, reduce_mean: bool = False) -> Tensor:
     """Denoising score matching at given σ [B] and noise z (x's shape) (Song & Ermon 2019, eq. 5-6):
 
         ½ λ(σ) ‖s(x̃, σ) + (x̃ - x)/σ²‖²,   x̃ = x + σ z,   λ(σ) = σ^anneal_power.
 
-    Sums over data dimensions (reference convention). Returns [B].
+    Sums over data dimensions with the ½ (NCSN's convention, score_sde's reduce_mean=False); with
+    `reduce_mean` the squared error is averaged over dimensions without the ½ (score_sde losses.py
+    `get_sde_loss_fn(reduce_mean=True)`, its VP / sub-VP configs). Returns [B].
     """
     s = append_dims(sigma, x.ndim)
     x_tilde = x + s * noise
     target = -noise / s
     err = score_model(x_tilde, sigma) - target
-    return 0.5 * sum_flat(err**2) * sigma**anneal_power
+    per = mean_flat(err**2) if reduce_mean else 0.5 * sum_flat(err**2)
+    return per * sigma**anneal_power
 
 
 def dsm_loss(score_model: ScoreFn, x: Tensor, sigmas: Tensor, anneal_power: float = 2.0,

@@ -143,7 +143,7 @@ def likelihood_metrics(config: Any, net: torch.nn.Module, data: ImageData | None
     from .likelihood import bits_per_dim, ddpm_vlb, dequantize, log_likelihood
 
     score = build.create_score_model(config, net).eval()
-    sigma_max, sigma_min = build.sigma_range(config)
+    sigma_max, sigma_min = build.likelihood_sigma_range(config)
     e, d = build.eval_settings(config), build.data_spec(config)
     g = torch.Generator(device).manual_seed(e.seed)
     ode_bpd, vlb_bpd, nfes = [], [], []

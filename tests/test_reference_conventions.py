@@ -1,0 +1,180 @@
+"""Sampler, loss and likelihood conventions pinned to the reference code (score_sde, improved-diffusion,
+guided-diffusion, k-diffusion / DPM-Solver, ncsn): each reference update is re-implemented here in its
+own coordinates (x_t for VP models) and compared draw for draw with scorelib's σ-space version."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from oracles import mixture
+
+from scorelib import build
+from scorelib.analytic import GaussianMixture
+from scorelib.samplers import pc_sampler
+from scorelib.schedules import VPSDE, append_zero, geometric_sigmas
+
+F64 = torch.float64
+
+
+def get_config(name: str):
+    return importlib.import_module(f"configs.{name}").get_config()
+
+
+def _vp_m(t: torch.Tensor, b0: float = 0.1, b1: float = 20.0) -> torch.Tensor:
+    """score_sde VPSDE.marginal_prob mean coefficient exp(-¼t²(β1-β0) - ½tβ0)."""
+    return torch.exp(-0.25 * t**2 * (b1 - b0) - 0.5 * t * b0)
+
+
+# --- defect 1: every predictor ends on the denoised data ----------------------------------------
+
+
+@pytest.mark.parametrize("predictor", ["reverse_diffusion", "euler_maruyama", "ancestral", "ancestral_vp"])
+def test_every_predictor_ends_on_the_denoised_data(predictor):
+    """A near point-mass mixture: after the last step to σ = 0 the output sits on the modes. With
+    Euler–Maruyama's c = 2σ² on that step the output kept noise of size σ_min (RMS 0.076 here)."""
+    modes = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]], dtype=F64)
+    g = GaussianMixture.isotropic(modes, 1e-4)
+    grid = append_zero(geometric_sigmas(5.0, 0.05, 60))
+    x = 5.0 * torch.randn(512, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    betas = None
+    if predictor == "ancestral_vp":  # the VP ancestral step with the β implied by the grid
+        predictor, s = "ancestral", grid[:-1]
+        betas = 1 - (1 + torch.cat([s[1:], s.new_zeros(1)]) ** 2) / (1 + s**2)
+    out = pc_sampler(g, x, grid, predictor=predictor, corrector="none", generator=torch.Generator().manual_seed(1),
+                     betas=betas)
+    dist = (out[:, None] - modes[None]).norm(dim=-1).min(dim=1).values
+    assert dist.pow(2).mean().sqrt() < 1e-3
+
+
+# --- defect 2: score_sde's uniform-in-t PC grid for VP / sub-VP -----------------------------------
+
+
+@pytest.mark.parametrize("kind", ["vp", "subvp"])
+def test_vp_pc_grid_is_uniform_in_t_as_score_sde(kind):
+    """score_sde sampling.py get_pc_sampler: timesteps = linspace(T, eps=1e-3, N), then the Tweedie step."""
+    c = get_config("ddpmpp_cifar")
+    c.noise.kind = kind
+    grid = build.sampling_grid(c)
+    t = torch.linspace(1.0, 1e-3, 1000, dtype=F64)
+    m = _vp_m(t)
+    want = ((1 - m**2) / m) if kind == "subvp" else (1 / m**2 - 1).sqrt()
+    assert grid.shape == (1001,) and float(grid[-1]) == 0.0
+    torch.testing.assert_close(grid[:-1], want, rtol=1e-12, atol=0)
+    if kind == "vp":
+        assert int((grid[:-1] < 0.1).sum()) == 26  # the geometric grid had 236
+
+
+def test_pc_betas_are_score_sde_discrete_betas():
+    """score_sde sde_lib.VPSDE: discrete_betas = linspace(β_min/N, β_max/N, N), indexed by (t(N-1)).long()
+    on the descending grid: level i gets β_{N-1-i}."""
+    betas = build.pc_betas(get_config("ddpmpp_cifar"))
+    torch.testing.assert_close(betas, torch.linspace(1e-4, 0.02, 1000, dtype=F64).flip(0), rtol=1e-12, atol=0)
+
+
+# --- defect 3: separate ε for training / likelihood (1e-5) and sampling (1e-3) -------------------
+
+
+def test_vp_trains_and_computes_likelihoods_from_1e5_and_samples_from_1e3():
+    c = get_config("ddpmpp_cifar")
+    sde = VPSDE(0.1, 20.0)
+    sig = lambda t: float(sde.sigma(torch.tensor(t, dtype=F64)))  # noqa: E731
+    assert build.sigma_range(c) == (sig(1.0), sig(1e-3))
+    assert build.likelihood_sigma_range(c) == (sig(1.0), sig(1e-5))
+    draw = build.create_sigma_sampler(c)(4096, torch.Generator().manual_seed(0), torch.device("cpu"), F64)
+    t = torch.rand(4096, generator=torch.Generator().manual_seed(0), dtype=F64) * (1 - 1e-5) + 1e-5
+    torch.testing.assert_close(draw, sde.sigma(t))
+
+
+# --- defect 4: continuous-SDE loss reduction as score_sde's configs ------------------------------
+
+
+class _MixtureScore(torch.nn.Module):
+    def __init__(self, g: GaussianMixture, bias: float):
+        super().__init__()
+        self.g, self.bias = g, bias
+
+    def forward(self, x, sigma):
+        return self.g.score(x, sigma) + self.bias  # a deliberately wrong score, so the loss is not ~0
+
+
+@pytest.mark.parametrize("reduce_mean", [True, False])
+def test_vp_loss_reduction_follows_score_sde(reduce_mean):
+    """score_sde losses.py get_sde_loss_fn: mean (reduce_mean=True) or ½ sum of (s_t(x_t, t)·std + z)²,
+    x_t = m x₀ + std z, t ~ U(eps, 1); computed here in x_t coordinates from the σ-space score."""
+    g = mixture(d=6, seed=3)
+    c = get_config("ddpmpp_cifar")
+    c.training.reduce_mean = reduce_mean
+    c.model.name, c.data.dataset, c.data.channels = "mlp", "toy", 6
+    loss = build.create_loss(c)
+    x0 = g.sample(64, generator=torch.Generator().manual_seed(2)).double()
+    model = _MixtureScore(g, 0.3)
+    got = loss(model, x0, None, torch.Generator().manual_seed(5))
+    # reference, with the same draws: t first, then z
+    gen = torch.Generator().manual_seed(5)
+    t = torch.rand(64, generator=gen, dtype=F64) * (1 - 1e-5) + 1e-5
+    z = torch.randn(x0.shape, generator=gen, dtype=F64)
+    sde = VPSDE(0.1, 20.0)
+    m, std = sde.mean_scale(t)[:, None], sde.marginal_std(t)[:, None]
+    x_t = m * x0 + std * z
+    score_t = model(x_t / m, sde.sigma(t)) / m  # ∇_{x_t} log p_t = s_σ / m
+    sq = (score_t * std + z) ** 2
+    want = sq.mean(1) if reduce_mean else 0.5 * sq.sum(1)
+    torch.testing.assert_close(got, want)
+    assert get_config("ddpmpp_cifar").training.reduce_mean and not get_config("ncsnpp_cifar").training.reduce_mean
+
+
+# --- defect 8: VP ancestral predictor and VP corrector α = 1 - β as score_sde ----------------------
+
+
+def _score_sde_vp_pc(g, x_t, times, betas, predictor, corrector, snr):
+    """score_sde sampling.py PC loop for a VPSDE in x_t coordinates (AncestralSamplingPredictor
+    .vpsde_update_fn / ReverseDiffusion not used; LangevinCorrector / AnnealedLangevinDynamics with
+    alpha = 1 - β), noise from torch.randn_like after torch.manual_seed. Returns x_mean / m(t_last)."""
+    sde = VPSDE(0.1, 20.0)
+
+    def score_t(x, t):
+        m = sde.mean_scale(t)
+        return g.score(x / m, sde.sigma(t).expand(x.shape[0])) / m
+
+    torch.manual_seed(11)
+    x = x_t
+    for i in range(len(times) - 1):
+        t, beta = times[i], betas[i]
+        alpha = 1 - beta
+        if corrector != "none":
+            grad = score_t(x, t)
+            noise = torch.randn_like(x)
+            if corrector == "langevin":
+                grad_norm = torch.norm(grad.reshape(grad.shape[0], -1), dim=-1).mean()
+                noise_norm = torch.norm(noise.reshape(noise.shape[0], -1), dim=-1).mean()
+                step = (snr * noise_norm / grad_norm) ** 2 * 2 * alpha
+            else:
+                step = (snr * sde.marginal_std(t)) ** 2 * 2 * alpha
+            x_mean = x + step * grad
+            x = x_mean + torch.sqrt(step * 2) * noise
+        s = score_t(x, t)
+        x_mean = (x + beta * s) / torch.sqrt(1.0 - beta)
+        x = x_mean + torch.sqrt(beta) * torch.randn_like(x)
+    return x_mean / sde.mean_scale(times[-1])
+
+
+@pytest.mark.parametrize("corrector", ["none", "langevin", "ald"])
+def test_vp_ancestral_predictor_and_corrector_alpha_match_score_sde(corrector):
+    g = mixture(d=3, seed=1)
+    n = 40
+    times = torch.linspace(1.0, 1e-3, n, dtype=F64)
+    table = torch.linspace(0.1 / n, 20.0 / n, n, dtype=F64)
+    betas = table[(times * (n - 1)).long()]
+    x_t = torch.randn(16, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    want = _score_sde_vp_pc(g, x_t, times, betas, "ancestral", corrector, 0.16)
+    sde = VPSDE(0.1, 20.0)
+    grid = sde.sigma(times)  # no trailing 0: the reference's last predictor output is compared
+    got = pc_sampler(g, x_t / sde.mean_scale(times[0]), grid, predictor="ancestral", corrector=corrector, snr=0.16,
+                     generator=torch.Generator().manual_seed(11), betas=betas[:-1])
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    if corrector != "none":  # α = 1 would differ
+        plain = pc_sampler(g, x_t / sde.mean_scale(times[0]), grid, predictor="ancestral", corrector=corrector,
+                           snr=0.16, generator=torch.Generator().manual_seed(11), betas=None)
+        assert (plain - want).abs().max() > 1e-3
