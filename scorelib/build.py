@@ -211,17 +211,6 @@ def likelihood_sigma_range(config: Any) -> tuple[float, float]:
     return float(sde.sigma(1.0)), float(sde.sigma(sde.eps))
 
 
-class _EpsHead(nn.Module):
-    """The ε channels of a network that also outputs a learned variance (2C channels)."""
-
-    def __init__(self, net: nn.Module, channels: int):
-        super().__init__()
-        self.net, self.channels = net, channels
-
-    def forward(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
-        return self.net(x, t, **kwargs)[:, : self.channels]
-
-
 def create_score_model(config: Any, model: nn.Module | None = None) -> nn.Module:
     """The network as a σ-space score model `score(x, sigma)` (DESIGN.md §1); `model` defaults to a
     new `create_model(config)`. NCSN: index lookup; NCSNv2/NCSN++/MLP/conv: direct; DDPM family:
@@ -233,8 +222,7 @@ def create_score_model(config: Any, model: nn.Module | None = None) -> nn.Module
     if name in ("ncsnv2", "mlp", "conv", "ncsnpp"):
         return net
     if kind == "ddpm":
-        head = _EpsHead(net, config.data.channels) if config.model.learn_sigma else net
-        return EpsToScore(head, create_schedule(config).alphas_cumprod)
+        return EpsToScore(net, create_schedule(config).alphas_cumprod, learned_variance=config.model.learn_sigma)
     if kind in ("vp", "subvp"):
         return ContinuousEpsToScore(net, create_sde(config), label_scale=999.0)
     raise ConfigError(f"model.name={name!r} cannot be used with noise.kind={kind!r}")
@@ -405,6 +393,9 @@ def create_sampler(config: Any) -> Callable[[Callable[..., Tensor], tuple[int, .
     grid = sampling_grid(config)
     sigma_max, sigma_min = sigma_range(config)
     betas = pc_betas(config) if method == "pc" else None
+    variance = _choice(s.variance, ("small", "large", "learned"), "sampling.variance")
+    if method == "ddpm" and variance == "learned" and not config.model.learn_sigma:
+        raise ConfigError("sampling.variance='learned' needs a network with a learned variance (model.learn_sigma)")
     if method == "pc" and s.predictor == "ancestral" and config.noise.kind == "subvp":
         raise ConfigError("sampling.predictor='ancestral' has no sub-VP form (score_sde's AncestralSamplingPredictor "
                           "supports VE and VP only)")
@@ -424,7 +415,9 @@ def create_sampler(config: Any) -> Callable[[Callable[..., Tensor], tuple[int, .
             return pc_sampler(score, x, grid, s.predictor, s.corrector, s.snr, s.n_corrector_steps, s.denoise,
                               generator=g, betas=betas)
         if method == "ddpm":
-            return ddpm_ancestral(score, x, grid, s.variance, generator=g)
+            mean_guided = getattr(score, "convention", "score") == "mean"  # guided-diffusion condition_mean
+            return ddpm_ancestral(score, x, grid, variance, generator=g, clip_denoised=s.clip_denoised,
+                                  guidance=score.guidance_grad if mean_guided else None)
         if method == "ddim":
             return ddim(score, x, grid, s.eta, generator=g)
         if method == "ode":
@@ -453,13 +446,43 @@ def guided_score(config: Any, score: nn.Module, y: Tensor | None, classifier: nn
             raise ConfigError("sampling.guidance='cfg' needs a model trained with a null label "
                               "(model.class_dropout > 0)")
         return ClassifierFreeGuidance(score, y, s.guidance_scale, null_label=config.data.num_classes)
-    base = (lambda x, sigma: score(x, sigma, y=y)) if is_class_conditional(config) else score
+    base = _Labelled(score, y) if is_class_conditional(config) else score
     if kind == "none":
         return base
     if classifier is None:
         raise ConfigError("sampling.guidance='classifier' needs a trained classifier (classifier.workdir)")
     return ClassifierGuidance(base, VPClassifier(classifier, create_schedule(config).alphas_cumprod), y,
-                              s.guidance_scale)
+                              s.guidance_scale, convention=guidance_convention(config))
+
+
+def guidance_convention(config: Any) -> str:
+    """How classifier guidance applies its scale (sampling.guidance_convention): "mean" shifts the DDPM
+    ancestral mean by Σ w∇ log p (guided-diffusion `condition_mean`, its `p_sample`), "score" shifts the
+    score (`condition_score`, its `ddim_sample`); "auto" picks guided-diffusion's pairing: mean for
+    sampling.method='ddpm', score for every other sampler."""
+    s = config.sampling
+    conv = _choice(s.guidance_convention, ("auto", "mean", "score"), "sampling.guidance_convention")
+    if conv == "auto":
+        return "mean" if s.method == "ddpm" else "score"
+    if conv == "mean" and s.method != "ddpm":
+        raise ConfigError(f"sampling.guidance_convention='mean' needs sampling.method='ddpm' (got {s.method!r}); "
+                          "other samplers take the score convention")
+    return conv
+
+
+class _Labelled(nn.Module):
+    """A class-conditional score model with its labels bound: score(x, sigma) = model(x, sigma, y=y)
+    (and its learned variance, when it has one)."""
+
+    def __init__(self, model: nn.Module, y: Tensor | None):
+        super().__init__()
+        self.model, self.y = model, y
+
+    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self.model(x, sigma, y=self.y)
+
+    def score_and_variance(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.score_and_variance(x, sigma, y=self.y)
 
 
 def sampling_nfe(config: Any) -> int:

@@ -91,7 +91,8 @@ def base() -> ConfigDict:
     s.n_steps = 0  # steps / levels of the grid (0 = noise.num_scales)
     s.spacing = "uniform"  # ddpm timestep respacing: uniform | leading | trailing | quadratic
     s.eta = 0.0
-    s.variance = "large"  # ddpm ancestral: small | large
+    s.variance = "large"  # ddpm ancestral: small (β̃) | large (β) | learned (the network's Σ; model.learn_sigma)
+    s.clip_denoised = False  # ddpm ancestral: clamp x̂₀ to [-1, 1] before the posterior mean (improved-diffusion)
     s.predictor = "reverse_diffusion"
     s.corrector = "langevin"
     s.snr = 0.16
@@ -106,6 +107,8 @@ def base() -> ConfigDict:
     s.n_samples = 64
     s.guidance = "none"  # none | classifier | cfg
     s.guidance_scale = 1.0
+    s.guidance_convention = "auto"  # classifier guidance scale: auto | mean (ancestral mean, guided-diffusion
+    # condition_mean) | score (condition_score); auto: mean for method ddpm, score otherwise, as guided-diffusion
     s.class_label = -1  # -1: random labels for class-conditional models
     s.checkpoint = ""  # a checkpoint path (default: the newest in WORKDIR/checkpoints)
 

@@ -187,13 +187,15 @@ def prior_bpd(schedule: DDPMSchedule, x0: Tensor) -> Tensor:
 
 def vlb_loss(model: Callable[..., Tensor], x0: Tensor, schedule: DDPMSchedule, t: Tensor, noise: Tensor,
              **model_kwargs) -> Tensor:
-    """L_vlb term at t for a learned-variance network (2C output channels), bits/dim [B].
+    """L_vlb for a learned-variance network (2C output channels) estimated from the term at t as
+    T·L_t, bits/dim [B]: improved-diffusion's RESCALED_KL (gaussian_diffusion.py `training_losses`:
+    `terms["loss"] *= self.num_timesteps`), the sum over t in expectation under uniform t.
 
     Gradient reaches both the mean and the variance (the pure VLB objective of improved DDPM).
     """
     x_t = schedule.q_sample(x0, t, noise)
     eps, v = split_learned_variance(model(x_t, t, **model_kwargs), x0.shape[1])
-    return vlb_term(schedule, x0, x_t, t, eps, interpolated_log_variance(v, schedule, t))
+    return schedule.T * vlb_term(schedule, x0, x_t, t, eps, interpolated_log_variance(v, schedule, t))
 
 
 def hybrid_loss(model: Callable[..., Tensor], x0: Tensor, schedule: DDPMSchedule, t: Tensor, noise: Tensor,

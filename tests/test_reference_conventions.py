@@ -178,3 +178,179 @@ def test_vp_ancestral_predictor_and_corrector_alpha_match_score_sde(corrector):
         plain = pc_sampler(g, x_t / sde.mean_scale(times[0]), grid, predictor="ancestral", corrector=corrector,
                            snr=0.16, generator=torch.Generator().manual_seed(11), betas=None)
         assert (plain - want).abs().max() > 1e-3
+
+
+# --- defect 5: learned variance on a respaced grid, as improved-diffusion --------------------------
+
+
+class _LearnedRangeEps(torch.nn.Module):
+    """An improved-DDPM-style network: [ε, raw] with the exact ε of a mixture and a smooth raw ∈ (-1, 1)."""
+
+    def __init__(self, g: GaussianMixture, abar: torch.Tensor):
+        super().__init__()
+        self.g, self.abar = g, abar
+
+    def forward(self, x_t, t):
+        ti = t.round().long()
+        raw = torch.tanh(0.7 * x_t + torch.cos(ti.to(x_t.dtype) / 37.0)[:, None])
+        return torch.cat([self.g.eps(x_t, ti, self.abar), raw], dim=1)
+
+
+def iddpm_p_sample_loop(model, abar_full, use_timesteps, x_T, clip_denoised, seed, variance="learned", cond_fn=None):
+    """improved-diffusion respace.py SpacedDiffusion + gaussian_diffusion.py p_sample_loop (LEARNED_RANGE,
+    FIXED_SMALL, FIXED_LARGE), in x_t coordinates and float64, noise from torch.randn_like after
+    torch.manual_seed. Checked against the reference code itself (same outputs to 1e-12)."""
+    last, new_betas, tmap = 1.0, [], []
+    for i, a in enumerate(abar_full.tolist()):
+        if i in set(use_timesteps):
+            new_betas.append(1 - a / last)
+            last = a
+            tmap.append(i)
+    betas = torch.tensor(new_betas, dtype=F64)
+    ac = torch.cumprod(1 - betas, 0)
+    prev = torch.cat([torch.ones(1, dtype=F64), ac[:-1]])
+    post_var = betas * (1 - prev) / (1 - ac)
+    post_log = torch.log(torch.cat([post_var[1:2], post_var[1:]]))
+    coef1, coef2 = betas * prev.sqrt() / (1 - ac), (1 - prev) * (1 - betas).sqrt() / (1 - ac)
+    large_log = torch.log(torch.cat([post_var[1:2], betas[1:]]))
+    torch.manual_seed(seed)
+    x = x_T
+    for k in reversed(range(len(tmap))):
+        out = model(x, torch.full((x.shape[0],), tmap[k], dtype=F64))
+        eps, raw = out[:, : x.shape[1]], out[:, x.shape[1]:]
+        if variance == "learned":
+            frac = (raw + 1) / 2
+            logvar = frac * torch.log(betas[k]) + (1 - frac) * post_log[k]
+        else:
+            logvar = (post_log if variance == "small" else large_log)[k].expand_as(x)
+        x0 = (1 / ac[k]).sqrt() * x - (1 / ac[k] - 1).sqrt() * eps
+        if clip_denoised:
+            x0 = x0.clamp(-1, 1)
+        mean = coef1[k] * x0 + coef2[k] * x
+        noise = torch.randn_like(x)
+        if cond_fn is not None:  # guided-diffusion gaussian_diffusion.py condition_mean: μ + Σ ∇ log p(y | x_t)
+            var = torch.exp(logvar) if variance == "learned" else (post_var if variance == "small" else
+                                                                     torch.cat([post_var[1:2], betas[1:]]))[k]
+            mean = mean + var * cond_fn(x, torch.full((x.shape[0],), tmap[k]))
+        x = mean + float(k != 0) * torch.exp(0.5 * logvar) * noise
+    return x
+
+
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("variance", ["learned", "small", "large"])
+def test_ddpm_ancestral_matches_improved_diffusion_on_a_respaced_grid(variance, clip):
+    from scorelib import EpsToScore
+    from scorelib.samplers import ddpm_ancestral
+    from scorelib.schedules import DDPMSchedule, respace_timesteps, timesteps_to_sigmas
+
+    sched = DDPMSchedule.cosine(400)
+    abar = sched.alphas_cumprod
+    g = GaussianMixture.isotropic(torch.tensor([[0.9, -0.9, 0.5], [-0.9, 0.9, -0.5]], dtype=F64), 0.3)
+    net = _LearnedRangeEps(g, abar)
+    ts = respace_timesteps(400, 25)  # improved-diffusion space_timesteps(400, "25"): round(k·399/24)
+    x_T = torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    want = iddpm_p_sample_loop(net, abar, ts.flip(0).tolist(), x_T, clip, seed=3, variance=variance)
+    grid = timesteps_to_sigmas(abar, ts)
+    score = EpsToScore(net, abar, learned_variance=True)
+    got = ddpm_ancestral(score, x_T * (1 + grid[0] ** 2).sqrt(), grid, variance=variance,
+                         generator=torch.Generator().manual_seed(3), clip_denoised=clip)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    if clip:
+        assert got.abs().max() <= 1.0
+    if variance == "learned":  # the learned Σ differs from both fixed ones
+        small = ddpm_ancestral(score, x_T * (1 + grid[0] ** 2).sqrt(), grid, variance="small",
+                               generator=torch.Generator().manual_seed(3), clip_denoised=clip)
+        assert (small - want).abs().max() > 1e-2
+
+
+# --- defect 8: vlb_loss as improved-diffusion's RESCALED_KL ------------------------------------------
+
+
+def test_vlb_loss_is_rescaled_kl():
+    """Golden numbers from improved-diffusion `GaussianDiffusion.training_losses` (LossType.RESCALED_KL,
+    LEARNED_RANGE, cosine T = 50), run in a scratch copy with this network, x₀, noise and t (t ≥ 1, where
+    its tanh-approximated decoder CDF does not enter)."""
+    from scorelib.losses import vlb_loss
+    from scorelib.schedules import DDPMSchedule
+
+    sched = DDPMSchedule.cosine(50)
+    g = GaussianMixture.isotropic(torch.tensor([[0.9, -0.9, 0.5], [-0.9, 0.9, -0.5]], dtype=F64), 0.3)
+    net = _LearnedRangeEps(g, sched.alphas_cumprod)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, 3, generator=gen, dtype=F64).clamp(-1, 1)
+    noise = torch.randn(4, 3, generator=gen, dtype=F64)
+    got = vlb_loss(lambda x, t: net(x, t.double()), x0, sched, torch.tensor([1, 7, 23, 49]), noise)
+    want = torch.tensor([21.77993275444799, 24.054425840057167, 2.408745249445904, 0.0064469054452821984], dtype=F64)
+    torch.testing.assert_close(got, want, rtol=2e-6, atol=2e-7)  # the reference casts its tables to float32
+
+
+def test_iddpm_cifar_pairs_the_hybrid_loss_with_uniform_timesteps_and_samples_with_learned_variance():
+    """improved-diffusion README: the importance sampler (loss-second-moment) goes with --use_kl (L_vlb);
+    the CIFAR-10 L_hybrid model trains with uniform t; image_sample.py uses the learned Σ and clips x̂₀."""
+    c = get_config("iddpm_cifar")
+    assert (c.training.loss, c.training.timestep_sampler) == ("hybrid", "uniform")
+    assert (c.sampling.method, c.sampling.variance, c.sampling.clip_denoised) == ("ddpm", "learned", True)
+    c.model.nf, c.model.num_res_blocks, c.model.attn_resolutions, c.noise.num_scales = 32, 1, (), 100
+    c.sampling.n_steps = 4
+    net = build.create_model(c).eval()
+    score = build.create_score_model(c, net)
+    calls = []
+    orig = score.score_and_variance
+    score.score_and_variance = lambda x, s: calls.append(1) or orig(x, s)
+    with torch.no_grad():
+        out = build.create_sampler(c)(score, (2, 3, 32, 32), torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert len(calls) == 4 and out.abs().max() <= 1.0
+
+
+# --- defect 8: classifier guidance's scale convention (guided-diffusion condition_mean) -------------
+
+
+@pytest.mark.parametrize("variance", ["learned", "small", "large"])
+def test_mean_guidance_matches_guided_diffusion_condition_mean(variance):
+    from scorelib import EpsToScore
+    from scorelib.adapters import ClassifierGuidance, VPClassifier
+    from scorelib.samplers import ddpm_ancestral
+    from scorelib.schedules import DDPMSchedule, respace_timesteps, timesteps_to_sigmas
+
+    sched = DDPMSchedule.cosine(200)
+    abar = sched.alphas_cumprod
+    g = GaussianMixture.isotropic(torch.tensor([[0.9, -0.9, 0.5], [-0.9, 0.9, -0.5]], dtype=F64), 0.3)
+    net = _LearnedRangeEps(g, abar)
+    w_cls = torch.tensor([[1.0, -2.0, 0.5], [-1.0, 0.3, 2.0]], dtype=F64)
+
+    def classifier(x_t, t):  # logits [B, 2] of a noisy-image classifier
+        return x_t @ w_cls.T * (1 + t.double()[:, None] / 200)
+
+    y, scale = torch.tensor([0, 1] * 16), 3.0
+
+    def cond_fn(x_t, t):  # guided-diffusion scripts/classifier_sample.py cond_fn
+        with torch.enable_grad():
+            xi = x_t.detach().requires_grad_(True)
+            logp = torch.log_softmax(classifier(xi, t), dim=-1)[torch.arange(len(y)), y]
+            return torch.autograd.grad(logp.sum(), xi)[0] * scale
+
+    ts = respace_timesteps(200, 20)
+    x_T = torch.randn(32, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    want = iddpm_p_sample_loop(net, abar, ts.flip(0).tolist(), x_T, True, seed=5, variance=variance, cond_fn=cond_fn)
+    grid = timesteps_to_sigmas(abar, ts)
+    guided = ClassifierGuidance(EpsToScore(net, abar, learned_variance=True), VPClassifier(classifier, abar), y, scale,
+                                convention="mean")
+    got = ddpm_ancestral(guided, x_T * (1 + grid[0] ** 2).sqrt(), grid, variance=variance,
+                         generator=torch.Generator().manual_seed(5), clip_denoised=True, guidance=guided.guidance_grad)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    # the score convention (condition_score) on the same sampler is a different chain
+    as_score = ClassifierGuidance(EpsToScore(net, abar, learned_variance=True), VPClassifier(classifier, abar), y,
+                                  scale)
+    other = ddpm_ancestral(as_score, x_T * (1 + grid[0] ** 2).sqrt(), grid, variance=variance,
+                           generator=torch.Generator().manual_seed(5), clip_denoised=True)
+    assert (other - want).abs().max() > 1e-2
+
+
+def test_guidance_convention_is_guided_diffusions_pairing():
+    c = get_config("adm_cifar")
+    assert build.guidance_convention(c) == "score"  # ddim: condition_score
+    c.sampling.method = "ddpm"
+    assert build.guidance_convention(c) == "mean"  # p_sample: condition_mean
+    c.sampling.method, c.sampling.guidance_convention = "ddim", "mean"
+    with pytest.raises(build.ConfigError, match="guidance_convention"):
+        build.guidance_convention(c)
