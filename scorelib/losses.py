@@ -228,11 +228,16 @@ class UniformTimesteps:
 
     def sample(self, batch: int, device: torch.device | str | None = None,
                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Returns t: int64 [B] and weights 1/(T p_t): float32 [B] (multiply the losses by them)."""
+        """Returns t: int64 [B] and weights 1/(T p_t): float32 [B] (multiply the losses by them), on `device`.
+
+        The draw happens where `generator` lives (a CUDA training generator draws on the GPU), so the
+        same seed gives the same t whatever `device` is.
+        """
         p = self.probabilities()
-        t = torch.multinomial(p, batch, replacement=True, generator=generator)
-        w = (1.0 / (self.T * p[t])).float()
-        return t.to(device), w.to(device)
+        where = generator.device if generator is not None else torch.device("cpu")
+        t = torch.multinomial(p.to(where), batch, replacement=True, generator=generator).to(device)
+        w = (1.0 / (self.T * p.to(t.device)[t])).float()
+        return t, w
 
     def update(self, t: Tensor, losses: Tensor) -> None:
         """Record losses [B] at timesteps t [B] (a no-op for the uniform sampler)."""

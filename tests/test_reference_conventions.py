@@ -354,3 +354,37 @@ def test_guidance_convention_is_guided_diffusions_pairing():
     c.sampling.method, c.sampling.guidance_convention = "ddim", "mean"
     with pytest.raises(build.ConfigError, match="guidance_convention"):
         build.guidance_convention(c)
+
+
+# --- defect 7: timestep draws happen where the generator lives ----------------------------------------
+
+
+class _ElsewhereGenerator:
+    """Stands for a generator on another device (no GPU here): only its `device` is read."""
+
+    device = torch.device("meta")
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "importance"])
+def test_timestep_samplers_draw_on_the_generators_device(sampler, monkeypatch):
+    """torch.multinomial with a CUDA generator needs its input on CUDA: the probabilities must be moved to
+    the generator's device before the draw (the importance sampler crashed on a GPU)."""
+    from scorelib.losses import ImportanceTimesteps, UniformTimesteps
+
+    seen = []
+
+    def fake_multinomial(p, n, replacement=False, generator=None):
+        seen.append((p.device, generator))
+        return torch.zeros(n, dtype=torch.long, device=p.device)
+
+    monkeypatch.setattr(torch, "multinomial", fake_multinomial)
+    ts = UniformTimesteps(10) if sampler == "uniform" else ImportanceTimesteps(10, history=1)
+    if sampler == "importance":
+        ts.update(torch.arange(10), torch.rand(10))
+        assert ts.warmed_up()
+    gen = _ElsewhereGenerator()
+    t, w = ts.sample(4, device="meta", generator=gen)
+    assert seen == [(torch.device("meta"), gen)] and t.device == w.device == torch.device("meta")
+    monkeypatch.undo()
+    t, w = ts.sample(4, device="cpu", generator=torch.Generator().manual_seed(0))  # a real draw still works
+    assert t.shape == w.shape == (4,) and t.dtype == torch.long
