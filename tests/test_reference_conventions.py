@@ -5,6 +5,7 @@ own coordinates (x_t for VP models) and compared draw for draw with scorelib's �
 from __future__ import annotations
 
 import importlib
+import math
 
 import pytest
 import torch
@@ -388,3 +389,56 @@ def test_timestep_samplers_draw_on_the_generators_device(sampler, monkeypatch):
     monkeypatch.undo()
     t, w = ts.sample(4, device="cpu", generator=torch.Generator().manual_seed(0))  # a real draw still works
     assert t.shape == w.shape == (4,) and t.dtype == torch.long
+
+
+# --- defect 8: DPM-Solver++ lowers its order at the end only where the references do ------------------
+
+
+def _multistep_dpmpp(denoise, x, sigmas, orders):
+    """DPM-Solver++ multistep in k-diffusion's form (sampling.py sample_dpmpp_2m, and sample_dpmpp_3m_sde
+    with eta = 0 for the third order), with the order of each step given; a step to σ = 0 returns D."""
+    lam = lambda s: -math.log(s)  # noqa: E731
+    ds = []
+    for i in range(len(sigmas) - 1):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        d = denoise(x, torch.full((x.shape[0],), s, dtype=x.dtype))
+        if s_next == 0:
+            x = d
+        else:
+            h = lam(s_next) - lam(s)
+            x_new = (s_next / s) * x - math.expm1(-h) * d
+            if orders[i] >= 2:
+                h1 = lam(s) - lam(float(sigmas[i - 1]))
+                r0 = h1 / h
+                d1_0 = (d - ds[-1]) / r0
+                if orders[i] == 2:
+                    x_new = x_new - 0.5 * math.expm1(-h) * d1_0
+                else:
+                    r1 = (lam(float(sigmas[i - 1])) - lam(float(sigmas[i - 2]))) / h
+                    d1_1 = (ds[-1] - ds[-2]) / r1
+                    d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+                    d2 = (d1_0 - d1_1) / (r0 + r1)
+                    phi2 = math.expm1(-h) / h + 1
+                    phi3 = phi2 / h - 0.5
+                    x_new = x_new + phi2 * d1 - phi3 * d2
+            x = x_new
+        ds.append(d)
+    return x
+
+
+@pytest.mark.parametrize("case", ["kdiff_15_zero", "dpmsolver_6", "dpmsolver_12"])
+def test_dpm_solver_pp_lower_order_final_as_the_references(case):
+    from scorelib.samplers import dpm_solver_pp
+
+    g = mixture(d=2, seed=2)
+    den = lambda x, s: g.denoise(x, s)  # noqa: E731
+    if case == "kdiff_15_zero":  # k-diffusion: full order up to the final step to σ = 0
+        grid, orders = append_zero(geometric_sigmas(40.0, 0.01, 15)), [1, 2] + [3] * 12 + [1]
+    elif case == "dpmsolver_6":  # DPM-Solver, steps < 10: min(order, steps + 1 - step) at the end
+        grid, orders = geometric_sigmas(40.0, 0.01, 7), [1, 2, 3, 3, 2, 1]
+    else:  # DPM-Solver, steps >= 10: no lowering
+        grid, orders = geometric_sigmas(40.0, 0.01, 13), [1, 2] + [3] * 10
+    x = 40.0 * torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    want = _multistep_dpmpp(den, x, grid, orders)
+    got = dpm_solver_pp(lambda x, s: g.score(x, s), x, grid, order=3)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
