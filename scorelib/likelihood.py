@@ -45,12 +45,13 @@ def _divergence_hutchinson(f: Tensor, x: Tensor, probes: Tensor) -> Tensor:
 
 def log_likelihood(score: ScoreFn, x: Tensor, sigma_max: float, sigma_min: float, method: str = "dopri5",
                    rtol: float = 1e-5, atol: float = 1e-5, exact_trace: bool = False, n_probes: int = 1,
-                   generator: torch.Generator | None = None, probe: str = "gaussian",
+                   generator: torch.Generator | None = None, probe: str = "rademacher",
                    return_nfe: bool = False) -> Tensor | tuple[Tensor, int]:
     """log p_{σ_min}(x) in nats per example, [B], for x: [B, ...] taken as a point at σ_min.
 
     exact_trace: exact divergence (D backward passes per evaluation; for small D), else Hutchinson
-    with `n_probes` probe vectors drawn once (Gaussian or "rademacher") from `generator`.
+    with `n_probes` probe vectors drawn once from `generator`: Rademacher by default, as score_sde
+    (likelihood.py `get_likelihood_fn(hutchinson_type='Rademacher')`), or "gaussian".
     With `return_nfe` also the number of score evaluations.
     """
     if not sigma_max > sigma_min > 0:

@@ -442,3 +442,37 @@ def test_dpm_solver_pp_lower_order_final_as_the_references(case):
     want = _multistep_dpmpp(den, x, grid, orders)
     got = dpm_solver_pp(lambda x, s: g.score(x, s), x, grid, order=3)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+# --- defect 8: NCSN v1 trains on uniformly dequantised images ------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ncsn_cifar", "ncsn_mnist"])
+def test_ncsn_v1_dequantises_as_its_reference(name):
+    """ermongroup/ncsn runners/anneal_runner.py: X = X / 256. * 255. + torch.rand_like(X) / 256. on
+    ToTensor images X = k/255, i.e. (k + u)/256."""
+    from scorelib.data import prepare_batch
+
+    d = build.data_spec(get_config(name))
+    assert d.uniform_dequantization and not d.centered
+    k = torch.randint(0, 256, (8, d.channels, 4, 4), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    got = prepare_batch(k, 256, False, d.uniform_dequantization, d.centered, torch.Generator().manual_seed(1))
+    X = k.float() / 255.0
+    want = X / 256.0 * 255.0 + torch.rand(X.shape, generator=torch.Generator().manual_seed(1)) / 256.0
+    torch.testing.assert_close(got, want)
+
+
+# --- defect 8: Hutchinson probes are Rademacher by default --------------------------------------------
+
+
+def test_hutchinson_probes_are_rademacher_by_default():
+    """score_sde likelihood.py get_likelihood_fn(hutchinson_type='Rademacher')."""
+    from scorelib.likelihood import log_likelihood
+
+    g = mixture(d=3, seed=0)
+    x = g.sample(4, generator=torch.Generator().manual_seed(0)).double()
+    run = lambda **kw: log_likelihood(g, x, 20.0, 0.05, rtol=1e-4, atol=1e-4,  # noqa: E731
+                                      generator=torch.Generator().manual_seed(3), **kw)
+    default, rad, gauss = run(), run(probe="rademacher"), run(probe="gaussian")
+    torch.testing.assert_close(default, rad, rtol=0, atol=0)
+    assert (default - gauss).abs().max() > 1e-6
