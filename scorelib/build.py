@@ -681,6 +681,7 @@ class EvalSettings:
     likelihood_rtol: float
     exact_trace: bool
     vlb_variance: str | None  # DDPM models: learned | small | large; None: no discrete VLB
+    vlb_clip_denoised: bool = False  # x̂₀ clamped to [-1, 1] in the VLB (sampling.clip_denoised, as improved-diffusion)
 
 
 def eval_settings(config: Any) -> EvalSettings:
@@ -690,7 +691,7 @@ def eval_settings(config: Any) -> EvalSettings:
     if config.noise.kind == "ddpm":
         vlb = "learned" if config.model.learn_sigma else config.sampling.variance
     return EvalSettings(config.seed, e.n_samples, e.batch_size, e.likelihood, e.likelihood_batches,
-                        e.likelihood_rtol, e.exact_trace, vlb)
+                        e.likelihood_rtol, e.exact_trace, vlb, config.sampling.clip_denoised)
 
 
 def noise_kind(config: Any) -> str:
@@ -713,7 +714,8 @@ def describe_sampler(config: Any) -> str:
     """The configured sampler in a few words: method, grid length and the fields it reads."""
     s = config.sampling
     fields = {"ald": ("n_steps_each", "step_lr", "denoise"),
-              "pc": ("predictor", "corrector", "snr", "n_corrector_steps"), "ddpm": ("variance",), "ddim": ("eta",),
+              "pc": ("predictor", "corrector", "snr", "n_corrector_steps"), "ddpm": ("variance", "clip_denoised"),
+              "ddim": ("eta",),
               "ode": ("ode_method", "rtol", "atol"), "heun": ("rho",), "dpm_solver": ("order", "rho"),
               "unipc": ("order", "rho"), "fast": ("data_diameter",)}
     try:

@@ -92,7 +92,7 @@ def base() -> ConfigDict:
     s.spacing = "uniform"  # ddpm timestep respacing: uniform | leading | trailing | quadratic
     s.eta = 0.0
     s.variance = "large"  # ddpm ancestral: small (β̃) | large (β) | learned (the network's Σ; model.learn_sigma)
-    s.clip_denoised = False  # ddpm ancestral: clamp x̂₀ to [-1, 1] before the posterior mean (improved-diffusion)
+    s.clip_denoised = False  # ddpm ancestral and the DDPM VLB: clamp x̂₀ to [-1, 1] (improved-diffusion)
     s.predictor = "reverse_diffusion"
     s.corrector = "langevin"
     s.snr = 0.16

@@ -162,16 +162,19 @@ def split_learned_variance(out: Tensor, channels: int) -> tuple[Tensor, Tensor]:
 
 
 def vlb_term(schedule: DDPMSchedule, x0: Tensor, x_t: Tensor, t: Tensor, eps: Tensor,
-             log_var: Tensor) -> Tensor:
+             log_var: Tensor, clip_denoised: bool = False) -> Tensor:
     """One term of the variational bound in bits/dim, per example [B] (Ho et al. 2020, eq. 5):
 
         t > 0: L_{t-1} = KL(q(x_{t-1} | x_t, x₀) ‖ p_θ(x_{t-1} | x_t)),
         t = 0: L_0 = -log p_θ(x₀ | x₁) under the discretised Gaussian decoder,
 
-    with p_θ's mean from the predicted ε (μ_θ = μ̃(x̂₀(ε), x_t)) and log-variance `log_var`.
+    with p_θ's mean from the predicted ε (μ_θ = μ̃(x̂₀(ε), x_t)) and log-variance `log_var`;
+    `clip_denoised` clamps x̂₀ to [-1, 1] first (improved-diffusion `_vb_terms_bpd(clip_denoised=True)`,
+    as its NLL script computes the bound; training uses no clipping).
     """
     true_mean, true_logvar = schedule.q_posterior(x0, x_t, t)
-    mean = schedule.q_posterior(schedule.predict_x0(x_t, t, eps), x_t, t)[0]
+    x0_hat = schedule.predict_x0(x_t, t, eps)
+    mean = schedule.q_posterior(x0_hat.clamp(-1, 1) if clip_denoised else x0_hat, x_t, t)[0]
     kl = mean_flat(normal_kl(true_mean, true_logvar, mean, log_var)) / LOG2
     nll = -mean_flat(discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var)) / LOG2
     return torch.where(t == 0, nll, kl)

@@ -173,7 +173,8 @@ def likelihood_metrics(config: Any, net: torch.nn.Module, data: ImageData | None
         ode_bpd.append(bits_per_dim(nats, dims, bin_width) if bin_width else -nats / (dims * math.log(2)))
         nfes.append(nfe)
         if e.vlb_variance is not None and data is not None and d.centered and data.levels == 256:
-            total, _ = ddpm_vlb(net, (raw.float() / 127.5 - 1), build.create_schedule(config), e.vlb_variance, g)
+            total, _ = ddpm_vlb(net, (raw.float() / 127.5 - 1), build.create_schedule(config), e.vlb_variance, g,
+                                clip_denoised=e.vlb_clip_denoised)
             vlb_bpd.append(total)
     out: dict[str, Any] = {"ode_bpd": float(torch.cat(ode_bpd).mean()), "ode_nfe_mean": float(np.mean(nfes)),
                            "likelihood_examples": int(sum(len(b) for b in ode_bpd))}

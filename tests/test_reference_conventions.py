@@ -476,3 +476,26 @@ def test_hutchinson_probes_are_rademacher_by_default():
     default, rad, gauss = run(), run(probe="rademacher"), run(probe="gaussian")
     torch.testing.assert_close(default, rad, rtol=0, atol=0)
     assert (default - gauss).abs().max() > 1e-6
+
+
+def test_vlb_terms_with_clipped_x0_match_improved_diffusion():
+    """Golden numbers from improved-diffusion `_vb_terms_bpd(clip_denoised=True / False)` (the NLL
+    script's default is True), LEARNED_RANGE, cosine T = 50, same network, x₀, noise and t."""
+    from scorelib.losses import interpolated_log_variance, split_learned_variance, vlb_term
+    from scorelib.schedules import DDPMSchedule
+
+    sched = DDPMSchedule.cosine(50)
+    g = GaussianMixture.isotropic(torch.tensor([[0.9, -0.9, 0.5], [-0.9, 0.9, -0.5]], dtype=F64), 0.3)
+    net = _LearnedRangeEps(g, sched.alphas_cumprod)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, 3, generator=gen, dtype=F64).clamp(-1, 1)
+    noise = torch.randn(4, 3, generator=gen, dtype=F64)
+    t = torch.tensor([1, 7, 23, 49])
+    x_t = sched.q_sample(x0, t, noise)
+    eps, v = split_learned_variance(net(x_t, t.double()), 3)
+    log_var = interpolated_log_variance(v, sched, t)
+    golden = {True: [0.43559865508895984, 0.4796814452084998, 0.048174904988918084, 0.00012893810890564396],
+              False: [0.43559865508895984, 0.48108851680114334, 0.048174904988918084, 0.00012893810890564396]}
+    for clip, want in golden.items():
+        got = vlb_term(sched, x0, x_t, t, eps, log_var, clip_denoised=clip)
+        torch.testing.assert_close(got, torch.tensor(want, dtype=F64), rtol=2e-6, atol=1e-8)
