@@ -426,7 +426,7 @@ def _multistep_dpmpp(denoise, x, sigmas, orders):
     return x
 
 
-@pytest.mark.parametrize("case", ["kdiff_15_zero", "dpmsolver_6", "dpmsolver_12"])
+@pytest.mark.parametrize("case", ["kdiff_15_zero", "kdiff_6_zero", "dpmsolver_6", "dpmsolver_12"])
 def test_dpm_solver_pp_lower_order_final_as_the_references(case):
     from scorelib.samplers import dpm_solver_pp
 
@@ -434,6 +434,8 @@ def test_dpm_solver_pp_lower_order_final_as_the_references(case):
     den = lambda x, s: g.denoise(x, s)  # noqa: E731
     if case == "kdiff_15_zero":  # k-diffusion: full order up to the final step to σ = 0
         grid, orders = append_zero(geometric_sigmas(40.0, 0.01, 15)), [1, 2] + [3] * 12 + [1]
+    elif case == "kdiff_6_zero":  # also for short runs
+        grid, orders = append_zero(geometric_sigmas(40.0, 0.01, 6)), [1, 2, 3, 3, 3, 1]
     elif case == "dpmsolver_6":  # DPM-Solver, steps < 10: min(order, steps + 1 - step) at the end
         grid, orders = geometric_sigmas(40.0, 0.01, 7), [1, 2, 3, 3, 2, 1]
     else:  # DPM-Solver, steps >= 10: no lowering
