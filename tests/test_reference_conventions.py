@@ -291,6 +291,7 @@ def test_iddpm_cifar_pairs_the_hybrid_loss_with_uniform_timesteps_and_samples_wi
     c = get_config("iddpm_cifar")
     assert (c.training.loss, c.training.timestep_sampler) == ("hybrid", "uniform")
     assert (c.sampling.method, c.sampling.variance, c.sampling.clip_denoised) == ("ddpm", "learned", True)
+    assert c.model.rescale_timesteps  # script_util.py model_and_diffusion_defaults: rescale_timesteps=True
     c.model.nf, c.model.num_res_blocks, c.model.attn_resolutions, c.noise.num_scales = 32, 1, (), 100
     c.sampling.n_steps = 4
     net = build.create_model(c).eval()
