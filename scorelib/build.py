@@ -423,6 +423,7 @@ def create_sampler(config: Any) -> Callable[[Callable[..., Tensor], tuple[int, .
     if method == "pc" and s.predictor == "ancestral" and config.noise.kind == "subvp":
         raise ConfigError("sampling.predictor='ancestral' has no sub-VP form (score_sde's AncestralSamplingPredictor "
                           "supports VE and VP only)")
+    labelled = is_class_conditional(config) or s.guidance == "classifier"
 
     def init(shape: tuple[int, ...], g: torch.Generator, device: torch.device) -> Tensor:
         if s.init == "uniform":  # NCSN / NCSNv2: U[0,1] images (centred when the data is)
@@ -452,8 +453,9 @@ def create_sampler(config: Any) -> Callable[[Callable[..., Tensor], tuple[int, .
             return dpm_solver_pp(score, x, grid, order=s.order)
         if method == "unipc":
             return unipc(score, x, grid, order=s.order)
+        # a class-conditional score binds one label per row, so fast_sample cannot add its probe rows
         return fast_sample(score, x, sigma_max, sigma_min, s.n_steps,
-                           data_diameter=s.data_diameter if s.data_diameter > 0 else None)
+                           data_diameter=s.data_diameter if s.data_diameter > 0 else None, probe=not labelled)
 
     return sample
 

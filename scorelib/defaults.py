@@ -107,7 +107,7 @@ def base() -> ConfigDict:
     s.atol = 1e-5
     s.order = 3
     s.rho = 7.0
-    s.data_diameter = 0.0  # fast: > 0 lets the first step skip the range above it
+    s.data_diameter = 0.0  # fast: > 0 gives the data diameter (else the scale is probed at σ_max)
     s.batch_size = 64
     s.n_samples = 64
     s.guidance = "none"  # none | classifier | cfg
