@@ -196,16 +196,17 @@ def create_sde(config: Any) -> VESDE | VPSDE | SubVPSDE:
     n = config.noise
     kind = _choice(n.kind, NOISE_KINDS, "noise.kind")
     if kind in ("ve", "ve_continuous"):
-        return VESDE(n.sigma_min, n.sigma_max)
+        return VESDE(n.sigma_min, n.sigma_max, eps=n.eps)
     if kind == "vp":
-        return VPSDE(n.beta_min, n.beta_max)
+        return VPSDE(n.beta_min, n.beta_max, eps=n.eps, sampling_eps=n.sampling_eps)
     if kind == "subvp":
-        return SubVPSDE(n.beta_min, n.beta_max)
+        return SubVPSDE(n.beta_min, n.beta_max, eps=n.eps, sampling_eps=n.sampling_eps)
     raise ConfigError("noise.kind='ddpm' has a discrete schedule, not an SDE")
 
 
 def sigma_range(config: Any) -> tuple[float, float]:
-    """(σ_max, σ_min) the config's score model covers."""
+    """(σ_max, σ_min) the config's samplers run over. VP / sub-VP: σ(1) down to σ(noise.sampling_eps)
+    (score_sde run_lib.py samples from t = 1e-3; it trains and computes likelihoods from 1e-5)."""
     n = config.noise
     if n.kind in ("ve", "ve_continuous"):
         return float(n.sigma_max), float(n.sigma_min)
@@ -213,18 +214,16 @@ def sigma_range(config: Any) -> tuple[float, float]:
         s = create_schedule(config).sigmas
         return float(s[-1]), float(s[0])
     sde = create_sde(config)
-    return float(sde.sigma(torch.tensor(1.0))), float(sde.sigma(torch.tensor(sde.eps)))
+    return float(sde.sigma(1.0)), float(sde.sigma(sde.sampling_eps))
 
 
-class _EpsHead(nn.Module):
-    """The ε channels of a network that also outputs a learned variance (2C channels)."""
-
-    def __init__(self, net: nn.Module, channels: int):
-        super().__init__()
-        self.net, self.channels = net, channels
-
-    def forward(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
-        return self.net(x, t, **kwargs)[:, : self.channels]
+def likelihood_sigma_range(config: Any) -> tuple[float, float]:
+    """(σ_max, σ_min) of the probability-flow likelihood: VP / sub-VP integrate from t = noise.eps
+    (score_sde likelihood.py `get_likelihood_fn(eps=1e-5)`), the others over `sigma_range`."""
+    if config.noise.kind not in ("vp", "subvp"):
+        return sigma_range(config)
+    sde = create_sde(config)
+    return float(sde.sigma(1.0)), float(sde.sigma(sde.eps))
 
 
 def create_score_model(config: Any, model: nn.Module | None = None) -> nn.Module:
@@ -238,9 +237,8 @@ def create_score_model(config: Any, model: nn.Module | None = None) -> nn.Module
     if name in ("ncsnv2", "mlp", "conv", "ncsnpp"):
         return net
     if kind == "ddpm":
-        head = _EpsHead(net, config.data.channels) if config.model.learn_sigma else net
-        return EpsToScore(head, create_schedule(config).alphas_cumprod,
-                          rescale_timesteps=config.model.rescale_timesteps)
+        return EpsToScore(net, create_schedule(config).alphas_cumprod, rescale_timesteps=config.model.rescale_timesteps,
+                          learned_variance=config.model.learn_sigma)
     if kind in ("vp", "subvp"):
         return ContinuousEpsToScore(net, create_sde(config), label_scale=999.0)
     raise ConfigError(f"model.name={name!r} cannot be used with noise.kind={kind!r}")
@@ -319,7 +317,7 @@ def create_loss(config: Any) -> LossFn:
             return losses.ssm_loss_at(score, x_tilde, sigma, n_projections=t.n_projections,
                                       anneal_power=t.anneal_power, generator=g)
         noise = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
-        return losses.dsm_loss_at(score, x, sigma, noise, anneal_power=t.anneal_power)
+        return losses.dsm_loss_at(score, x, sigma, noise, anneal_power=t.anneal_power, reduce_mean=t.reduce_mean)
 
     return LossFn(score_loss)
 
@@ -369,13 +367,45 @@ def sampling_grid(config: Any) -> Tensor:
         return create_sigmas(config) if kind == "ve" else geometric_sigmas(*sigma_range(config), s.n_steps)
     if kind == "ddpm" and method in ("ddim", "ddpm", "pc"):
         sched = create_schedule(config)
-        steps = sched.T if s.n_steps <= 0 else s.n_steps
-        return timesteps_to_sigmas(sched.alphas_cumprod, respace_timesteps(sched.T, steps, s.spacing))
-    sigma_max, sigma_min = sigma_range(config)
+        return timesteps_to_sigmas(sched.alphas_cumprod, _respaced(config, sched))
     n = s.n_steps if s.n_steps > 0 else config.noise.num_scales
+    if method == "pc" and kind in ("vp", "subvp"):
+        return append_zero(create_sde(config).sigma(_score_sde_times(config, n)))
+    sigma_max, sigma_min = sigma_range(config)
     if method in ("pc", "ddpm", "ddim"):
         return append_zero(geometric_sigmas(sigma_max, sigma_min, n))
     return append_zero(karras_sigmas(sigma_max, sigma_min, n, s.rho))
+
+
+def _respaced(config: Any, sched: DDPMSchedule) -> Tensor:
+    """The descending DDPM timesteps the sampler visits (sampling.n_steps of them, sampling.spacing)."""
+    s = config.sampling
+    return respace_timesteps(sched.T, sched.T if s.n_steps <= 0 else s.n_steps, s.spacing)
+
+
+def _score_sde_times(config: Any, n: int) -> Tensor:
+    """score_sde's PC time grid `torch.linspace(sde.T, eps, sde.N)` (sampling.py `get_pc_sampler`),
+    float64 [n], t from 1 down to noise.sampling_eps."""
+    return torch.linspace(1.0, create_sde(config).sampling_eps, n, dtype=torch.float64)
+
+
+def pc_betas(config: Any) -> Tensor | None:
+    """The discrete β_i at each PC step's level for VP-type models, None for VE (`pc_sampler(betas=)`).
+
+    vp / subvp: score_sde's `sde.discrete_betas[(t (N-1)/T).long()]` with discrete_betas =
+    linspace(β_min/N, β_max/N, N) (sde_lib.py VPSDE / subVPSDE) on the grid `_score_sde_times`.
+    ddpm: the respaced β = 1 - ᾱ_t/ᾱ_t' of consecutive kept timesteps (improved-diffusion respace.py),
+    with which the ancestral predictor is DDPM's σ² = β step.
+    """
+    kind, s = config.noise.kind, config.sampling
+    if kind == "ddpm":
+        abar = create_schedule(config).alphas_cumprod[_respaced(config, create_schedule(config))]
+        return 1 - abar / torch.cat([abar[1:], abar.new_ones(1)])
+    if kind not in ("vp", "subvp"):
+        return None
+    n, nz = config.noise, s.n_steps if s.n_steps > 0 else config.noise.num_scales
+    table = torch.linspace(n.beta_min / nz, n.beta_max / nz, nz, dtype=torch.float64)
+    return table[(_score_sde_times(config, nz) * (nz - 1)).long()]
 
 
 def create_sampler(config: Any) -> Callable[[Callable[..., Tensor], tuple[int, ...], torch.Generator, torch.device],
@@ -386,6 +416,13 @@ def create_sampler(config: Any) -> Callable[[Callable[..., Tensor], tuple[int, .
     method = _choice(s.method, SAMPLING_METHODS, "sampling.method")
     grid = sampling_grid(config)
     sigma_max, sigma_min = sigma_range(config)
+    betas = pc_betas(config) if method == "pc" else None
+    variance = _choice(s.variance, ("small", "large", "learned"), "sampling.variance")
+    if method == "ddpm" and variance == "learned" and not config.model.learn_sigma:
+        raise ConfigError("sampling.variance='learned' needs a network with a learned variance (model.learn_sigma)")
+    if method == "pc" and s.predictor == "ancestral" and config.noise.kind == "subvp":
+        raise ConfigError("sampling.predictor='ancestral' has no sub-VP form (score_sde's AncestralSamplingPredictor "
+                          "supports VE and VP only)")
     labelled = is_class_conditional(config) or s.guidance == "classifier"
 
     def init(shape: tuple[int, ...], g: torch.Generator, device: torch.device) -> Tensor:
@@ -401,9 +438,11 @@ def create_sampler(config: Any) -> Callable[[Callable[..., Tensor], tuple[int, .
             return annealed_langevin(score, x, grid, s.n_steps_each, s.step_lr, s.denoise, generator=g)
         if method == "pc":
             return pc_sampler(score, x, grid, s.predictor, s.corrector, s.snr, s.n_corrector_steps, s.denoise,
-                              generator=g)
+                              generator=g, betas=betas)
         if method == "ddpm":
-            return ddpm_ancestral(score, x, grid, s.variance, generator=g)
+            mean_guided = getattr(score, "convention", "score") == "mean"  # guided-diffusion condition_mean
+            return ddpm_ancestral(score, x, grid, variance, generator=g, clip_denoised=s.clip_denoised,
+                                  guidance=score.guidance_grad if mean_guided else None)
         if method == "ddim":
             return ddim(score, x, grid, s.eta, generator=g)
         if method == "ode":
@@ -433,13 +472,43 @@ def guided_score(config: Any, score: nn.Module, y: Tensor | None, classifier: nn
             raise ConfigError("sampling.guidance='cfg' needs a model trained with a null label "
                               "(model.class_dropout > 0)")
         return ClassifierFreeGuidance(score, y, s.guidance_scale, null_label=config.data.num_classes)
-    base = (lambda x, sigma: score(x, sigma, y=y)) if is_class_conditional(config) else score
+    base = _Labelled(score, y) if is_class_conditional(config) else score
     if kind == "none":
         return base
     if classifier is None:
         raise ConfigError("sampling.guidance='classifier' needs a trained classifier (classifier.workdir)")
     return ClassifierGuidance(base, VPClassifier(classifier, create_schedule(config).alphas_cumprod), y,
-                              s.guidance_scale)
+                              s.guidance_scale, convention=guidance_convention(config))
+
+
+def guidance_convention(config: Any) -> str:
+    """How classifier guidance applies its scale (sampling.guidance_convention): "mean" shifts the DDPM
+    ancestral mean by Σ w∇ log p (guided-diffusion `condition_mean`, its `p_sample`), "score" shifts the
+    score (`condition_score`, its `ddim_sample`); "auto" picks guided-diffusion's pairing: mean for
+    sampling.method='ddpm', score for every other sampler."""
+    s = config.sampling
+    conv = _choice(s.guidance_convention, ("auto", "mean", "score"), "sampling.guidance_convention")
+    if conv == "auto":
+        return "mean" if s.method == "ddpm" else "score"
+    if conv == "mean" and s.method != "ddpm":
+        raise ConfigError(f"sampling.guidance_convention='mean' needs sampling.method='ddpm' (got {s.method!r}); "
+                          "other samplers take the score convention")
+    return conv
+
+
+class _Labelled(nn.Module):
+    """A class-conditional score model with its labels bound: score(x, sigma) = model(x, sigma, y=y)
+    (and its learned variance, when it has one)."""
+
+    def __init__(self, model: nn.Module, y: Tensor | None):
+        super().__init__()
+        self.model, self.y = model, y
+
+    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self.model(x, sigma, y=self.y)
+
+    def score_and_variance(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.score_and_variance(x, sigma, y=self.y)
 
 
 def sampling_nfe(config: Any) -> int:
@@ -709,6 +778,7 @@ class EvalSettings:
     stats_path: str  # a reference statistics file; "": statistics of reference_split
     reference_split: str  # train | test
     reference_count: int  # 0: the whole split
+    vlb_clip_denoised: bool = False  # x̂₀ clamped to [-1, 1] in the VLB (sampling.clip_denoised, as improved-diffusion)
 
 
 def eval_settings(config: Any) -> EvalSettings:
@@ -719,7 +789,8 @@ def eval_settings(config: Any) -> EvalSettings:
         vlb = "learned" if config.model.learn_sigma else config.sampling.variance
     return EvalSettings(config.seed, e.n_samples, e.batch_size, e.likelihood, e.likelihood_batches,
                         e.likelihood_rtol, e.exact_trace, vlb, tuple(e.metrics), e.inception_path, e.stats_path,
-                        _choice(e.reference_split, REFERENCE_SPLITS, "eval.reference_split"), e.reference_count)
+                        _choice(e.reference_split, REFERENCE_SPLITS, "eval.reference_split"), e.reference_count,
+                        config.sampling.clip_denoised)
 
 
 def noise_kind(config: Any) -> str:
@@ -742,7 +813,8 @@ def describe_sampler(config: Any) -> str:
     """The configured sampler in a few words: method, grid length and the fields it reads."""
     s = config.sampling
     fields = {"ald": ("n_steps_each", "step_lr", "denoise"),
-              "pc": ("predictor", "corrector", "snr", "n_corrector_steps"), "ddpm": ("variance",), "ddim": ("eta",),
+              "pc": ("predictor", "corrector", "snr", "n_corrector_steps"), "ddpm": ("variance", "clip_denoised"),
+              "ddim": ("eta",),
               "ode": ("ode_method", "rtol", "atol"), "heun": ("rho",), "dpm_solver": ("order", "rho"),
               "unipc": ("order", "rho"), "fast": ("data_diameter",)}
     try:

@@ -64,6 +64,8 @@ def base() -> ConfigDict:
     n.beta_end = 0.02
     n.beta_min = 0.1  # vp / subvp SDE
     n.beta_max = 20.0
+    n.eps = 1e-5  # vp / subvp / ve_continuous: smallest t of training and likelihoods (score_sde losses.py)
+    n.sampling_eps = 1e-3  # vp / subvp: smallest t the samplers reach (score_sde run_lib.py sampling_eps)
 
     c.training = t = ConfigDict()
     t.batch_size = 128
@@ -73,6 +75,8 @@ def base() -> ConfigDict:
     t.keep_checkpoints = 3
     t.loss = "dsm"  # dsm | ssm | eps | hybrid | vlb
     t.anneal_power = 2.0
+    t.reduce_mean = False  # dsm: True averages the squared error over dimensions, False sums it with ½
+    # (score_sde's training.reduce_mean: True in its VP / sub-VP configs, False for VE)
     t.n_projections = 1  # ssm
     t.lambda_vlb = 0.001  # hybrid
     t.timestep_sampler = "uniform"  # ddpm: uniform | importance
@@ -92,7 +96,8 @@ def base() -> ConfigDict:
     s.n_steps = 0  # steps / levels of the grid (0 = noise.num_scales)
     s.spacing = "uniform"  # ddpm timestep respacing: uniform | leading | trailing | quadratic
     s.eta = 0.0
-    s.variance = "large"  # ddpm ancestral: small | large
+    s.variance = "large"  # ddpm ancestral: small (β̃) | large (β) | learned (the network's Σ; model.learn_sigma)
+    s.clip_denoised = False  # ddpm ancestral and the DDPM VLB: clamp x̂₀ to [-1, 1] (improved-diffusion)
     s.predictor = "reverse_diffusion"
     s.corrector = "langevin"
     s.snr = 0.16
@@ -107,6 +112,8 @@ def base() -> ConfigDict:
     s.n_samples = 64
     s.guidance = "none"  # none | classifier | cfg
     s.guidance_scale = 1.0
+    s.guidance_convention = "auto"  # classifier guidance scale: auto | mean (ancestral mean, guided-diffusion
+    # condition_mean) | score (condition_score); auto: mean for method ddpm, score otherwise, as guided-diffusion
     s.class_label = -1  # -1: random labels for class-conditional models
     s.checkpoint = ""  # a checkpoint path (default: the newest in WORKDIR/checkpoints)
 

@@ -244,7 +244,7 @@ def likelihood_metrics(config: Any, net: torch.nn.Module, data: ImageData | None
     from .likelihood import bits_per_dim, ddpm_vlb, dequantize, log_likelihood
 
     score = build.create_score_model(config, net).eval()
-    sigma_max, sigma_min = build.sigma_range(config)
+    sigma_max, sigma_min = build.likelihood_sigma_range(config)
     e, d = build.eval_settings(config), build.data_spec(config)
     g = torch.Generator(device).manual_seed(e.seed)
     ode_bpd, vlb_bpd, nfes = [], [], []
@@ -274,7 +274,8 @@ def likelihood_metrics(config: Any, net: torch.nn.Module, data: ImageData | None
         ode_bpd.append(bits_per_dim(nats, dims, bin_width) if bin_width else -nats / (dims * math.log(2)))
         nfes.append(nfe)
         if e.vlb_variance is not None and data is not None and d.centered and data.levels == 256:
-            total, _ = ddpm_vlb(net, (raw.float() / 127.5 - 1), build.create_schedule(config), e.vlb_variance, g)
+            total, _ = ddpm_vlb(net, (raw.float() / 127.5 - 1), build.create_schedule(config), e.vlb_variance, g,
+                                clip_denoised=e.vlb_clip_denoised)
             vlb_bpd.append(total)
     out: dict[str, Any] = {"ode_bpd": float(torch.cat(ode_bpd).mean()), "ode_nfe_mean": float(np.mean(nfes)),
                            "likelihood_examples": int(sum(len(b) for b in ode_bpd))}

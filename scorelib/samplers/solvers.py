@@ -70,15 +70,23 @@ def dpm_solver_pp(score: ScoreFn, x: Tensor, sigmas: Tensor, order: int = 2, low
     Data-prediction exponential integrator in λ = -log σ with h = λ' - λ, φ₁ = e^{-h} - 1:
         x' = (σ'/σ) x - φ₁ D_eff,  2nd order D_eff = (1 + 1/2r) D_i - (1/2r) D_{i-1},  r = h_{i-1}/h;
         3rd order adds φ₂ = φ₁/h + 1 and φ₃ = φ₂/h - ½ on the first and second divided differences.
-    A step to σ' = 0 is first order (x' = D). x: [B, ...] at sigmas[0]; NFE = number of positive levels
-    with a trailing zero (else n - 1).
+    Each grid convention follows the reference that uses it. With a trailing zero (k-diffusion's
+    convention) the step to σ' = 0 is first order (x' = D) and every step before it has the full order,
+    as k-diffusion's `sample_dpmpp_2m` / `sample_dpmpp_3m_sde`. A grid ending at σ_min > 0 is the
+    DPM-Solver reference's: `lower_order_final` lowers the last steps to min(order, steps left) only for
+    runs of fewer than 10 steps (LuChengTHU/dpm-solver dpm_solver_pytorch.py `DPM_Solver.sample`,
+    multistep: `if lower_order_final and steps < 10`). x: [B, ...] at sigmas[0]; NFE = number of
+    positive levels with a trailing zero (else n - 1).
     """
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
     s64, sig_b = prepare_grid(sigmas, x)
     levels = s64.tolist()
     n_steps = len(levels) - 1
-    orders = _step_orders(n_steps, order, lower_order_final)
+    to_zero = levels[-1] == 0
+    n_solver = n_steps - int(to_zero)  # steps between positive levels (DPM-Solver's `steps`)
+    lower = lower_order_final and not to_zero and n_solver < 10
+    orders = _step_orders(n_solver, order, lower) + [1] * (n_steps - n_solver)
     lam = [-math.log(s) if s > 0 else math.inf for s in levels]
     ds: list[Tensor] = []
     for i in range(n_steps):
