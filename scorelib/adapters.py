@@ -129,8 +129,8 @@ class EpsToScore(nn.Module):
     fraction v = (raw + 1)/2 of log Σ = v log β + (1 - v) log β̃ for `ddpm_ancestral(variance="learned")`.
     """
 
-    def __init__(self, eps_model: nn.Module, alphas_cumprod: Tensor, quantize: bool = False,
-                 rescale_timesteps: bool = False, learned_variance: bool = False):
+    def __init__(self, eps_model: nn.Module, alphas_cumprod: Tensor, learned_variance: bool = False, *,
+                 quantize: bool = False, rescale_timesteps: bool = False):
         super().__init__()
         self.eps_model = eps_model
         self.quantize = quantize
