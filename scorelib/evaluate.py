@@ -19,7 +19,7 @@ Conventions
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -36,6 +36,7 @@ from .metrics.digits import (
     train_digits_classifier,
 )
 from .metrics.fid import (
+    StreamingStatistics,
     cached_statistics,
     extract_features,
     feature_statistics,
@@ -66,6 +67,7 @@ __all__ = [
     "DigitsClassifier",
     "FIDInceptionV3",
     "InceptionWeightsNotFoundError",
+    "StreamingStatistics",
     "cached_statistics",
     "class_histogram",
     "default_cache_dir",
@@ -88,6 +90,7 @@ __all__ = [
     "mmd_rbf",
     "save_statistics",
     "sliced_wasserstein",
+    "streamed_image_metrics",
     "to_unit_range",
     "toy_metrics",
     "train_digits_classifier",
@@ -120,6 +123,43 @@ def _inception_metrics(samples: Tensor | Iterable, real: Tensor | Iterable | Non
         out["kid"], out["kid_std"] = kid(feats, real_features(), subset_size=min(1000, len(feats)))
     if "is" in metrics:
         out["is"], out["is_std"] = inception_score(logits, splits=min(10, len(logits)))
+    return out
+
+
+def streamed_image_metrics(stats: StreamingStatistics, features: Callable[[], Tensor] | None,
+                           logits: Callable[[], Tensor] | None, *, metrics: Sequence[str] = ("fid", "kid", "is"),
+                           real: Tensor | Iterable | None = None, real_value_range: tuple[float, float] = (0.0, 1.0),
+                           inception_path: str | os.PathLike | None = None,
+                           stats_path: str | os.PathLike | None = None, batch_size: int = 50,
+                           device: torch.device | str | None = None,
+                           fid_method: Literal["sqrtm", "eigh"] = "sqrtm", **_: Any) -> dict[str, float]:
+    """FID / KID / IS of samples whose Inception features were computed elsewhere (e.g. per chunk on
+    each process of a sharded run): FID from the streamed statistics `stats` of the sample features,
+    KID from `features()` [N, 2048] and IS from `logits()` [N, 1008] (called only when those metrics
+    are asked for). The reference comes as in `evaluate_samples` (cached at `stats_path`, else from
+    `real`); further keyword arguments of `build.evaluation_kwargs` (kind, value_range) are ignored."""
+    model: list[FIDInceptionV3] = []
+    cache: list[Tensor] = []
+
+    def real_features() -> Tensor:
+        if not cache:
+            if real is None:
+                raise ValueError("FID/KID need real images (`real`) or, for FID alone, a cached statistics file")
+            if not model:
+                model.append(load_inception(inception_path, device=device or "cpu"))
+            cache.append(inception_features(model[0], real, real_value_range, batch_size, device)[0])
+        return cache[0]
+
+    out: dict[str, float] = {}
+    if "fid" in metrics:
+        ref = cached_statistics(stats_path, real_features) if stats_path else feature_statistics(real_features())
+        out["fid"] = frechet_distance(*stats.statistics(), *ref, method=fid_method)
+    if "kid" in metrics and features is not None:
+        feats = features()
+        out["kid"], out["kid_std"] = kid(feats, real_features(), subset_size=min(1000, len(feats)))
+    if "is" in metrics and logits is not None:
+        lg = logits()
+        out["is"], out["is_std"] = inception_score(lg, splits=min(10, len(lg)))
     return out
 
 
