@@ -165,7 +165,7 @@ def _inception_extra(kwargs: dict[str, Any], device: torch.device) -> Callable[[
 
     def extra(x: torch.Tensor) -> dict[str, np.ndarray]:
         feats, logits = inception_features(model, x, kwargs["value_range"], kwargs["batch_size"], device)
-        return {"features": feats.double().numpy(), "logits": logits.double().numpy()}
+        return {"features": feats.float().numpy(), "logits": logits.float().numpy()}
 
     return extra
 
@@ -183,15 +183,16 @@ def run_eval(config: Any, workdir: Path) -> dict[str, Any]:
     data = build.create_dataset(config, train=False)
     kwargs = build.evaluation_kwargs(config, workdir, None if data is None else data.images)
     images = kwargs["kind"] == "images"
+    inception = images and bool(kwargs["metrics"])
     start = time.perf_counter()
     store, all_chunks, report = draw_sharded(
         config, net, e.n_samples, e.seed + 2, rt, workdir / "eval" / "chunks", "eval",
         classifier=guidance_classifier(config, rt.device),
-        extra=_inception_extra(kwargs, rt.device) if images else None,
-        keys=("samples", "features", "logits") if images else ("samples",))
+        extra=_inception_extra(kwargs, rt.device) if inception else None,
+        keys=("samples", "features", "logits") if inception else ("samples",))
     results: dict[str, Any] = {"n_samples": e.n_samples, "sampler": build.sample_settings(config).method,
                                "nfe": build.sampling_nfe(config), "sampling_seconds": time.perf_counter() - start}
-    if images:  # FID statistics: float64 sums over each process's chunks, added up over the processes
+    if inception:  # FID statistics: float64 sums over each process's chunks, added up over the processes
         stats = evaluate.StreamingStatistics(2048)
         for feats in store.iter(all_chunks[rt.rank::rt.world], "features"):
             stats.update(feats)
@@ -202,7 +203,7 @@ def run_eval(config: Any, workdir: Path) -> dict[str, Any]:
 
             results.update(evaluate.streamed_image_metrics(stats, stacked("features"), stacked("logits"),
                                                            device=rt.device, **kwargs))
-    elif rt.is_main:  # toy points and 8×8 digits: small enough to evaluate at once
+    elif rt.is_main and not images:  # toy points and 8×8 digits: small enough to evaluate at once
         x = torch.from_numpy(np.concatenate(list(store.iter(all_chunks))))
         with torch.random.fork_rng(devices=[]):  # the metrics' random projections: the same in every run
             torch.manual_seed(e.seed)

@@ -211,3 +211,41 @@ def test_killed_run_resumes_without_redrawing_finished_chunks(toy_run, tmp_path)
     assert f"{4 - len(done)} of 4 chunks drawn by 1 process(es), {len(done)} found finished" in again.stdout
     assert {name: (chunk_dir / name).stat().st_mtime_ns for name in done} == before  # not drawn again
     assert np.array_equal(_samples(victim), _samples(tmp_path / "full"))
+
+
+def test_image_eval_streams_inception_features_per_chunk(tmp_path, monkeypatch):
+    from cli_helpers import write_fake_cifar10
+
+    from scorelib import evaluate as ev
+    from scorelib import tasks
+    from scorelib.defaults import base
+
+    data = write_fake_cifar10(tmp_path / "data", n_per_batch=6)
+    run = tmp_path / "run"
+    r = run_main("--config=ncsn_cifar", f"--workdir={run}", f"--config.data.root={data}",
+                 "--config.training.n_iters=2", "--config.training.batch_size=4", "--config.model.nf=8",
+                 "--config.training.snapshot_freq=2", "--config.training.snapshot_samples=0")
+    assert r.returncode == 0, r.stderr
+    torch.manual_seed(0)
+    inception = tmp_path / "random_inception.pth"
+    torch.save(ev.FIDInceptionV3().state_dict(), inception)
+
+    def distance(mu1, sigma1, mu2, sigma2, method="sqrtm"):  # the 2048-D sqrtm takes a minute on a busy CPU
+        return float(np.sum((mu1 - mu2) ** 2) + np.trace(sigma1) + 0.5 * np.trace(sigma2))
+
+    monkeypatch.setattr(ev, "frechet_distance", distance)
+    config = base()
+    config.data.root, config.sampling.n_steps_each = str(data), 1
+    config.eval.n_samples, config.eval.batch_size, config.eval.inception_path = 6, 4, str(inception)
+    out = tasks.run_eval(config, run)
+    assert {"fid", "kid", "kid_std", "is", "is_std"} <= set(out) and out["n_samples"] == 6
+    store_dir = run / "eval" / "chunks"
+    with np.load(store_dir / "chunk_000001.npz") as f:
+        assert f["features"].shape == (2, 2048) and f["logits"].shape == (2, 1008)
+        assert np.array_equal(f["indices"], [4, 5])
+    x = torch.from_numpy(np.concatenate([np.load(store_dir / f"chunk_{k:06d}.npz")["samples"] for k in (0, 1)]))
+    test = tasks.build.create_dataset(config, train=False).images
+    direct = ev.evaluate_samples(x, "images", value_range=(0.0, 1.0), real=test.float() / 255,
+                                 inception_path=inception)
+    for key in ("fid", "kid", "is"):
+        assert out[key] == pytest.approx(direct[key], rel=1e-6, abs=1e-9), key
