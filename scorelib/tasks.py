@@ -87,8 +87,8 @@ def _weights_digest(*nets: torch.nn.Module | None) -> str:
 def draw_sharded(config: Any, net: torch.nn.Module, n: int, seed: int, rt: Runtime, directory: Path, purpose: str,
                  classifier: torch.nn.Module | None = None,
                  extra: Callable[[torch.Tensor], dict[str, np.ndarray]] | None = None,
-                 keys: tuple[str, ...] = ("samples",)) -> tuple[sharding.ChunkStore, list[sharding.Chunk],
-                                                                sharding.DrawReport]:
+                 keys: tuple[str, ...] = ("samples",), progress: bool = True) -> tuple[
+                     sharding.ChunkStore, list[sharding.Chunk], sharding.DrawReport]:
     """Draw n samples of the config's sampler as chunks of sampling.batch_size in `directory`, shared out
     over the processes and resuming from the chunks already there (see scorelib.sharding): chunk k is
     one sampler call with the generator seeded `sharding.chunk_seed(seed, k)`. `extra(x)` adds arrays
@@ -103,7 +103,7 @@ def draw_sharded(config: Any, net: torch.nn.Module, n: int, seed: int, rt: Runti
         x = sample_images(config, net, c.size, rt.device, seed=sharding.chunk_seed(seed, c.k), classifier=classifier)
         return {"samples": x.float().cpu().numpy(), **(extra(x) if extra is not None else {})}
 
-    report = sharding.draw_missing(store, all_chunks, rt, draw, keys, desc=purpose)
+    report = sharding.draw_missing(store, all_chunks, rt, draw, keys, desc=purpose, progress=progress)
     return store, all_chunks, report
 
 

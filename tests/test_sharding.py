@@ -249,3 +249,22 @@ def test_image_eval_streams_inception_features_per_chunk(tmp_path, monkeypatch):
                                  inception_path=inception)
     for key in ("fid", "kid", "is"):
         assert out[key] == pytest.approx(direct[key], rel=1e-6, abs=1e-9), key
+
+
+@pytest.mark.slow
+def test_bench_under_torchrun_equals_one_process(tmp_path):
+    import csv
+
+    common = ["--config=toy_gmm", "--mode=bench", "--quick", "--config.eval.n_samples=64",
+              "--config.sampling.batch_size=32"]  # the exact mixture's score; two batches per row
+    one = run_main(*common, f"--workdir={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr
+    two = _torchrun(*common, f"--workdir={tmp_path / 'two'}", port=29533)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.count("wrote ") == 1  # rank 0 writes
+    rows = [list(csv.DictReader(open(tmp_path / w / "bench" / "results.csv"))) for w in ("one", "two")]
+    timing = {"wall_s", "samples_per_s", "peak_mem_mib"}
+    assert len(rows[0]) == len(rows[1]) > 10
+    for r1, r2 in zip(*rows, strict=True):
+        assert r1["status"] in ("ok", "reference", "skipped"), r1
+        assert {k: v for k, v in r1.items() if k not in timing} == {k: v for k, v in r2.items() if k not in timing}
