@@ -91,11 +91,13 @@ def draw_sharded(config: Any, net: torch.nn.Module, n: int, seed: int, rt: Runti
                      sharding.ChunkStore, list[sharding.Chunk], sharding.DrawReport]:
     """Draw n samples of the config's sampler as chunks of sampling.batch_size in `directory`, shared out
     over the processes and resuming from the chunks already there (see scorelib.sharding): chunk k is
-    one sampler call with the generator seeded `sharding.chunk_seed(seed, k)`. `extra(x)` adds arrays
-    (e.g. Inception features) to a chunk's file; `keys` are the arrays a finished chunk must hold."""
+    one sampler call with the generator seeded `sharding.chunk_seed(seed, k)`; chunks made with another
+    config (`build.sampling_fingerprint`), other weights, seed, chunk size or device type are discarded
+    (their noise streams differ). `extra(x)` adds arrays (e.g. Inception features) to a chunk's file;
+    `keys` are the arrays a finished chunk must hold."""
     size = build.sample_settings(config).batch_size
     fingerprint = hashlib.sha256((build.sampling_fingerprint(config, purpose) + _weights_digest(net, classifier)
-                                  + f"|seed={seed}|chunk={size}").encode()).hexdigest()
+                                  + f"|seed={seed}|chunk={size}|device={rt.device.type}").encode()).hexdigest()
     store = sharding.ChunkStore(directory, fingerprint)
     all_chunks = sharding.chunks(n, size)
 
