@@ -134,10 +134,11 @@ def run_sample(config: Any, workdir: Path) -> Path:
         if d.dataset == "toy":  # 2-D points: all of them fit in memory
             _scatter_png(torch.from_numpy(np.concatenate(list(store.iter(all_chunks)))), png)
         else:
-            first = []
+            first, have = [], 0  # the grid shows the first 256 samples
             for part in store.iter(all_chunks):
-                first.append(part[:256 - sum(len(p) for p in first)])
-                if sum(len(p) for p in first) >= 256:
+                first.append(part[:256 - have])
+                have += len(first[-1])
+                if have >= 256:
                     break
             save_image_grid(to_unit_range(torch.from_numpy(np.concatenate(first)), d.centered), png)
         nfe = build.sampling_nfe(config)

@@ -213,6 +213,23 @@ def test_killed_run_resumes_without_redrawing_finished_chunks(toy_run, tmp_path)
     assert np.array_equal(_samples(victim), _samples(tmp_path / "full"))
 
 
+class _FakeInception(torch.nn.Module):
+    """Stands in for the FID Inception (whose random initialisation gives features of ~1e-8): pooled pixels
+    through fixed random maps to 2048 features and 1008 logits that vary with the image."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.features = torch.nn.Linear(3 * 8 * 8, 2048)
+        self.logits = torch.nn.Linear(2048, 1008)
+        for p in self.parameters():
+            p.data = torch.randn(p.shape, generator=g) / 8
+
+    def forward(self, x):
+        f = torch.tanh(self.features(torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1)))
+        return f, self.logits(f)
+
+
 def test_image_eval_streams_inception_features_per_chunk(tmp_path, monkeypatch):
     from cli_helpers import write_fake_cifar10
 
@@ -222,31 +239,36 @@ def test_image_eval_streams_inception_features_per_chunk(tmp_path, monkeypatch):
 
     data = write_fake_cifar10(tmp_path / "data", n_per_batch=6)
     run = tmp_path / "run"
-    r = run_main("--config=ncsn_cifar", f"--workdir={run}", f"--config.data.root={data}",
-                 "--config.training.n_iters=2", "--config.training.batch_size=4", "--config.model.nf=8",
-                 "--config.training.snapshot_freq=2", "--config.training.snapshot_samples=0")
+    r = run_main("--config=ncsn_cifar", f"--workdir={run}", f"--config.data.root={data}", "--config.model.name=mlp",
+                 "--config.model.nf=8", "--config.model.num_res_blocks=1", "--config.training.n_iters=2",
+                 "--config.training.batch_size=4", "--config.training.snapshot_freq=2",
+                 "--config.training.snapshot_samples=0", "--config.training.eval_at_end=False")
     assert r.returncode == 0, r.stderr
-    torch.manual_seed(0)
-    inception = tmp_path / "random_inception.pth"
-    torch.save(ev.FIDInceptionV3().state_dict(), inception)
+    loads = []
+
+    def load_inception(path=None, device="cpu"):
+        loads.append(path)
+        return _FakeInception().eval().to(device)
 
     def distance(mu1, sigma1, mu2, sigma2, method="sqrtm"):  # the 2048-D sqrtm takes a minute on a busy CPU
-        return float(np.sum((mu1 - mu2) ** 2) + np.trace(sigma1) + 0.5 * np.trace(sigma2))
+        return float(np.sum((mu1 - mu2) ** 2) + np.trace(sigma1) + np.sum(sigma1 * sigma2))
 
+    monkeypatch.setattr(ev, "load_inception", load_inception)
     monkeypatch.setattr(ev, "frechet_distance", distance)
     config = base()
     config.data.root, config.sampling.n_steps_each = str(data), 1
-    config.eval.n_samples, config.eval.batch_size, config.eval.inception_path = 6, 4, str(inception)
+    config.eval.n_samples, config.eval.batch_size, config.eval.inception_path = 20, 8, "inception.pth"
     out = tasks.run_eval(config, run)
-    assert {"fid", "kid", "kid_std", "is", "is_std"} <= set(out) and out["n_samples"] == 6
+    assert {"fid", "kid", "kid_std", "is", "is_std"} <= set(out) and out["n_samples"] == 20
+    assert loads[0] == "inception.pth"
     store_dir = run / "eval" / "chunks"
-    with np.load(store_dir / "chunk_000001.npz") as f:
-        assert f["features"].shape == (2, 2048) and f["logits"].shape == (2, 1008)
-        assert np.array_equal(f["indices"], [4, 5])
-    x = torch.from_numpy(np.concatenate([np.load(store_dir / f"chunk_{k:06d}.npz")["samples"] for k in (0, 1)]))
+    with np.load(store_dir / "chunk_000002.npz") as f:
+        assert f["features"].shape == (4, 2048) and f["logits"].shape == (4, 1008)
+        assert np.array_equal(f["indices"], [16, 17, 18, 19])
+    x = torch.from_numpy(np.concatenate([np.load(store_dir / f"chunk_{k:06d}.npz")["samples"] for k in range(3)]))
     test = tasks.build.create_dataset(config, train=False).images
-    direct = ev.evaluate_samples(x, "images", value_range=(0.0, 1.0), real=test.float() / 255,
-                                 inception_path=inception)
+    direct = ev.evaluate_samples(x, "images", value_range=(0.0, 1.0), real=test.float() / 255)
+    assert out["fid"] > 1e-3 and out["is"] > 1.0 + 1e-6  # 10 splits of 2 samples: IS > 1 unless all agree
     for key in ("fid", "kid", "is"):
         assert out[key] == pytest.approx(direct[key], rel=1e-6, abs=1e-9), key
 
