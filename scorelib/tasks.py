@@ -96,6 +96,9 @@ def draw_sharded(config: Any, net: torch.nn.Module, n: int, seed: int, rt: Runti
     (their noise streams differ). `extra(x)` adds arrays (e.g. Inception features) to a chunk's file;
     `keys` are the arrays a finished chunk must hold."""
     size = build.sample_settings(config).batch_size
+    prefix = "eval" if purpose == "eval" else "sampling"
+    if size < 1 or n < 1:
+        raise build.ConfigError(f"{prefix}.batch_size and {prefix}.n_samples must be >= 1, got {size} and {n}")
     fingerprint = hashlib.sha256((build.sampling_fingerprint(config, purpose) + _weights_digest(net, classifier)
                                   + f"|seed={seed}|chunk={size}|device={rt.device.type}").encode()).hexdigest()
     store = sharding.ChunkStore(directory, fingerprint)

@@ -290,3 +290,10 @@ def test_bench_under_torchrun_equals_one_process(tmp_path):
     for r1, r2 in zip(*rows, strict=True):
         assert r1["status"] in ("ok", "reference", "skipped"), r1
         assert {k: v for k, v in r1.items() if k not in timing} == {k: v for k, v in r2.items() if k not in timing}
+
+
+def test_a_chunk_size_below_one_is_a_one_line_error(toy_run, tmp_path):
+    r = run_main("--config=toy_gmm", "--mode=sample", f"--workdir={tmp_path}",
+                 f"--config.sampling.checkpoint={toy_run}", "--config.sampling.batch_size=0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == "scorelib: sampling.batch_size and sampling.n_samples must be >= 1, got 0 and 2000"
