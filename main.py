@@ -3,8 +3,10 @@
     python main.py --config=ncsn_digits --workdir=runs/digits            # train + sample + evaluate
     python main.py --config=ncsn_cifar --config.training.batch_size=64   # any config field can be overridden
     python main.py --config=ncsn_digits --workdir=runs/digits --mode=sample --config.sampling.method=ode
+    python main.py --config=ncsnv2_cifar --mode=sample --checkpoint=checkpoint.pth   # a published checkpoint
+    python main.py --config=openai:cifar10_uncond --mode=sample --checkpoint=cifar10_uncond_50M_500K.pt
 
---config takes a name from configs/ or a path to a config file.
+--config takes a name from configs/ (NAME:ARG passes ARG to its get_config) or a path to a config file.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ config_flags.DEFINE_config_file("config", None, "experiment config: a name from 
 flags.DEFINE_string("workdir", None, "run directory (default: runs/<config name>)")
 flags.DEFINE_enum("mode", "train", MODES, "what to do")
 flags.DEFINE_bool("quick", False, "with --mode=bench: the small sampler grid")
+flags.DEFINE_string("checkpoint", None, "with --mode=sample|eval|likelihood|bench: the checkpoint to use (sets "
+                    "sampling.checkpoint): scorelib's own, or a published one of ncsn, ncsnv2, score_sde, ddim, "
+                    "improved-/guided-diffusion, whose architecture --config gives")
 FLAGS = flags.FLAGS
 
 
@@ -35,7 +40,7 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def _load_config_file(path: Path):
+def _load_config_file(path: Path, arg: str | None = None):
     spec = importlib.util.spec_from_file_location(f"_scorelib_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(ROOT))
@@ -45,7 +50,12 @@ def _load_config_file(path: Path):
         sys.path.pop(0)
     if not hasattr(module, "get_config"):
         fail(f"config file {path} has no get_config()")
-    return module.get_config()
+    if arg is None:
+        return module.get_config()
+    try:
+        return module.get_config(arg)
+    except (KeyError, ValueError) as e:
+        fail(f"config {path.stem}:{arg}: {e.args[0] if e.args else e}")
 
 
 def _resolve_config_arg(argv: list[str]) -> tuple[list[str], str]:
@@ -59,6 +69,7 @@ def _resolve_config_arg(argv: list[str]) -> tuple[list[str], str]:
             i += 1
         if arg.startswith("--config="):
             value = arg.split("=", 1)[1]
+            value, colon, config_arg = value.partition(":")
             candidate = Path(value)
             if candidate.suffix == ".py" and candidate.is_file():
                 path, name = candidate, candidate.stem
@@ -68,12 +79,13 @@ def _resolve_config_arg(argv: list[str]) -> tuple[list[str], str]:
                 fail(f"config file {value} does not exist")
             else:
                 fail(f"unknown config {value!r}; known configs: {', '.join(known_configs())}")
-            arg = f"--config={path}"
+            arg = f"--config={path}{colon}{config_arg}"
+            name = f"{name}_{config_arg}" if colon else name
         out.append(arg)
         i += 1
     if path is None:
         fail(f"--config is required; known configs: {', '.join(known_configs())}")
-    config = _load_config_file(path)
+    config = _load_config_file(path, config_arg if colon else None)
     for arg in out:
         if arg.startswith("--config."):
             key = arg[len("--config."):].split("=", 1)[0]
@@ -99,10 +111,15 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    from scorelib import tasks
+    from scorelib import build, tasks
 
     config, workdir, mode = FLAGS.config, Path(FLAGS.workdir), FLAGS.mode
     try:
+        if FLAGS.checkpoint:
+            if mode == "train":
+                fail("--checkpoint is for --mode=sample, eval, likelihood or bench (training resumes from "
+                     "WORKDIR/checkpoints)")
+            config = build.with_overrides(config, {"sampling.checkpoint": FLAGS.checkpoint})
         if mode == "train":
             tasks.run_train(config, workdir)
         elif mode == "sample":

@@ -122,11 +122,15 @@ def create_model(config: Any) -> nn.Module:
     from .models.ncsnpp import NCSNpp
 
     ve = name == "ncsnpp"
+    # score_sde's discrete VE NCSN++ (configs/ve/cifar10_ncsnpp.py): positional embedding of the level index,
+    # output divided by that level's σ.
+    levels = create_sigmas(config) if ve and m.embedding_type == "positional" else None
     return NCSNpp(image_size=d.image_size, in_channels=d.channels, nf=m.nf, ch_mult=tuple(m.ch_mult),
                   num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
-                  resamp_with_conv=m.resamp_with_conv, fir=m.fir, skip_rescale=True, resblock_type="biggan",
-                  progressive="none", progressive_input=m.progressive_input, embedding_type=m.embedding_type,
-                  fourier_scale=m.fourier_scale, scale_by_sigma=ve, centered=d.centered)
+                  resamp_with_conv=m.resamp_with_conv, fir=m.fir, skip_rescale=True, resblock_type=m.resblock_type,
+                  progressive=m.progressive, progressive_input=m.progressive_input,
+                  progressive_combine=m.progressive_combine, embedding_type=m.embedding_type,
+                  fourier_scale=m.fourier_scale, scale_by_sigma=ve, centered=d.centered, level_sigmas=levels)
 
 
 def is_class_conditional(config: Any) -> bool:
@@ -137,6 +141,17 @@ def is_class_conditional(config: Any) -> bool:
 def uses_labels(config: Any) -> bool:
     """Whether training feeds class labels (a conditional model, or the noisy classifier)."""
     return is_class_conditional(config) or config.training.target == "classifier"
+
+
+def network_family(config: Any) -> str:
+    """What `create_network` builds, in a word: model.name, or "classifier" for the noisy classifier."""
+    target = _choice(config.training.target, ("model", "classifier"), "training.target")
+    return _choice(config.model.name, MODEL_NAMES, "model.name") if target == "model" else "classifier"
+
+
+def network_variant(config: Any) -> str:
+    """model.variant (the NCSN / NCSNv2 depth: base | deeper | deepest)."""
+    return config.model.variant
 
 
 def create_network(config: Any) -> nn.Module:
@@ -218,16 +233,25 @@ def create_score_model(config: Any, model: nn.Module | None = None) -> nn.Module
     `EpsToScore`; continuous VP / sub-VP: `ContinuousEpsToScore`."""
     net = create_model(config) if model is None else model
     name, kind = config.model.name, _choice(config.noise.kind, NOISE_KINDS, "noise.kind")
-    if name == "ncsn":
+    if name == "ncsn" or (name == "ncsnpp" and config.model.embedding_type == "positional"):
         return IndexedScore(net, create_sigmas(config))
     if name in ("ncsnv2", "mlp", "conv", "ncsnpp"):
         return net
     if kind == "ddpm":
         head = _EpsHead(net, config.data.channels) if config.model.learn_sigma else net
-        return EpsToScore(head, create_schedule(config).alphas_cumprod)
+        return EpsToScore(head, create_schedule(config).alphas_cumprod,
+                          rescale_timesteps=config.model.rescale_timesteps)
     if kind in ("vp", "subvp"):
         return ContinuousEpsToScore(net, create_sde(config), label_scale=999.0)
     raise ConfigError(f"model.name={name!r} cannot be used with noise.kind={kind!r}")
+
+
+def create_sigma_model(config: Any, net: nn.Module) -> nn.Module:
+    """`net` (what `create_network` built) in σ-space: the score model, or for the noisy classifier
+    (training.target = "classifier") the σ-space classifier(x, sigma) -> logits [B, K]."""
+    if network_family(config) == "classifier":
+        return VPClassifier(net, create_schedule(config).alphas_cumprod)
+    return create_score_model(config, net)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,6 +386,7 @@ def create_sampler(config: Any) -> Callable[[Callable[..., Tensor], tuple[int, .
     method = _choice(s.method, SAMPLING_METHODS, "sampling.method")
     grid = sampling_grid(config)
     sigma_max, sigma_min = sigma_range(config)
+    labelled = is_class_conditional(config) or s.guidance == "classifier"
 
     def init(shape: tuple[int, ...], g: torch.Generator, device: torch.device) -> Tensor:
         if s.init == "uniform":  # NCSN / NCSNv2: U[0,1] images (centred when the data is)
@@ -389,8 +414,9 @@ def create_sampler(config: Any) -> Callable[[Callable[..., Tensor], tuple[int, .
             return dpm_solver_pp(score, x, grid, order=s.order)
         if method == "unipc":
             return unipc(score, x, grid, order=s.order)
+        # a class-conditional score binds one label per row, so fast_sample cannot add its probe rows
         return fast_sample(score, x, sigma_max, sigma_min, s.n_steps,
-                           data_diameter=s.data_diameter if s.data_diameter > 0 else None)
+                           data_diameter=s.data_diameter if s.data_diameter > 0 else None, probe=not labelled)
 
     return sample
 
@@ -458,9 +484,64 @@ def learning_rate(config: Any, step: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluation_kwargs(config: Any, workdir: Any, real: Tensor | None) -> dict[str, Any]:
+REFERENCE_SPLITS = ("train", "test")
+# the preprocessing behind the reference features (evaluate.inception_features): part of the cache key
+INCEPTION_PREPROCESSING = "uint8/255 -> [0,1], bilinear 299x299 (align_corners=False), 2x-1; pool3"
+
+
+@dataclass(frozen=True)
+class FidReference:
+    """What the FID/KID reference of an evaluation is (`fid_reference`).
+
+    file: eval.stats_path (a reference file, read-only) or "" when the statistics come from the data;
+    split / count: the data split and how many of its images (0: all); cache: where the statistics of
+    the data are cached (None with a file); description: one line for metrics.json.
+    """
+
+    file: str
+    split: str
+    count: int
+    cache: Path | None
+    description: str
+
+    @property
+    def full(self) -> bool:
+        """The reference papers use: a reference file, or every image of the training split."""
+        return bool(self.file) or (self.split == "train" and self.count == 0)
+
+
+def fid_reference(config: Any, workdir: Any, split: str | None = None) -> FidReference:
+    """The FID/KID reference of the config: eval.stats_path if set, else `split` (default eval.reference_split)
+    of the data set, the first eval.reference_count images of it (0: all). The cache file in WORKDIR/eval is
+    keyed by everything the statistics depend on (data set, resolved root, split, count, image size / crop /
+    channels, the folder split, preprocessing, Inception weights), so a different data.root or split never
+    reuses stale statistics."""
+    from .evaluate import cache_key, inception_weights_path
+
+    d, e = data_spec(config), config.eval
+    if e.stats_path:
+        return FidReference(e.stats_path, "", 0, None, f"file {e.stats_path}")
+    split = _choice(e.reference_split if split is None else split, REFERENCE_SPLITS, "eval.reference_split")
+    if e.reference_count < 0:
+        raise ConfigError(f"eval.reference_count={e.reference_count} must be >= 0 (0: the whole split)")
+    count = e.reference_count
+    weights = inception_weights_path(e.inception_path or None)
+    key = cache_key(dataset=d.dataset, root=Path(d.root).expanduser().resolve(), split=split, count=count,
+                    image_size=d.image_size, channels=d.channels, crop=d.crop,
+                    test_fraction=d.test_fraction if d.dataset == "folder" else "",
+                    preprocessing=INCEPTION_PREPROCESSING, weights=weights.name,
+                    weights_bytes=weights.stat().st_size if weights.is_file() else -1)
+    cache = Path(workdir) / "eval" / f"fid_stats_{d.dataset}_{split}_{key}.npz"
+    what = "all" if count == 0 else f"the first {count}"
+    return FidReference("", split, count, cache, f"{what} of the {split} split of {d.dataset} at {d.root}")
+
+
+def evaluation_kwargs(config: Any, workdir: Any, real: Tensor | None, split: str | None = "test",
+                      device: torch.device | str | None = None) -> dict[str, Any]:
     """Keyword arguments of `evaluate.evaluate_samples` for the config's data: the metric kind, value
-    ranges, the real reference set (test split; `real` is it as loaded), caches inside WORKDIR/eval."""
+    ranges, the real reference set (`real`: the `split` as loaded, None: eval.reference_split; the first
+    eval.reference_count of it) or the file eval.stats_path, Inception on `device` in batches of
+    eval.batch_size, caches inside WORKDIR/eval (see `fid_reference`)."""
     from .data import TOY_NAMES, toy_data, toy_mixture
 
     d, e = config.data, config.eval
@@ -473,10 +554,17 @@ def evaluation_kwargs(config: Any, workdir: Any, real: Tensor | None) -> dict[st
         return {"kind": "toy", "real": reference, "gmm": gmm}
     if d.dataset == "digits":
         return {"kind": "digits", "value_range": value_range, "real": real, "cache_dir": cache}
-    ref = None if real is None else (real.float() / 255.0 if real.dtype == torch.uint8 else real.float())
-    return {"kind": "images", "metrics": tuple(e.metrics), "value_range": value_range, "real": ref,
-            "inception_path": e.inception_path or None, "stats_path": cache / f"fid_stats_{d.dataset}_test.npz",
-            "batch_size": 50}
+    ref = fid_reference(config, workdir, split)
+    if real is not None and ref.count:
+        real = real[:ref.count]
+    real = None if ref.file else real
+    real_range = (0.0, 255.0) if real is not None and real.dtype == torch.uint8 else (0.0, 1.0)  # scaled per batch
+    out = {"kind": "images", "metrics": tuple(e.metrics), "value_range": value_range, "real": real,
+           "real_value_range": real_range, "inception_path": e.inception_path or None, "stats_path": ref.cache,
+           "reference_path": ref.file or None, "batch_size": e.batch_size}
+    if device is not None:
+        out["device"] = device
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,6 +587,7 @@ class DataSpec:
     uniform_dequantization: bool
     centered: bool
     num_classes: int
+    test_fraction: float  # folder: the share held out as the test split (data.in_test_split)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -510,7 +599,7 @@ def data_spec(config: Any) -> DataSpec:
     """The data fields of the config."""
     d = config.data
     return DataSpec(d.dataset, d.root, d.download, d.image_size, d.channels, d.crop, d.toy, d.random_flip,
-                    d.uniform_dequantization, d.centered, d.num_classes)
+                    d.uniform_dequantization, d.centered, d.num_classes, d.test_fraction)
 
 
 def create_dataset(config: Any, train: bool = True) -> ImageData | None:
@@ -526,8 +615,11 @@ def create_dataset(config: Any, train: bool = True) -> ImageData | None:
             data.images = nn.functional.interpolate(data.images.float(), size=d.image_size, mode="bilinear",
                                                     antialias=True).round().clamp(0, 255).to(torch.uint8)
         return data
-    if d.dataset == "folder":
-        return load_image_folder(d.root, d.image_size, d.channels, d.crop)
+    if d.dataset == "folder":  # a deterministic split by file name, so test images are never trained on
+        if not 0 < d.test_fraction < 1:
+            raise ConfigError(f"data.test_fraction={d.test_fraction} must be in (0, 1) for data.dataset=folder")
+        return load_image_folder(d.root, d.image_size, d.channels, d.crop, "train" if train else "test",
+                                 d.test_fraction)
     if d.dataset == "digits":
         return load_digits(train)
     raise ConfigError(f"data.dataset={d.dataset!r} is not one of: cifar10, mnist, folder, digits, toy")
@@ -612,6 +704,11 @@ class EvalSettings:
     likelihood_rtol: float
     exact_trace: bool
     vlb_variance: str | None  # DDPM models: learned | small | large; None: no discrete VLB
+    metrics: tuple[str, ...]  # requested: fid | kid | is (the data kind decides what is computed)
+    inception_path: str  # "" : $SCORELIB_INCEPTION or torch hub's checkpoint folder
+    stats_path: str  # a reference statistics file; "": statistics of reference_split
+    reference_split: str  # train | test
+    reference_count: int  # 0: the whole split
 
 
 def eval_settings(config: Any) -> EvalSettings:
@@ -621,7 +718,8 @@ def eval_settings(config: Any) -> EvalSettings:
     if config.noise.kind == "ddpm":
         vlb = "learned" if config.model.learn_sigma else config.sampling.variance
     return EvalSettings(config.seed, e.n_samples, e.batch_size, e.likelihood, e.likelihood_batches,
-                        e.likelihood_rtol, e.exact_trace, vlb)
+                        e.likelihood_rtol, e.exact_trace, vlb, tuple(e.metrics), e.inception_path, e.stats_path,
+                        _choice(e.reference_split, REFERENCE_SPLITS, "eval.reference_split"), e.reference_count)
 
 
 def noise_kind(config: Any) -> str:

@@ -22,6 +22,7 @@ def base() -> ConfigDict:
     d.num_classes = 10  # labels are used when the model is class-conditional
     d.toy = "gmm8"  # for dataset=toy: gmm8 | grid25 | two_modes | rings | swissroll | moons | checkerboard
     d.crop = 0  # folder: centre crop to this size before resizing (0 = the shorter side)
+    d.test_fraction = 0.05  # folder: share of the images held out as the test split, by a hash of the file name
 
     c.model = m = ConfigDict()
     m.name = "ncsnv2"  # mlp | conv | ncsn | ncsnv2 | ddpm | iddpm | adm | ncsnpp | ddpmpp
@@ -44,6 +45,10 @@ def base() -> ConfigDict:
     m.fir = True
     m.progressive_input = "residual"
     m.embedding_type = "fourier"
+    m.progressive = "none"  # ncsnpp / ddpmpp output pyramid: none | output_skip | residual (score_sde)
+    m.progressive_combine = "sum"  # ncsnpp / ddpmpp input_skip pyramid join: sum | cat
+    m.resblock_type = "biggan"  # ncsnpp / ddpmpp: biggan | ddpm residual blocks
+    m.rescale_timesteps = False  # ddpm family: the network sees t·1000/T (improved-diffusion's default)
     m.fourier_scale = 16.0
     m.embed_dim = 64  # mlp
     m.data_std = 0.5  # mlp / conv input scaling
@@ -97,7 +102,7 @@ def base() -> ConfigDict:
     s.atol = 1e-5
     s.order = 3
     s.rho = 7.0
-    s.data_diameter = 0.0  # fast: > 0 lets the first step skip the range above it
+    s.data_diameter = 0.0  # fast: > 0 gives the data diameter (else the scale is probed at σ_max)
     s.batch_size = 64  # also the chunk of --mode=sample: sample i depends on (seed, i, batch_size), not on processes
     s.n_samples = 64
     s.guidance = "none"  # none | classifier | cfg
@@ -120,6 +125,11 @@ def base() -> ConfigDict:
     e.batch_size = 250  # sampling batch (= chunk) of --mode=eval, and the likelihood's batch
     e.metrics = ("fid", "kid", "is")  # the ones the data allows are computed
     e.inception_path = ""  # pt_inception-2015-12-05 weights (or $SCORELIB_INCEPTION)
+    # FID/KID reference file, read-only: pytorch-fid's .npz (mu, sigma), score_sde's cifar10_stats.npz (pool_3)
+    # or ADM's VIRTUAL_*.npz (mu/sigma or arr_0 images); "": statistics of eval.reference_split, cached in WORKDIR/eval
+    e.stats_path = ""
+    e.reference_split = "train"  # train | test: the split whose statistics are the reference (papers: train)
+    e.reference_count = 0  # 0: all of that split (comparable with papers); > 0: its first N images
     e.likelihood = False
     e.likelihood_batches = 4
     e.likelihood_rtol = 1e-5
@@ -132,7 +142,7 @@ def base() -> ConfigDict:
     k.attn_resolutions = (16, 8)
     k.num_head_channels = 64
     k.pool = "attention"
-    k.workdir = ""  # where its checkpoints are (for sampling with guidance)
+    k.workdir = ""  # its run directory or checkpoint, or a guided-diffusion classifier .pt (sampling with guidance)
     return c
 
 

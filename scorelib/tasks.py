@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,8 +42,10 @@ def checkpoint_source(config: Any, workdir: Path, required: bool = True) -> Path
 def trained_network(config: Any, source: Path, device: torch.device) -> tuple[torch.nn.Module, Any]:
     """The EMA network of the newest checkpoint at `source` in eval mode, built with its own stored
     architecture, and the config to run it with: `build.with_stored_model` of `config`, so sampling
-    and evaluation settings still come from the current config (flags can change the sampler)."""
-    net, stored = load_network(source)
+    and evaluation settings still come from the current config (flags can change the sampler).
+    A published checkpoint of the reference code (scorelib.published) carries no architecture: the
+    current config gives it."""
+    net, stored = load_network(source, config=config)
     return net.to(device).eval(), build.with_stored_model(config, stored)
 
 
@@ -54,7 +57,8 @@ def guidance_classifier(config: Any, device: torch.device) -> torch.nn.Module | 
     if not s.classifier_workdir:
         raise build.ConfigError("sampling.guidance='classifier' needs --config.classifier.workdir (a run trained "
                                 "with --config.training.target=classifier)")
-    net, _ = load_network(s.classifier_workdir)
+    # a published noisy classifier (guided-diffusion .pt) is built from the config's classifier section
+    net, _ = load_network(s.classifier_workdir, config=build.with_overrides(config, {"training.target": "classifier"}))
     return net.to(device).eval()
 
 
@@ -62,8 +66,10 @@ def run_train(config: Any, workdir: Path) -> None:
     """Train (resuming from the newest checkpoint); with training.eval_at_end also sample and evaluate
     (on every process of a torchrun job: both are sharded)."""
     rt = setup_runtime(config)
-    summary = train(config, workdir)
     t = build.train_settings(config)
+    if t.eval_at_end and t.target == "model":
+        preflight_eval(config, workdir)  # a missing weights file or data set found before training, not after
+    summary = train(config, workdir)
     if t.eval_at_end and t.target == "model":
         run_sample(config, workdir)
         run_eval(config, workdir)
@@ -163,57 +169,153 @@ def _scatter_png(x: torch.Tensor, path: Path) -> None:
     save_image_grid((1 - img)[None, None], path, nrow=1)
 
 
-def _inception_extra(kwargs: dict[str, Any], device: torch.device) -> Callable[[torch.Tensor], dict[str, np.ndarray]]:
-    """Per-chunk Inception pool3 features and logits of samples (in the eval kwargs' value range)."""
-    from .evaluate import inception_features, load_inception
+INCEPTION_METRICS = ("fid", "kid", "is")
 
-    model = load_inception(kwargs["inception_path"], device=device)
+
+def _uses_inception(config: Any) -> bool:
+    """Whether the evaluation runs the FID Inception (image data with fid / kid / is requested)."""
+    dataset = build.data_spec(config).dataset
+    return dataset not in ("toy", "digits") and any(m in INCEPTION_METRICS for m in build.eval_settings(config).metrics)
+
+
+def _needs_reference(config: Any) -> bool:
+    return _uses_inception(config) and any(m in ("fid", "kid") for m in build.eval_settings(config).metrics)
+
+
+def preflight_eval(config: Any, workdir: Path) -> None:
+    """Check everything an evaluation needs besides the checkpoint, before anything is sampled (seconds,
+    not a sampling run): WORKDIR/eval is writable; for the Inception metrics the weights file is present and
+    a valid FID Inception state_dict; eval.stats_path, if set, is a readable reference file, else the
+    reference split of the data is present (unless its statistics are cached); with eval.likelihood the
+    test split is present. Raises the user errors of USER_ERRORS, each one line naming the field or path."""
+    from . import evaluate
+
+    e = build.eval_settings(config)
+    out = workdir / "eval"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise build.ConfigError(f"--workdir={workdir} is not writable ({out}: {err})") from err
+    if _uses_inception(config):
+        try:  # a missing file raises InceptionWeightsNotFoundError (a FileNotFoundError) naming the path
+            evaluate.load_inception(e.inception_path or None)
+        except ValueError as err:
+            raise build.ConfigError(f"eval.inception_path: {err}") from err
+    if _needs_reference(config):
+        ref = build.fid_reference(config, workdir)
+        if ref.file:
+            try:
+                evaluate.check_statistics(ref.file)
+            except ValueError as err:
+                raise build.ConfigError(f"eval.stats_path: {err}") from err
+        elif not evaluate.cache_ready(ref.cache, "kid" in e.metrics):
+            build.create_dataset(config, train=ref.split == "train")  # a DataError naming the path if absent
+    if e.likelihood and build.data_spec(config).dataset != "toy":
+        build.create_dataset(config, train=False)
+
+
+def _reference_images(config: Any, workdir: Path, test: ImageData | None) -> torch.Tensor | None:
+    """The real images the FID/KID reference is computed from: None when a reference file is used or the
+    statistics are cached (or no reference is needed); the test split `test` when that is the reference."""
+    from . import evaluate
+
+    if not _needs_reference(config):
+        return None
+    ref = build.fid_reference(config, workdir)
+    if ref.file or evaluate.cache_ready(ref.cache, "kid" in build.eval_settings(config).metrics):
+        return None
+    if ref.split == "test" and test is not None:
+        return test.images
+    return build.create_dataset(config, train=ref.split == "train").images
+
+
+def _inception_extra(config: Any, workdir: Path, device: torch.device) -> Callable[[torch.Tensor],
+                                                                                dict[str, np.ndarray]]:
+    """Per-chunk Inception pool3 features and logits of samples (float32), on `device` in batches of
+    eval.batch_size."""
+    from . import evaluate
+
+    kwargs = build.evaluation_kwargs(config, workdir, None, device=device)
+    model = evaluate.load_inception(kwargs["inception_path"], device=device)
 
     def extra(x: torch.Tensor) -> dict[str, np.ndarray]:
-        feats, logits = inception_features(model, x, kwargs["value_range"], kwargs["batch_size"], device)
+        feats, logits = evaluate.inception_features(model, x, kwargs["value_range"], kwargs["batch_size"], device)
         return {"features": feats.float().numpy(), "logits": logits.float().numpy()}
 
     return extra
 
 
-def run_eval(config: Any, workdir: Path) -> dict[str, Any]:
-    """Sample eval.n_samples (sharded and resumable as `run_sample`, chunks in WORKDIR/eval/chunks/) and
-    compute the metrics the data allows; rank 0 writes WORKDIR/eval/metrics.json. Image data: Inception
-    features per chunk on the process that drew it, FID from float64 sums reduced over the processes."""
+def _inception_results(config: Any, workdir: Path, store: sharding.ChunkStore, all_chunks: list[sharding.Chunk],
+                       test: ImageData | None, ref: build.FidReference | None, rt: Runtime) -> dict[str, Any]:
+    """FID / KID / IS of the chunks' samples against `ref` (None: no FID/KID requested) and, with a FID, the
+    record of what it was computed from (`evaluate.fid_protocol`, the split, file and cache). The FID
+    statistics are float64 sums of x and xxᵀ over each process's chunk files, added up over the processes;
+    rank 0 computes the metrics (KID and IS from the stored features and logits), the others get {}."""
     from . import evaluate
 
+    stats = evaluate.StreamingStatistics(2048)
+    for feats in store.iter(all_chunks[rt.rank::rt.world], "features"):
+        stats.update(feats)
+    stats = evaluate.StreamingStatistics.from_tensors(sharding.reduce_sum(stats.tensors(), rt))
+    if not rt.is_main:
+        return {}
+
+    def stacked(key: str) -> Callable[[], torch.Tensor]:
+        return lambda: torch.from_numpy(np.concatenate(list(store.iter(all_chunks, key))))
+
+    split = ref.split if ref is not None and ref.split else None
+    kwargs = build.evaluation_kwargs(config, workdir, _reference_images(config, workdir, test), split=split,
+                                     device=rt.device)
+    out = evaluate.streamed_image_metrics(stats, stacked("features"), stacked("logits"), **kwargs)
+    if ref is not None and "fid" in out:
+        out.update(evaluate.fid_protocol(stats.n, ref.description, out.get("fid_reference_count"), ref.full))
+        out.update(fid_reference_split=ref.split or None, fid_reference_file=ref.file or None,
+                   fid_reference_cache=None if ref.cache is None else str(ref.cache))
+    return out
+
+
+def run_eval(config: Any, workdir: Path) -> dict[str, Any]:
+    """Sample eval.n_samples and compute the metrics the data allows; rank 0 writes WORKDIR/eval/metrics.json.
+
+    Everything but the checkpoint is checked first (`preflight_eval`). Sampling is sharded and resumable
+    as in `run_sample` (chunks in WORKDIR/eval/chunks/); for image data each process computes the
+    Inception features of the chunks it draws. The FID reference is the full training split by default
+    (eval.reference_split / reference_count) or the file eval.stats_path; metrics.json records it, the
+    counts, and whether the FID is comparable with published ones (`evaluate.fid_protocol`)."""
+    from . import evaluate
+
+    preflight_eval(config, workdir)
     rt = setup_runtime(config)
+    requested = build.data_spec(config)
     net, config = trained_network(config, checkpoint_source(config, workdir), rt.device)
+    if build.data_spec(config) != requested:  # the checkpoint's data fields replaced the flags': check again
+        preflight_eval(config, workdir)
     config = build.for_evaluation(config)
     e = build.eval_settings(config)
-    data = build.create_dataset(config, train=False)
-    kwargs = build.evaluation_kwargs(config, workdir, None if data is None else data.images)
-    images = kwargs["kind"] == "images"
-    inception = images and bool(kwargs["metrics"])
+    inception = _uses_inception(config)
     start = time.perf_counter()
     store, all_chunks, report = draw_sharded(
         config, net, e.n_samples, e.seed + 2, rt, workdir / "eval" / "chunks", "eval",
         classifier=guidance_classifier(config, rt.device),
-        extra=_inception_extra(kwargs, rt.device) if inception else None,
+        extra=_inception_extra(config, workdir, rt.device) if inception else None,
         keys=("samples", "features", "logits") if inception else ("samples",))
     results: dict[str, Any] = {"n_samples": e.n_samples, "sampler": build.sample_settings(config).method,
                                "nfe": build.sampling_nfe(config), "sampling_seconds": time.perf_counter() - start}
-    if inception:  # FID statistics: float64 sums over each process's chunks, added up over the processes
-        stats = evaluate.StreamingStatistics(2048)
-        for feats in store.iter(all_chunks[rt.rank::rt.world], "features"):
-            stats.update(feats)
-        stats = evaluate.StreamingStatistics.from_tensors(sharding.reduce_sum(stats.tensors(), rt))
-        if rt.is_main:
-            def stacked(key: str) -> Callable[[], torch.Tensor]:
-                return lambda: torch.from_numpy(np.concatenate(list(store.iter(all_chunks, key))))
-
-            results.update(evaluate.streamed_image_metrics(stats, stacked("features"), stacked("logits"),
-                                                           device=rt.device, **kwargs))
-    elif rt.is_main and not images:  # toy points and 8×8 digits: small enough to evaluate at once
+    ref = build.fid_reference(config, workdir) if _needs_reference(config) else None
+    digits = build.data_spec(config).dataset == "digits"
+    needs_test = e.likelihood or digits or (ref is not None and ref.split == "test")
+    data = build.create_dataset(config, train=False) if needs_test else None  # the test split
+    if inception:
+        results.update(_inception_results(config, workdir, store, all_chunks, data, ref, rt))
+    elif rt.is_main and build.data_spec(config).dataset in ("toy", "digits"):  # small: evaluated at once
         x = torch.from_numpy(np.concatenate(list(store.iter(all_chunks))))
         with torch.random.fork_rng(devices=[]):  # the metrics' random projections: the same in every run
             torch.manual_seed(e.seed)
-            results.update(evaluate.evaluate_samples(x, **kwargs))
+            results.update(evaluate.evaluate_samples(x, **build.evaluation_kwargs(
+                config, workdir, None if data is None else data.images)))
     if e.likelihood:
         results.update(likelihood_metrics(config, net, data, rt))
     if rt.is_main:

@@ -258,6 +258,7 @@ def test_image_eval_streams_inception_features_per_chunk(tmp_path, monkeypatch):
     config = base()
     config.data.root, config.sampling.n_steps_each = str(data), 1
     config.eval.n_samples, config.eval.batch_size, config.eval.inception_path = 20, 8, "inception.pth"
+    config.eval.reference_split = "test"
     out = tasks.run_eval(config, run)
     assert {"fid", "kid", "kid_std", "is", "is_std"} <= set(out) and out["n_samples"] == 20
     assert loads[0] == "inception.pth"
