@@ -133,7 +133,8 @@ def main(argv: list[str]) -> None:
     except tasks.USER_ERRORS as e:
         fail(str(e))
     except KeyboardInterrupt:
-        fail("interrupted; rerun the same command to resume from the newest checkpoint")
+        fail("interrupted; rerun the same command to resume (training from the newest checkpoint, sampling from "
+             "the finished chunks)")
 
 
 if __name__ == "__main__":

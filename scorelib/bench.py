@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from . import build
@@ -68,7 +69,7 @@ from .checkpoint import CheckpointError, atomic_write_bytes
 from .samplers import probability_flow
 from .samplers._common import CountingScore
 from .tasks import checkpoint_source, guidance_classifier, trained_network
-from .train import setup_runtime
+from .train import Runtime, setup_runtime
 from .utils import append_dims, default_dtype
 
 ScoreFn = Callable[..., Tensor]
@@ -476,10 +477,10 @@ def _batch_scores(config: Any, score: ScoreFn, net: torch.nn.Module | None, devi
 
 
 def _reference(config: Any, model: Model, x0s: Sequence[Tensor], starts: Sequence[int], n: int, seed: int,
-               device: torch.device, tol: float) -> tuple[Tensor, str, float, float]:
-    """The probability-flow ODE solution (dopri5 at rtol = atol = tol, then the Tweedie step) from every
-    batch of initial noise: in float64 (a float64 copy of a network), float32 for guided models."""
-    t0 = time.perf_counter()
+               device: torch.device, tol: float) -> tuple[list[Tensor], list[int], str]:
+    """The probability-flow ODE solution (dopri5 at rtol = atol = tol, then the Tweedie step) from each
+    batch of initial noise: in float64 (a float64 copy of a network), float32 for guided models. Returns
+    the per-batch solutions (float64), the per-batch NFE and a description of the solve."""
     guided = _guided(config, model.net)
     if model.exact is not None or guided:
         scores = _batch_scores(config, model.score, model.net, device, n, seed)
@@ -489,17 +490,35 @@ def _reference(config: Any, model: Model, x0s: Sequence[Tensor], starts: Sequenc
         score64 = build.create_score_model(config, net64).eval()
         scores, dtype = (lambda start, b: score64), torch.float64
     sigma_max, sigma_min = build.sigma_range(config)
-    outs, nfe = [], 0
+    outs, nfes = [], []
     with torch.no_grad():
         for start, x0 in zip(starts, x0s, strict=True):
             out, k = probability_flow(scores(start, len(x0)), x0.to(dtype), sigma_max, sigma_min, rtol=tol, atol=tol,
                                       return_nfe=True)
             outs.append(out.double())
-            nfe += k
-    seconds = time.perf_counter() - t0
-    info = (f"probability_flow dopri5, rtol=atol={tol:g}, {str(dtype).removeprefix('torch.')}, + Tweedie step at "
-            f"σ_min; {nfe / len(x0s):.0f} NFE per batch, {seconds:.1f} s")
-    return torch.cat(outs), info, nfe / len(x0s), seconds
+            nfes.append(int(k))
+    return outs, nfes, (f"probability_flow dopri5, rtol=atol={tol:g}, {str(dtype).removeprefix('torch.')}, "
+                        f"+ Tweedie step at σ_min")
+
+
+def _all_batches(rt: Runtime, mine: Sequence[int], parts: Sequence[Any]) -> list[Any]:
+    """Under torchrun: the per-batch values of every process (parts[j] belongs to batch mine[j]), in
+    batch order, on every process; tensors travel through the CPU. One process: `parts` itself."""
+    if rt.world == 1:
+        return list(parts)
+    local = [(k, p.cpu() if isinstance(p, Tensor) else p) for k, p in zip(mine, parts, strict=True)]
+    everyone: list[Any] = [None] * rt.world
+    dist.all_gather_object(everyone, local)
+    return [p for _, p in sorted((kp for r in everyone for kp in r), key=lambda kp: kp[0])]
+
+
+def _max_over_processes(rt: Runtime, value: float) -> float:
+    """The largest `value` over the processes (the wall time of work done side by side)."""
+    if rt.world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=rt.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
 
 
 def _metric_columns(eval_kwargs: dict[str, Any], config: Any) -> tuple[str, ...]:
@@ -557,13 +576,18 @@ def run(config: Any, workdir: str | Path, *, quick: bool = False, n_samples: int
     (default: for toy data, whose ODE is cheap), solved in float64 with dopri5 at rtol = atol =
     `reference_tol`. seed: of the initial noise and the samplers' noise (default config.seed + 3).
     A row whose sampler raises records the error and the grid goes on.
+
+    Under torchrun the batches are shared out (batch k on process k mod world; each batch's noise is
+    seeded by its index, so the samples are those of one process); wall time is the slowest process's,
+    peak memory rank 0's, and only rank 0 computes metrics and writes files.
     """
     from tqdm.auto import tqdm
 
     from . import evaluate
 
     workdir = Path(workdir)
-    device = setup_runtime(config).device
+    rt = setup_runtime(config)
+    device = rt.device
     if device.type == "cpu" and "OMP_WAIT_POLICY" not in os.environ:
         print("scorelib.bench: OMP_WAIT_POLICY is unset; spinning OpenMP threads distort timings on shared cores "
               "(set OMP_WAIT_POLICY=PASSIVE)", file=sys.stderr)
@@ -578,6 +602,7 @@ def run(config: Any, workdir: str | Path, *, quick: bool = False, n_samples: int
     starts = list(range(0, n, bs))
     x0s = [sigma_max * torch.randn((min(bs, n - s), *shape), generator=torch.Generator(device).manual_seed(seed + k),
                                    device=device) for k, s in enumerate(starts)]
+    mine = list(range(len(starts)))[rt.rank::rt.world]  # the batches this process samples
     batch_score = _batch_scores(cfg, model.score, model.net, device, n, seed)
     cases = list(default_cases(cfg, quick, peers) if cases is None else cases)
 
@@ -585,7 +610,13 @@ def run(config: Any, workdir: str | Path, *, quick: bool = False, n_samples: int
     want_ref = d.dataset == "toy" if reference is None else reference
     ref, ref_info, ref_nfe, ref_seconds = None, "not computed (image data: pass reference=True)", math.nan, math.nan
     if want_ref:
-        ref, ref_info, ref_nfe, ref_seconds = _reference(cfg, model, x0s, starts, n, seed, device, reference_tol)
+        t0 = time.perf_counter()
+        ref_parts, ref_nfes, ref_info = _reference(cfg, model, [x0s[k] for k in mine], [starts[k] for k in mine], n,
+                                                   seed, device, reference_tol)
+        ref_seconds = _max_over_processes(rt, time.perf_counter() - t0)
+        ref = torch.cat(_all_batches(rt, mine, ref_parts)).to(device)
+        ref_nfe = sum(_all_batches(rt, mine, ref_nfes)) / len(starts)
+        ref_info += f"; {ref_nfe:.0f} NFE per batch, {ref_seconds:.1f} s"
 
     data = build.create_dataset(cfg, train=False)
     real = None if data is None else data.images
@@ -608,7 +639,9 @@ def run(config: Any, workdir: str | Path, *, quick: bool = False, n_samples: int
 
     def add_quality(row: dict[str, Any], x: Tensor) -> None:
         """The metric columns of samples x (the same random projections etc. for every row); an error's
-        text (e.g. missing Inception weights) goes into the metric columns."""
+        text (e.g. missing Inception weights) goes into the metric columns. Rank 0 only."""
+        if not rt.is_main:
+            return
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
@@ -635,7 +668,8 @@ def run(config: Any, workdir: str | Path, *, quick: bool = False, n_samples: int
                             f"dopri5, rtol=atol={reference_tol:g}, float64", "reference"))
         rows[-1].update(nfe=round(ref_nfe, 1), wall_s=ref_seconds, samples_per_s=n / ref_seconds)
         add_quality(rows[-1], ref)
-    bar = tqdm(cases, desc="bench", unit="run", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(cases, desc="bench", unit="run", file=sys.stderr, disable=not (progress and rt.is_main),
+               dynamic_ncols=True)
     for case in bar:
         bar.set_postfix_str(f"{case.family}, {case.settings}"[:60])
         row = new_row(case.name, case.family, case.settings, "ok", case.flags)
@@ -644,11 +678,12 @@ def run(config: Any, workdir: str | Path, *, quick: bool = False, n_samples: int
             row.update(status="skipped", error=case.skip or "no sampler", nfe=math.nan)
             rows.append(row)
             continue
+        outs, counts, expected, error, wall = [], [], [], "", 0.0
         try:
-            outs, counts, expected = [], [], []
             with PeakMemory(device) as mem:
                 t0 = time.perf_counter()
-                for k, (start, x0) in enumerate(zip(starts, x0s, strict=True)):
+                for k in mine:
+                    start, x0 = starts[k], x0s[k]
                     meter = _Meter(batch_score(start, len(x0)), x0)
                     g = torch.Generator(device).manual_seed(seed + k)
                     with torch.no_grad():
@@ -661,11 +696,17 @@ def run(config: Any, workdir: str | Path, *, quick: bool = False, n_samples: int
                     torch.cuda.synchronize(device)
                 wall = time.perf_counter() - t0
         except Exception as e:
-            row.update(status="failed", error=_error_text(e))
+            error = _error_text(e)
+        errors = [err for err in _all_batches(rt, [rt.rank], [error]) if err]
+        if errors:  # every process records the failure, so all skip the exchange below alike
+            row.update(status="failed", error=errors[0])
             rows.append(row)
-            bar.write(f"{case.family} [{case.settings}] failed: {row['error']}", file=sys.stderr)
+            if rt.is_main:
+                bar.write(f"{case.family} [{case.settings}] failed: {row['error']}", file=sys.stderr)
             continue
-        x = torch.cat(outs)
+        wall = _max_over_processes(rt, wall)
+        counts, expected = _all_batches(rt, mine, counts), _all_batches(rt, mine, expected)
+        x = torch.cat(_all_batches(rt, mine, outs)).to(device)
         nfe = sum(counts) / len(counts)
         row.update(nfe=int(nfe) if nfe == int(nfe) else round(nfe, 1), wall_s=wall, samples_per_s=n / wall,
                    peak_mem_mib=mem.peak)
@@ -696,6 +737,8 @@ def run(config: Any, workdir: str | Path, *, quick: bool = False, n_samples: int
         "peak_memory": mem_probe.kind, "transport_reference": ref_info,
         "metrics": f"evaluate.evaluate_samples kind={eval_kwargs['kind']!r}", "reference_metrics": reference_metrics,
     }
+    if not rt.is_main:
+        return BenchReport(rows, meta, columns)
     return _write_outputs(rows, meta, columns, metric_cols, workdir / "bench", plots)
 
 

@@ -866,6 +866,19 @@ def with_stored_model(config: Any, stored: Any) -> Any:
     return out
 
 
+def sampling_fingerprint(config: Any, purpose: str) -> str:
+    """The config fields a drawn sample depends on, as sorted JSON: everything but how many samples are
+    drawn, where from and what is done with them (n_samples, sampling.checkpoint — the weights are
+    fingerprinted separately —, data.root, training, optim, eval), tagged with `purpose`
+    ("sample" / "eval"). Chunks of a sharded run are reused only under the same fingerprint."""
+    import json
+
+    fields = {k: v for k, v in config.to_dict().items() if k not in ("training", "optim", "eval")}
+    fields["sampling"] = {k: v for k, v in fields["sampling"].items() if k not in ("n_samples", "checkpoint")}
+    fields["data"] = {k: v for k, v in fields["data"].items() if k not in ("root", "download")}
+    return json.dumps({"purpose": purpose, "config": fields}, sort_keys=True, default=str)
+
+
 def for_evaluation(config: Any) -> Any:
     """The config with sampling.batch_size = eval.batch_size (evaluation draws in its own batches)."""
     return with_overrides(config, {"sampling.batch_size": config.eval.batch_size})

@@ -108,7 +108,7 @@ def base() -> ConfigDict:
     s.order = 3
     s.rho = 7.0
     s.data_diameter = 0.0  # fast: > 0 gives the data diameter (else the scale is probed at σ_max)
-    s.batch_size = 64
+    s.batch_size = 64  # also the chunk of --mode=sample: sample i depends on (seed, i, batch_size), not on processes
     s.n_samples = 64
     s.guidance = "none"  # none | classifier | cfg
     s.guidance_scale = 1.0
@@ -129,7 +129,7 @@ def base() -> ConfigDict:
 
     c.eval = e = ConfigDict()
     e.n_samples = 1000
-    e.batch_size = 250
+    e.batch_size = 250  # sampling batch (= chunk) of --mode=eval, and the likelihood's batch
     e.metrics = ("fid", "kid", "is")  # the ones the data allows are computed
     e.inception_path = ""  # pt_inception-2015-12-05 weights (or $SCORELIB_INCEPTION)
     # FID/KID reference file, read-only: pytorch-fid's .npz (mu, sigma), score_sde's cifar10_stats.npz (pool_3)

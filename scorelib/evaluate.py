@@ -24,7 +24,7 @@ Conventions
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -44,6 +44,7 @@ from .metrics.fid import (
     FID_REFERENCE_SAMPLES,
     STATS_FORMATS,
     ReferenceStatistics,
+    StreamingStatistics,
     cache_key,
     cache_ready,
     cached_reference,
@@ -86,6 +87,7 @@ __all__ = [
     "FIDInceptionV3",
     "InceptionWeightsNotFoundError",
     "ReferenceStatistics",
+    "StreamingStatistics",
     "cache_key",
     "cache_ready",
     "cached_reference",
@@ -117,6 +119,7 @@ __all__ = [
     "save_statistics",
     "sliced_wasserstein",
     "statistics_format",
+    "streamed_image_metrics",
     "to_unit_range",
     "toy_metrics",
     "train_digits_classifier",
@@ -132,17 +135,29 @@ def _inception_metrics(samples: Tensor | Iterable, real: Tensor | Iterable | Non
     """FID / KID / IS of image samples with the FID Inception network (see `evaluate_samples`)."""
     model = load_inception(inception_path, device=device or "cpu")
     feats, logits = inception_features(model, samples, value_range, batch_size, device)
+    return _metrics_of_features(lambda: feature_statistics(feats), lambda: feats, lambda: logits, lambda: model, real,
+                                metrics, real_value_range, stats_path, reference_path, batch_size, device, fid_method)
+
+
+def _metrics_of_features(sample_stats: Callable[[], tuple[Any, Any]], features: Callable[[], Tensor],
+                         logits: Callable[[], Tensor], model: Callable[[], FIDInceptionV3],
+                         real: Tensor | Iterable | None, metrics: Sequence[str], real_value_range: tuple[float, float],
+                         stats_path: str | os.PathLike | None, reference_path: str | os.PathLike | None,
+                         batch_size: int, device: torch.device | str | None,
+                         fid_method: Literal["sqrtm", "eigh"]) -> dict[str, Any]:
+    """FID / KID / IS from the samples' (mu, sigma), features [N, 2048] and logits [N, 1008], each asked
+    for only when a metric needs it; `model()` gives the Inception for the reference's images."""
     out: dict[str, Any] = {}
     if "fid" in metrics or "kid" in metrics:
         if reference_path:  # a reference file; an ADM batch of images only goes through the same network
             ref = read_statistics(reference_path,
-                                  lambda imgs: inception_features(model, imgs, (0.0, 255.0), batch_size, device)[0])
+                                  lambda imgs: inception_features(model(), imgs, (0.0, 255.0), batch_size, device)[0])
         else:
             def real_features() -> Tensor:
                 if real is None:
                     raise ValueError("FID/KID need real images (`real`), a reference file (`reference_path`) or, "
                                      "for FID alone, a cached statistics file (`stats_path`)")
-                return inception_features(model, real, real_value_range, batch_size, device)[0]
+                return inception_features(model(), real, real_value_range, batch_size, device)[0]
 
             keep = "kid" in metrics
             ref = cached_reference(stats_path, real_features, keep) if stats_path else \
@@ -151,15 +166,41 @@ def _inception_metrics(samples: Tensor | Iterable, real: Tensor | Iterable | Non
         if ref.count is not None:
             out["fid_reference_count"] = ref.count
         if "fid" in metrics:
-            out["fid"] = frechet_distance(*feature_statistics(feats), ref.mu, ref.sigma, method=fid_method)
+            out["fid"] = frechet_distance(*sample_stats(), ref.mu, ref.sigma, method=fid_method)
         if "kid" in metrics:
             if ref.features is None:
                 out["kid_note"] = f"not computed: the {ref.format} reference holds statistics, not features"
             else:
+                feats = features()
                 out["kid"], out["kid_std"] = kid(feats, ref.features, subset_size=min(1000, len(feats)))
     if "is" in metrics:  # 10 contiguous splits, as Salimans et al.'s code (improved-gan inception_score/model.py)
-        out["is"], out["is_std"] = inception_score(logits, splits=min(10, len(logits)))
+        lg = logits()
+        out["is"], out["is_std"] = inception_score(lg, splits=min(10, len(lg)))
     return out
+
+
+def streamed_image_metrics(stats: StreamingStatistics, features: Callable[[], Tensor], logits: Callable[[], Tensor],
+                           *, metrics: Sequence[str] = ("fid", "kid", "is"), real: Tensor | Iterable | None = None,
+                           real_value_range: tuple[float, float] = (0.0, 1.0),
+                           inception_path: str | os.PathLike | None = None,
+                           stats_path: str | os.PathLike | None = None,
+                           reference_path: str | os.PathLike | None = None, batch_size: int = 50,
+                           device: torch.device | str | None = None,
+                           fid_method: Literal["sqrtm", "eigh"] = "sqrtm", **_: Any) -> dict[str, Any]:
+    """`evaluate_samples(kind="images")` for samples whose Inception features were computed elsewhere (per
+    chunk on each process of a sharded run): the FID from the streamed statistics `stats` of the sample
+    features, KID from `features()` [N, 2048] and IS from `logits()` [N, 1008] (called only when those
+    metrics are asked for); the reference as in `evaluate_samples`. Further keyword arguments of
+    `build.evaluation_kwargs` (kind, value_range) are ignored."""
+    loaded: list[FIDInceptionV3] = []
+
+    def model() -> FIDInceptionV3:
+        if not loaded:
+            loaded.append(load_inception(inception_path, device=device or "cpu"))
+        return loaded[0]
+
+    return _metrics_of_features(stats.statistics, features, logits, model, real, metrics, real_value_range,
+                                stats_path, reference_path, batch_size, device, fid_method)
 
 
 def evaluate_samples(samples: Tensor, kind: Literal["images", "digits", "toy"], *,

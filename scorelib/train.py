@@ -35,6 +35,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .data import ImageData, prepare_batch, save_image_grid, to_unit_range, toy_data
+from .utils import format_duration
 
 
 class TrainingError(RuntimeError):
@@ -243,6 +244,7 @@ def train(config: Any, workdir: str | Path) -> dict[str, Any]:
     bar = _progress(t.n_iters, start, rt.is_main)
     window_loss = torch.zeros((), device=rt.device, dtype=torch.float64)
     window_start, window_steps, last_good = time.perf_counter(), 0, start
+    run_start, plain_progress = window_start, rt.is_main and not sys.stderr.isatty()
     grad_norm = torch.zeros((), device=rt.device)
     net.train()
     try:
@@ -287,6 +289,11 @@ def train(config: Any, workdir: str | Path) -> dict[str, Any]:
                         if k != "step":
                             board.add_scalar(k, v, done)
                 bar.set_postfix(loss=f"{mean_loss:.4g}")
+                if plain_progress:  # no terminal for the bar (a log file, a batch job): one line per log_freq
+                    rate = (done - start) / max(time.perf_counter() - run_start, 1e-9)
+                    print(f"train: step {done}/{t.n_iters} ({100 * done / t.n_iters:.0f}%), loss {mean_loss:.4g}, "
+                          f"{record['it_per_s']:.3g} it/s, ETA {format_duration((t.n_iters - done) / rate)}",
+                          file=sys.stderr, flush=True)
                 window_loss.zero_()
                 window_start, window_steps = time.perf_counter(), 0
             if (done % t.snapshot_freq == 0 or last) and rt.is_main:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
@@ -68,3 +69,11 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         yield
     finally:
         torch.set_default_dtype(old)
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as h:mm:ss ("?" when not finite), for progress lines."""
+    if not math.isfinite(seconds):
+        return "?"
+    s = round(max(seconds, 0.0))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

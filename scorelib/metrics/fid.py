@@ -447,3 +447,54 @@ def inception_features(model: nn.Module, data: Tensor | Iterable, value_range: t
     """
     feats, logits = extract_features(model, data, batch_size, device, lambda x: to_unit_range(x.float(), value_range))
     return feats, logits
+
+
+class StreamingStatistics:
+    """FID statistics of features that arrive in batches: running float64 sums Σx [D], Σxxᵀ [D, D] and
+    the count n, so no more than one batch of features is ever held. Sums of several accumulators
+    (processes, chunks) add up (`merge`, or `tensors` / `from_tensors` for torch.distributed.all_reduce);
+    `statistics()` gives the mean [D] and the unbiased covariance [D, D] that `feature_statistics` gives
+    for all the features at once: μ = Σx / n, Σ = (Σxxᵀ - n μμᵀ) / (n - 1)."""
+
+    def __init__(self, dim: int):
+        self.n = 0
+        self.sum = np.zeros(dim, dtype=np.float64)
+        self.outer = np.zeros((dim, dim), dtype=np.float64)
+
+    def update(self, features: ArrayLike) -> StreamingStatistics:
+        """Add features [B, D] (any float dtype, tensor or array; [B, ...] is flattened)."""
+        f = _as_f64(features)
+        if f.shape[1] != self.sum.shape[0]:
+            raise ValueError(f"features have dimension {f.shape[1]}, the accumulator {self.sum.shape[0]}")
+        self.n += f.shape[0]
+        self.sum += f.sum(0)
+        self.outer += f.T @ f
+        return self
+
+    def merge(self, other: StreamingStatistics) -> StreamingStatistics:
+        """Add another accumulator's sums into this one."""
+        self.n += other.n
+        self.sum += other.sum
+        self.outer += other.outer
+        return self
+
+    def tensors(self) -> list[Tensor]:
+        """[n (float64 scalar), Σx, Σxxᵀ] as float64 tensors, e.g. to all_reduce over processes."""
+        return [torch.tensor(float(self.n), dtype=torch.float64), torch.from_numpy(self.sum.copy()),
+                torch.from_numpy(self.outer.copy())]
+
+    @classmethod
+    def from_tensors(cls, tensors: list[Tensor]) -> StreamingStatistics:
+        """The accumulator with the sums of `tensors()` (e.g. after an all_reduce)."""
+        n, s, o = (t.detach().cpu().double() for t in tensors)
+        out = cls(s.shape[0])
+        out.n, out.sum, out.outer = round(float(n)), s.numpy().copy(), o.numpy().copy()
+        return out
+
+    def statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean [D] and unbiased covariance [D, D] (ddof=1), numpy float64."""
+        if self.n < 2:
+            raise ValueError(f"need at least 2 feature vectors for a covariance, got {self.n}")
+        mu = self.sum / self.n
+        sigma = (self.outer - self.n * np.outer(mu, mu)) / (self.n - 1)
+        return mu, (sigma + sigma.T) / 2
