@@ -110,6 +110,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         rest = FLAGS(argv)
     except flags.Error as e:
         fail(" ".join(str(e).split()))
+    except SystemExit as e:  # absl exits 1 after printing the help it was asked for
+        sys.exit(0 if any(a.split("=", 1)[0] in HELP_FLAGS for a in argv[1:]) else e.code)
     if FLAGS.workdir is None:
         FLAGS.workdir = str(Path("runs") / name)
     return rest

@@ -207,7 +207,7 @@ def unknown_field_error(field: str, known: Iterable[str]) -> ConfigError:
     """`field: unknown config field (did you mean …? / the fields of its section)`."""
     *parents, leaf = field.split(".")
     known = sorted(known)
-    close = difflib.get_close_matches(leaf, known, n=3)
+    close = difflib.get_close_matches(leaf, known, n=3, cutoff=0.5)
     prefix = ".".join(parents) + "." if parents else ""
     hint = ("did you mean " + " or ".join(prefix + c for c in close) + "?") if close else (
         f"fields of {'.'.join(parents) or 'the config'}: {', '.join(known)}")
