@@ -210,6 +210,8 @@ def test_main_mode_bench_runs_the_full_grid(tmp_path):
     r = run_main("--config=toy_gmm", "--mode=bench", f"--workdir={tmp_path}", "--config.eval.n_samples=64")
     assert r.returncode == 0, r.stderr
     rows = json.loads((tmp_path / "bench" / "results.json").read_text())["rows"]
-    assert len(rows) > 80 and all(r["status"] in ("ok", "reference", "skipped") for r in rows)
+    # every case of the full grid (peer rows: those of the peers installed, or one skip row) + 2 reference rows
+    expected = len(bench.default_cases(bench.load_config("toy_gmm")[0], quick=False, peers=True)) + 2
+    assert len(rows) == expected > 60 and all(r["status"] in ("ok", "reference", "skipped") for r in rows)
     ddim = {r["settings"] for r in rows if r["sampler"] == "ddim"}
     assert {f"{n} steps, η={eta}" for n in (10, 20, 50, 100, 1000) for eta in ("0", "0.5", "1")} <= ddim
