@@ -3,8 +3,10 @@
     python main.py --config=ncsn_digits --workdir=runs/digits            # train + sample + evaluate
     python main.py --config=ncsn_cifar --config.training.batch_size=64   # any config field can be overridden
     python main.py --config=ncsn_digits --workdir=runs/digits --mode=sample --config.sampling.method=ode
+    python main.py --config=ncsnv2_cifar --mode=sample --checkpoint=checkpoint.pth   # a published checkpoint
+    python main.py --config=openai:cifar10_uncond --mode=sample --checkpoint=cifar10_uncond_50M_500K.pt
 
---config takes a name from configs/ or a path to a config file.
+--config takes a name from configs/ (NAME:ARG passes ARG to its get_config) or a path to a config file.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", None, "run directory (default: runs/<config name>)")
 flags.DEFINE_enum("mode", "train", MODES, "what to do")
 flags.DEFINE_bool("quick", False, "with --mode=bench: the small sampler grid")
+flags.DEFINE_string("checkpoint", None, "with --mode=sample|eval|likelihood|bench: the checkpoint to use (sets "
+                    "sampling.checkpoint): scorelib's own, or a published one of ncsn, ncsnv2, score_sde, ddim, "
+                    "improved-/guided-diffusion, whose architecture --config gives")
 FLAGS = flags.FLAGS
 OVERRIDDEN: list[str] = []  # the config fields given on the command line (--config.KEY=VALUE)
 
@@ -43,7 +48,7 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def _load_config_file(path: Path):
+def _load_config_file(path: Path, arg: str | None = None):
     spec = importlib.util.spec_from_file_location(f"_scorelib_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(ROOT))
@@ -51,7 +56,11 @@ def _load_config_file(path: Path):
         spec.loader.exec_module(module)
         if not hasattr(module, "get_config"):
             fail(f"{path}: the config file has no get_config() (a function returning a ConfigDict)")
-        config = module.get_config()
+        config = module.get_config() if arg is None else module.get_config(arg)
+    except (KeyError, ValueError) as e:
+        if arg is None:
+            fail(f"{path}: the config file raised {type(e).__name__}: {e.args[0] if e.args else e}")
+        fail(f"--config: {path.stem}:{arg}: {e.args[0] if e.args else e}")
     except Exception as e:  # a config file that fails to run is the user's file: one line, not a traceback
         fail(f"{path}: the config file raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
              "(a file whose get_config() returns a ConfigDict)")
@@ -73,6 +82,7 @@ def _resolve_config_arg(argv: list[str]) -> tuple[list[str], str]:
             i += 1
         if arg.startswith("--config="):
             value = arg.split("=", 1)[1]
+            value, colon, config_arg = value.partition(":")
             candidate = Path(value)
             if candidate.suffix == ".py" and candidate.is_file():
                 path, name = candidate, candidate.stem
@@ -82,14 +92,15 @@ def _resolve_config_arg(argv: list[str]) -> tuple[list[str], str]:
                 fail(f"--config: {value} does not exist (a config file, or a name from configs/)")
             else:
                 fail(f"--config: unknown config {value!r} (one of: {', '.join(known_configs())}; or a .py path)")
-            arg = f"--config={path}"
+            arg = f"--config={path}{colon}{config_arg}"
+            name = f"{name}_{config_arg}" if colon else name
         out.append(arg)
         i += 1
     if path is None:
         if any(a.split("=", 1)[0] in HELP_FLAGS for a in argv[1:]):
             return out, ""  # absl prints the help and exits
         fail(f"--config: required (a name from configs/: {', '.join(known_configs())}; or a path)")
-    config = _load_config_file(path)
+    config = _load_config_file(path, config_arg if colon else None)
     from scorelib.validate import unknown_field_error
 
     for arg in out:
@@ -120,10 +131,15 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    from scorelib import tasks, validate
+    from scorelib import build, tasks, validate
 
     config, workdir, mode = FLAGS.config, Path(FLAGS.workdir), FLAGS.mode
     try:
+        if FLAGS.checkpoint:
+            if mode == "train":
+                fail("--checkpoint: for --mode=sample, eval, likelihood or bench (training resumes from "
+                     "WORKDIR/checkpoints)")
+            config = build.with_overrides(config, {"sampling.checkpoint": FLAGS.checkpoint})
         for warning in validate.check_run(config, workdir, mode, OVERRIDDEN, FLAGS.quick):
             if os.environ.get("RANK", "0") == "0":
                 print(f"scorelib: warning: {warning}", file=sys.stderr)

@@ -119,13 +119,18 @@ class EpsToScore(nn.Module):
 
     t(σ) is the table index at table values and is interpolated in log σ between them (a float
     tensor; pass `quantize=True` to round to int64 for networks that only accept integers).
+    `rescale_timesteps=True` feeds t · 1000/T instead (T = len(alphas_cumprod)), as improved-diffusion
+    does with its default `rescale_timesteps=True` (gaussian_diffusion.py `_scale_timesteps`; respace.py
+    `_WrappedModel` rescales the original timestep the same way).
     Extra keyword arguments (e.g. class labels `y`) are passed to the network.
     """
 
-    def __init__(self, eps_model: nn.Module, alphas_cumprod: Tensor, quantize: bool = False):
+    def __init__(self, eps_model: nn.Module, alphas_cumprod: Tensor, quantize: bool = False,
+                 rescale_timesteps: bool = False):
         super().__init__()
         self.eps_model = eps_model
         self.quantize = quantize
+        self.rescale_timesteps = rescale_timesteps
         self.register_buffer("sigmas", vp_sigmas(alphas_cumprod), persistent=False)
 
     def forward(self, x: Tensor, sigma: Tensor, **kwargs) -> Tensor:
@@ -133,6 +138,8 @@ class EpsToScore(nn.Module):
         sigma = batch_sigma(sigma, x)
         t = sigma_to_timestep(sigma, self.sigmas)
         t = t.round().long() if self.quantize else t.to(x.dtype)
+        if self.rescale_timesteps:
+            t = t.to(x.dtype) * (1000.0 / self.sigmas.shape[0])
         s = append_dims(sigma, x.ndim)
         eps = self.eps_model(x / (1 + s**2).sqrt(), t, **kwargs)
         return -eps / s

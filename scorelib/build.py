@@ -144,11 +144,15 @@ def create_model(config: Any) -> nn.Module:
     from .models.ncsnpp import NCSNpp
 
     ve = name == "ncsnpp"
+    # score_sde's discrete VE NCSN++ (configs/ve/cifar10_ncsnpp.py): positional embedding of the level index,
+    # output divided by that level's σ.
+    levels = create_sigmas(config) if ve and m.embedding_type == "positional" else None
     return NCSNpp(image_size=d.image_size, in_channels=d.channels, nf=m.nf, ch_mult=tuple(m.ch_mult),
                   num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
-                  resamp_with_conv=m.resamp_with_conv, fir=m.fir, skip_rescale=True, resblock_type="biggan",
-                  progressive="none", progressive_input=m.progressive_input, embedding_type=m.embedding_type,
-                  fourier_scale=m.fourier_scale, scale_by_sigma=ve, centered=d.centered)
+                  resamp_with_conv=m.resamp_with_conv, fir=m.fir, skip_rescale=True, resblock_type=m.resblock_type,
+                  progressive=m.progressive, progressive_input=m.progressive_input,
+                  progressive_combine=m.progressive_combine, embedding_type=m.embedding_type,
+                  fourier_scale=m.fourier_scale, scale_by_sigma=ve, centered=d.centered, level_sigmas=levels)
 
 
 def is_class_conditional(config: Any) -> bool:
@@ -159,6 +163,17 @@ def is_class_conditional(config: Any) -> bool:
 def uses_labels(config: Any) -> bool:
     """Whether training feeds class labels (a conditional model, or the noisy classifier)."""
     return is_class_conditional(config) or config.training.target == "classifier"
+
+
+def network_family(config: Any) -> str:
+    """What `create_network` builds, in a word: model.name, or "classifier" for the noisy classifier."""
+    target = _choice(config.training.target, ("model", "classifier"), "training.target")
+    return _choice(config.model.name, MODEL_NAMES, "model.name") if target == "model" else "classifier"
+
+
+def network_variant(config: Any) -> str:
+    """model.variant (the NCSN / NCSNv2 depth: base | deeper | deepest)."""
+    return config.model.variant
 
 
 def create_network(config: Any) -> nn.Module:
@@ -240,16 +255,25 @@ def create_score_model(config: Any, model: nn.Module | None = None) -> nn.Module
     `EpsToScore`; continuous VP / sub-VP: `ContinuousEpsToScore`."""
     net = create_model(config) if model is None else model
     name, kind = config.model.name, _choice(config.noise.kind, NOISE_KINDS, "noise.kind")
-    if name == "ncsn":
+    if name == "ncsn" or (name == "ncsnpp" and config.model.embedding_type == "positional"):
         return IndexedScore(net, create_sigmas(config))
     if name in ("ncsnv2", "mlp", "conv", "ncsnpp"):
         return net
     if kind == "ddpm":
         head = _EpsHead(net, config.data.channels) if config.model.learn_sigma else net
-        return EpsToScore(head, create_schedule(config).alphas_cumprod)
+        return EpsToScore(head, create_schedule(config).alphas_cumprod,
+                          rescale_timesteps=config.model.rescale_timesteps)
     if kind in ("vp", "subvp"):
         return ContinuousEpsToScore(net, create_sde(config), label_scale=999.0)
     raise ConfigError(f"model.name={name!r} cannot be used with noise.kind={kind!r}")
+
+
+def create_sigma_model(config: Any, net: nn.Module) -> nn.Module:
+    """`net` (what `create_network` built) in σ-space: the score model, or for the noisy classifier
+    (training.target = "classifier") the σ-space classifier(x, sigma) -> logits [B, K]."""
+    if network_family(config) == "classifier":
+        return VPClassifier(net, create_schedule(config).alphas_cumprod)
+    return create_score_model(config, net)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -166,11 +166,16 @@ def _network_state(model: nn.Module, config: ConfigDict) -> dict[str, torch.Tens
     raise CheckpointError("the model's parameters do not match the network the config describes")
 
 
-def save(model: nn.Module, path: str | Path, config: ConfigDict) -> None:
+def save(model: nn.Module, path: str | Path, config: ConfigDict | None = None) -> None:
     """Share a model: safetensors weights at `path` (…/name.safetensors) and the JSON config beside
-    them (…/name.json). `model` is the network or its σ-space score model."""
+    them (…/name.json). `model` is the network or its σ-space score model; `config` defaults to the one
+    `load` attached (so any loaded model, published checkpoints included, exports as it is)."""
     from safetensors.torch import save_file
 
+    if config is None:
+        config = getattr(model, "scorelib_config", None)
+        if config is None:
+            raise CheckpointError("save needs the model's config (only models from scorelib.load carry one)")
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_suffix(".safetensors")
@@ -199,12 +204,18 @@ def _load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: Path) 
                               f"{str(e).splitlines()[-1].strip()}") from e
 
 
-def load_network(path: str | Path, ema: bool = True) -> tuple[nn.Module, ConfigDict]:
+def load_network(path: str | Path, ema: bool = True, config: Any = None) -> tuple[nn.Module, ConfigDict]:
     """(network, config) from a .safetensors file (config in the .json beside it), a training
-    checkpoint (.pt; EMA weights when present and `ema`) or a workdir (its newest checkpoint)."""
-    from . import build
+    checkpoint (.pt; EMA weights when present and `ema`), a workdir (its newest checkpoint), or a
+    published checkpoint of the reference code (scorelib.published: ncsn, ncsnv2, score_sde, ddim,
+    improved-/guided-diffusion), whose architecture and noise process `config` gives (a ConfigDict, a
+    configs/ name, a path or "openai:<preset>"; the released OpenAI files are also known by name)."""
+    from . import build, published
 
     path = Path(path)
+    if path.is_dir() and published.is_diffusers_folder(path):
+        raise CheckpointError(f"{path} is a diffusers folder: scorelib.load gives its score model, but it has "
+                              f"no scorelib network to train, sample with the CLI or export")
     if path.is_dir():
         directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         ckpts = list_checkpoints(directory)
@@ -232,9 +243,9 @@ def load_network(path: str | Path, ema: bool = True) -> tuple[nn.Module, ConfigD
         config = config_from_json(cfg_path.read_text(), cfg_path)
         source = path
     else:
-        state = load_checkpoint(path)
-        if "config" not in state:
-            raise CheckpointError(f"{path} has no config")
+        state = published.read_torch_file(path)
+        if not (isinstance(state, dict) and "model" in state and "config" in state):
+            return _load_published(path, state, ema, config)
         weights = state["ema"] if ema and state.get("ema") else state["model"]
         config = config_from_json(state["config"], path)
         source = path
@@ -246,10 +257,42 @@ def load_network(path: str | Path, ema: bool = True) -> tuple[nn.Module, ConfigD
     return net.eval(), config
 
 
-def load(path: str | Path, ema: bool = True) -> nn.Module:
-    """A ready σ-space score model (eval mode) from `save`'s format, a training checkpoint or a workdir.
-    Never executes code; errors name the file."""
-    from . import build
+def _load_published(path: Path, state: Any, ema: bool, config: Any) -> tuple[nn.Module, ConfigDict]:
+    """A reference implementation's checkpoint (`state`, as read) in the network `config` describes."""
+    from . import build, published
 
-    net, config = load_network(path, ema)
-    return build.create_score_model(config, net).eval()
+    fmt = published.detect_format(state, path)
+    if config is None:
+        preset = published.stem_preset(path) if fmt.startswith("openai") else None
+        if preset is None:
+            raise CheckpointError(f"{path} is a {fmt} checkpoint, which carries no architecture: pass a config "
+                                  f"(e.g. {published.FORMAT_CONFIGS[fmt]})")
+        config = f"openai:{preset}"
+    config = published.resolve_config(config)
+    try:
+        family = build.network_family(config)
+        if family not in published.FORMAT_MODELS[fmt]:
+            raise CheckpointError(f"{path} holds a {fmt} network, but the config describes {family!r} "
+                                  f"(one of {', '.join(published.FORMAT_MODELS[fmt])} fits)")
+        net = build.create_network(config)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: the config does not describe a known network ({e})") from e
+    weights = published.published_weights(fmt, state, net, build.network_variant(config), ema, path)
+    published.fit_weights(net, weights, path, fmt)
+    return net.eval(), config
+
+
+def load(path: str | Path, config: Any = None, ema: bool = True) -> nn.Module:
+    """A ready σ-space model (eval mode) from `save`'s format, a training checkpoint, a workdir, a
+    published checkpoint of the reference code (see `load_network`) or a diffusers folder (through
+    diffusers). A noisy classifier comes back as a σ-space classifier(x, sigma) -> logits [B, K].
+    Never executes code; errors name the file. The config travels with the model
+    (`model.scorelib_config`), so `save(model, path)` exports it."""
+    from . import build, published
+
+    if Path(path).is_dir() and published.is_diffusers_folder(Path(path)):
+        return published.load_diffusers(Path(path))
+    net, config = load_network(path, ema, config)
+    model = build.create_sigma_model(config, net).eval()
+    model.scorelib_config = config
+    return model

@@ -44,6 +44,10 @@ def base() -> ConfigDict:
     m.fir = True
     m.progressive_input = "residual"
     m.embedding_type = "fourier"
+    m.progressive = "none"  # ncsnpp / ddpmpp output pyramid: none | output_skip | residual (score_sde)
+    m.progressive_combine = "sum"  # ncsnpp / ddpmpp input_skip pyramid join: sum | cat
+    m.resblock_type = "biggan"  # ncsnpp / ddpmpp: biggan | ddpm residual blocks
+    m.rescale_timesteps = False  # ddpm family: the network sees t·1000/T (improved-diffusion's default)
     m.fourier_scale = 16.0
     m.embed_dim = 64  # mlp
     m.data_std = 0.5  # mlp / conv input scaling
@@ -132,7 +136,7 @@ def base() -> ConfigDict:
     k.attn_resolutions = (16, 8)
     k.num_head_channels = 64
     k.pool = "attention"
-    k.workdir = ""  # where its checkpoints are (for sampling with guidance)
+    k.workdir = ""  # its run directory or checkpoint, or a guided-diffusion classifier .pt (sampling with guidance)
     return c
 
 

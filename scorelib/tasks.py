@@ -39,8 +39,10 @@ def checkpoint_source(config: Any, workdir: Path, required: bool = True) -> Path
 def trained_network(config: Any, source: Path, device: torch.device) -> tuple[torch.nn.Module, Any]:
     """The EMA network of the newest checkpoint at `source` in eval mode, built with its own stored
     architecture, and the config to run it with: `build.with_stored_model` of `config`, so sampling
-    and evaluation settings still come from the current config (flags can change the sampler)."""
-    net, stored = load_network(source)
+    and evaluation settings still come from the current config (flags can change the sampler).
+    A published checkpoint of the reference code (scorelib.published) carries no architecture: the
+    current config gives it."""
+    net, stored = load_network(source, config=config)
     return net.to(device).eval(), build.with_stored_model(config, stored)
 
 
@@ -52,7 +54,8 @@ def guidance_classifier(config: Any, device: torch.device) -> torch.nn.Module | 
     if not s.classifier_workdir:
         raise build.ConfigError("sampling.guidance='classifier' needs --config.classifier.workdir (a run trained "
                                 "with --config.training.target=classifier)")
-    net, _ = load_network(s.classifier_workdir)
+    # a published noisy classifier (guided-diffusion .pt) is built from the config's classifier section
+    net, _ = load_network(s.classifier_workdir, config=build.with_overrides(config, {"training.target": "classifier"}))
     return net.to(device).eval()
 
 

@@ -84,6 +84,9 @@ FIELD_RULES: dict[str, Rule] = {
     "model.num_head_channels": NETWORK_SIZE,
     "model.class_dropout": RATE,
     "model.progressive_input": one_of(("none", "input_skip", "residual")),  # models/ncsnpp.py
+    "model.progressive": one_of(("none", "output_skip", "residual")),
+    "model.progressive_combine": one_of(("sum", "cat")),
+    "model.resblock_type": one_of(("biggan", "ddpm")),
     "model.embedding_type": one_of(("fourier", "positional")),
     "model.fourier_scale": POSITIVE,
     "model.embed_dim": POSITIVE,
@@ -275,6 +278,8 @@ def _beta_order(c: Any) -> Problem:
 
 def _model_fits_noise(c: Any) -> Problem:
     name, kind = c.model.name, c.noise.kind
+    if c.training.target != "model":  # the noisy classifier is built from classifier.*
+        return None
     if name == "ncsn" and kind != "ve":
         return "noise.kind", f"{kind!r} does not fit model.name='ncsn' (indexed by the NCSN levels)", "ve"
     if name in SCORE_MODELS and kind not in ("ve", "ve_continuous"):
@@ -300,7 +305,7 @@ def _loss_fits_noise(c: Any) -> Problem:
 
 def _learned_variance(c: Any) -> Problem:
     m = c.model
-    if m.learn_sigma and m.name not in LEARNED_VARIANCE_MODELS:
+    if m.learn_sigma and c.training.target == "model" and m.name not in LEARNED_VARIANCE_MODELS:
         return "model.learn_sigma", f"model.name={m.name!r} has no learned variance", \
             ", ".join(LEARNED_VARIANCE_MODELS)
     return None
@@ -320,7 +325,7 @@ def _resolutions(size: int, ch_mult: Any, attn: Any, section: str) -> Problem:
 
 
 def _attention(c: Any) -> Problem:
-    if c.model.name in UNET_MODELS and c.data.dataset != "toy":
+    if c.model.name in UNET_MODELS and c.data.dataset != "toy" and c.training.target == "model":
         return _resolutions(c.data.image_size, c.model.ch_mult, c.model.attn_resolutions, "model")
     return None
 
@@ -383,12 +388,17 @@ def _steps_within_T(c: Any) -> Problem:
 
 
 CROSS_RULES: tuple[Callable[[Any], Problem], ...] = (
-    _sigma_order, _beta_order, _model_fits_noise, _loss_fits_noise, _learned_variance, _attention,
-    _classifier_attention, _data_shape, _classes, _class_label, _guidance, _steps_within_T)
+    _sigma_order, _beta_order, _model_fits_noise, _learned_variance, _attention, _classifier_attention,
+    _class_label, _guidance, _steps_within_T)
+# rules of what only some modes read: the loss (training) and the data set (the modes that load it)
+MODE_RULES: dict[str, tuple[Callable[[Any], Problem], ...]] = {
+    "train": (_loss_fits_noise, _classes, _data_shape), "eval": (_data_shape,), "likelihood": (_data_shape,),
+    "bench": (_data_shape,)}
 
 
-def check_cross_fields(config: Any) -> None:
-    for rule in CROSS_RULES:
+def check_cross_fields(config: Any, mode: str = "train") -> None:
+    """The cross-field rules and those of `mode` (MODE_RULES); the first broken one raises."""
+    for rule in CROSS_RULES + MODE_RULES.get(mode, ()):
         if (problem := rule(config)) is not None:
             field, wrong, allowed = problem
             raise ConfigError(f"{field}: {wrong} ({allowed})")
@@ -423,7 +433,7 @@ def check_config(config: Any, mode: str = "train") -> None:
     """All config checks: fields, ranges, cross-field rules, buildability."""
     check_fields(config)
     check_ranges(config)
-    check_cross_fields(config)
+    check_cross_fields(config, mode)
     check_buildable(config, mode)
 
 
@@ -528,9 +538,10 @@ def check_checkpoint_source(config: Any, workdir: Path) -> ConfigDict | None:
                               "file or a workdir)")
         return stored_config(path)
     if config.sampling.guidance == "classifier" and config.classifier.workdir:
-        if not Path(config.classifier.workdir).is_dir():
-            raise ConfigError(f"classifier.workdir: {config.classifier.workdir} does not exist "
-                              "(a workdir trained with --config.training.target=classifier)")
+        if not Path(config.classifier.workdir).exists():
+            raise ConfigError(f"classifier.workdir: {config.classifier.workdir} does not exist (a workdir trained "
+                              "with --config.training.target=classifier, its checkpoint, or a guided-diffusion "
+                              "classifier .pt)")
     from .checkpoint import list_checkpoints
 
     if not list_checkpoints(workdir / "checkpoints"):
@@ -595,6 +606,6 @@ def check_run(config: Any, workdir: str | Path, mode: str, overridden: Iterable[
         stored = check_checkpoint_source(config, workdir)
         if stored is not None:  # sampling runs the stored network: its labels and guidance apply
             model_config = build.with_stored_model(config, stored)
-            check_cross_fields(model_config)
+            check_cross_fields(model_config, mode)
             config = model_config
     return ignored_fields(config, mode, overridden, quick)

@@ -37,9 +37,21 @@ def set_fields(config, **fields):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_shipped_config_passes_without_warnings(name):
     config = load(name)
-    for mode in ("train", "bench"):
+    modes = ("sample", "bench") if name == "openai" else ("train", "bench")  # openai: released models to sample
+    for mode in modes:
         validate.check_config(config, mode)
-    assert validate.ignored_fields(config, "train") == []
+    assert validate.ignored_fields(config, modes[0]) == []
+
+
+def test_every_published_preset_passes_for_sampling():
+    from scorelib.published import OPENAI_PRESETS, openai_config
+
+    for name, flags in OPENAI_PRESETS.items():
+        config = openai_config(flags)
+        validate.check_config(config, "sample")
+        assert validate.ignored_fields(config, "sample") == [], name
+    with pytest.raises(build.ConfigError, match=r"training\.loss: 'dsm' does not fit noise\.kind='ddpm'"):
+        validate.check_config(openai_config(OPENAI_PRESETS["cifar10_uncond"]), "train")  # no loss in the preset
 
 
 def test_every_rule_names_a_default_field_and_accepts_the_default():
@@ -119,7 +131,7 @@ def test_unknown_fields_and_sections_are_errors_with_suggestions():
 ])
 def test_cross_field_rules(name, fields, message):
     with pytest.raises(build.ConfigError) as e:
-        validate.check_cross_fields(set_fields(load(name), **fields))
+        validate.check_cross_fields(set_fields(load(name), **fields), "train")
     assert str(e.value).startswith(message), str(e.value)
 
 

@@ -258,7 +258,10 @@ class NCSNpp(nn.Module):
         embedding_type: "fourier" (time_cond = σ, embeds log σ) | "positional" (time_cond = label).
         fourier_scale: std of the Fourier frequencies.
         init_scale: init scale of the last conv of each block / attention / the output conv (0 → 1e-10).
-        scale_by_sigma: divide the output by time_cond (= σ); needs embedding_type="fourier".
+        scale_by_sigma: divide the output by time_cond (= σ); with embedding_type="positional" (score_sde's
+            discrete VE NCSN++, time_cond = the level index) by level_sigmas[time_cond] instead.
+        level_sigmas: the descending NCSN levels σ_0 > … > σ_{N-1} a positional `scale_by_sigma` network
+            divides by (score_sde models/ncsnpp.py: `used_sigmas = self.sigmas[time_cond.long()]`).
         centered: input already in [-1, 1]; if False, x → 2x - 1 first (data in [0, 1]).
     """
 
@@ -286,6 +289,7 @@ class NCSNpp(nn.Module):
         init_scale: float = 0.0,
         scale_by_sigma: bool = True,
         centered: bool = False,
+        level_sigmas: Sequence[float] | Tensor | None = None,
     ) -> None:
         super().__init__()
         num_levels = len(ch_mult)
@@ -299,7 +303,7 @@ class NCSNpp(nn.Module):
             raise ValueError(f"progressive_combine must be 'sum' or 'cat', got {progressive_combine!r}")
         if embedding_type not in ("fourier", "positional"):
             raise ValueError(f"embedding_type must be 'fourier' or 'positional', got {embedding_type!r}")
-        if scale_by_sigma and embedding_type != "fourier":
+        if scale_by_sigma and embedding_type != "fourier" and level_sigmas is None:
             raise ValueError(
                 "scale_by_sigma needs embedding_type='fourier' (time_cond = σ); with positional labels "
                 "divide the output by σ outside the network"
@@ -312,6 +316,8 @@ class NCSNpp(nn.Module):
         self.scale_by_sigma, self.centered, self.progressive = scale_by_sigma, centered, progressive
         self.progressive_input = progressive_input
         self.act = nn.SiLU()
+        self.register_buffer("level_sigmas", None if level_sigmas is None else
+                             torch.as_tensor(level_sigmas, dtype=torch.float32), persistent=False)
 
         # Time / noise-level embedding, then a 2-layer MLP to 4·nf (DDPM; App. H).
         temb_dim = 4 * nf if conditional else None
@@ -433,7 +439,8 @@ class NCSNpp(nn.Module):
         else:
             h = self.conv_out(self.act(self.norm_out(h)))
         if self.scale_by_sigma:
-            h = h / append_dims(time_cond, h.ndim)  # s(x, σ) = net(x, σ) / σ (NCSNv2, Song & Ermon 2020, Technique 3)
+            used = time_cond if self.level_sigmas is None else self.level_sigmas[time_cond.long()]
+            h = h / append_dims(used, h.ndim)  # s(x, σ) = net(x, σ) / σ (NCSNv2, Song & Ermon 2020, Technique 3)
         return h
 
 

@@ -1,0 +1,540 @@
+"""Published checkpoints of the reference code, read into scorelib networks (DESIGN.md §3 `load`).
+
+Every file is read with `torch.load(weights_only=True)`: tensors, dicts, lists and numbers only, so no
+file can run code. The format is told from the file's structure; the architecture and noise process
+come from a scorelib config (the files carry none). Formats and the layouts they are written in:
+
+- ``ncsn``: ermongroup/ncsn `checkpoint.pth`, ``[DataParallel state_dict, optimizer]``
+  (runners/anncal_runner.py `train`); CondRefineNetDilated, conditioned on the level index.
+- ``ncsnv2``: ermongroup/ncsnv2 `checkpoint*.pth`, ``[state_dict, optimizer, epoch, step(, ema)]``
+  (runners/ncsn_runner.py `train`); the EMA shadow (models/ema.py `EMAHelper`, parameter names without
+  the DataParallel prefix) is used unless ``ema=False``.
+- ``score_sde``: yang-song/score_sde_pytorch `checkpoint_*.pth`, ``{optimizer, model, ema, step}``
+  (utils.py `save_checkpoint`); NCSN++ / DDPM++ keep their modules in one flat ``all_modules`` list
+  (models/ncsnpp.py), renamed here; ``ema["shadow_params"]`` lists the trainable parameters in
+  registration order (models/ema.py `ExponentialMovingAverage`).
+- ``ddim``: the DDPM U-Net as ermongroup/ddim reads it (runners/diffusion.py `sample`): a plain
+  state_dict (the converted DDPM CIFAR-10 / LSUN checkpoints of pesser/pytorch_diffusion) or the
+  ``[state_dict, optimizer, epoch, step(, ema)]`` list of its own training runs (CelebA).
+- ``openai``: openai/improved-diffusion and guided-diffusion `.pt` files, plain state_dicts of
+  `UNetModel` (with or without learned Σ, class-conditional) or `EncoderUNetModel` (noisy classifier).
+- ``diffusers``: a folder written by diffusers' `save_pretrained` (``unet/`` + ``scheduler/``, or a
+  model folder with ``scheduler_config.json`` beside it), read through diffusers when it is installed.
+
+EDM's `network-snapshot-*.pkl` files are pickles of code (torch_utils.persistence) and are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ml_collections import ConfigDict
+from torch import Tensor, nn
+
+from .checkpoint import CheckpointError
+
+FORMATS = ("ncsn", "ncsnv2", "score_sde", "ddim", "openai", "openai_classifier", "diffusers")
+# The scorelib model names each format's network can be (config.model.name / training.target).
+FORMAT_MODELS = {"ncsn": ("ncsn",), "ncsnv2": ("ncsnv2",), "score_sde": ("ncsnpp", "ddpmpp"), "ddim": ("ddpm",),
+                 "openai": ("iddpm", "adm"), "openai_classifier": ("classifier",)}
+# Example configs to name in errors when a config is missing.
+FORMAT_CONFIGS = {"ncsn": "ncsn_cifar", "ncsnv2": "ncsnv2_cifar", "score_sde": "ncsnpp_cifar or ddpmpp_cifar",
+                  "ddim": "ddpm_cifar", "openai": "openai:cifar10_uncond (see scorelib.published.OPENAI_PRESETS)",
+                  "openai_classifier": "openai:64x64_classifier"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a file
+# ---------------------------------------------------------------------------------------------
+
+_CODE_MARKERS = (b"torch_utils.persistence", b"dnnlib")
+
+
+def read_torch_file(path: Path) -> Any:
+    """The object in a `torch.save` file, read with weights_only=True; one CheckpointError line naming
+    the file when it is missing, truncated or would need code to unpickle (EDM's network pickles)."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(1 << 20)
+        if any(m in head for m in _CODE_MARKERS):
+            raise CheckpointError(f"{path} is an EDM / StyleGAN network pickle: it carries Python code "
+                                  f"(torch_utils.persistence), which scorelib never unpickles; export its "
+                                  f"state_dict with EDM's own code and load that")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, foreign pickle, code-carrying pickle, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(f"{path} holds pickled Python objects besides tensors and numbers; scorelib "
+                                  f"loads with weights_only=True and refuses files that could run code "
+                                  f"({first[:160]})") from e
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
+                              f"{first[:200]}") from e
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+
+
+def _strip(state: Mapping[str, Tensor], prefix: str = "module.") -> dict[str, Tensor]:
+    return {k.removeprefix(prefix): v for k, v in state.items()}
+
+
+def _family(state: Mapping[str, Tensor]) -> str | None:
+    """Which reference network a state_dict belongs to, from its key names."""
+    keys = set(_strip(state))
+    if any(k.startswith("all_modules.") for k in keys):
+        return "score_sde"
+    if "temb.dense.0.weight" in keys and "conv_in.weight" in keys:
+        return "ddim"
+    if "time_embed.0.weight" in keys and "input_blocks.0.0.weight" in keys:
+        return "openai" if any(k.startswith("output_blocks.") for k in keys) else "openai_classifier"
+    if "begin_conv.weight" in keys:
+        # CondRefineNetDilated normalises with the level embedding everywhere; NCSNv2 never does.
+        return "ncsn" if any(".embed." in k for k in keys) else "ncsnv2"
+    return None
+
+
+def detect_format(obj: Any, path: Path) -> str:
+    """The published format of a loaded checkpoint object (one of FORMATS), from its structure."""
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj.get("ema"), Mapping) \
+            and "shadow_params" in obj["ema"]:
+        return "score_sde"
+    if _is_state_dict(obj):
+        family = _family(obj)
+        if family is not None:
+            return family
+    if isinstance(obj, list | tuple) and obj and _is_state_dict(obj[0]):
+        family = _family(obj[0])
+        if family == "ncsn" and len(obj) == 2:
+            return "ncsn"
+        if family in ("ncsnv2", "ddim") and len(obj) in (4, 5) and all(isinstance(v, int) for v in obj[2:4]):
+            return family
+    if isinstance(obj, Mapping):
+        what = f"a dict with keys {', '.join(sorted(map(str, obj))[:6])}"
+    elif isinstance(obj, list | tuple):
+        what = f"a list of {len(obj)} entries"
+    else:
+        what = f"a {type(obj).__name__}"
+    raise CheckpointError(f"{path}: unknown checkpoint layout ({what}); scorelib reads its own checkpoints "
+                          f"and those of ncsn, ncsnv2, score_sde, ddim, improved-/guided-diffusion, diffusers")
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights of each format, in scorelib's parameter names
+# ---------------------------------------------------------------------------------------------
+
+
+def _ema_list_weights(obj: list, ema: bool) -> dict[str, Tensor]:
+    """ncsnv2 / ddim training lists: the raw state_dict, overlaid with the EMA shadow (parameter names
+    without `module.`, models/ema.py `EMAHelper.register`) when there is one and `ema`."""
+    weights = _strip(obj[0])
+    if ema and len(obj) == 5:
+        shadow = obj[-1]
+        if not _is_state_dict(shadow):
+            raise CheckpointError("the EMA entry is not a dict of tensors")
+        weights.update(_strip(shadow))
+    return weights
+
+
+def ncsnpp_reference_names(net: nn.Module) -> list[tuple[str, str, bool]]:
+    """(score_sde name, scorelib name, is_nin) for every tensor of an `NCSNpp`, in the order
+    score_sde's models/ncsnpp.py registers them in `all_modules` (its state_dict order).
+
+    score_sde keeps one flat ModuleList (HEAD of yang-song/score_sde_pytorch: the parameter-free pyramid
+    resamplers of "input_skip" / "output_skip" are attributes outside it, every other module takes an
+    index). Its NIN layers (models/layers.py `NIN`, W: [in, out]) are our 1×1 convs (weight
+    [out, in, 1, 1]): `is_nin` marks the tensors that need that transpose.
+    """
+    from .models.ncsnpp_layers import (
+        AttnBlockpp,
+        Combine,
+        Downsample,
+        FIRConv2d,
+        GaussianFourierProjection,
+        ResnetBlockBigGANpp,
+        ResnetBlockDDPMpp,
+        Upsample,
+    )
+
+    prefix = {id(m): name for name, m in net.named_modules()}
+
+    def order() -> Iterator[nn.Module]:
+        if net.fourier is not None:
+            yield net.fourier
+        if net.temb_mlp is not None:
+            yield from (net.temb_mlp[0], net.temb_mlp[2])
+        yield net.conv_in
+        for level in net.down:
+            for block, attn in zip(level.blocks, level.attns, strict=True):
+                yield block
+                if not isinstance(attn, nn.Identity):
+                    yield attn
+            if level.downsample is not None:
+                yield level.downsample
+                if level.progressive_input == "input_skip":  # its FIR / pooling downsampler is no list entry
+                    yield level.combine
+                elif level.progressive_input == "residual":
+                    yield level.pyramid_down
+        yield from (net.mid_block1, net.mid_attn, net.mid_block2)
+        for level in net.up:
+            yield from level.blocks
+            if not isinstance(level.attn, nn.Identity):
+                yield level.attn
+            if level.progressive != "none":
+                if level.pyramid_up is not None and level.progressive == "residual":
+                    yield level.pyramid_up  # output_skip's conv-less upsampler is no list entry
+                if level.pyramid_norm is not None:
+                    yield from (level.pyramid_norm, level.pyramid_conv)
+            if level.upsample is not None:
+                yield level.upsample
+        if net.norm_out is not None:
+            yield from (net.norm_out, net.conv_out)
+
+    def tensors(m: nn.Module) -> list[tuple[str, str, bool]]:
+        wb = ("weight", "bias")
+        if isinstance(m, GaussianFourierProjection):
+            return [("W", "W", False)]
+        if isinstance(m, nn.Linear | nn.Conv2d | nn.GroupNorm | FIRConv2d | Combine):
+            sub = "conv." if isinstance(m, Combine) else ""
+            return [(f"{'Conv_0.' if sub else ''}{p}", f"{sub}{p}", False) for p in wb]
+        if isinstance(m, Upsample | Downsample):
+            if m.conv is None:
+                return []
+            ref = "Conv2d_0" if isinstance(m.conv, FIRConv2d) else "Conv_0"
+            return [(f"{ref}.{p}", f"conv.{p}", False) for p in wb]
+        if isinstance(m, AttnBlockpp):
+            out = [(f"GroupNorm_0.{p}", f"norm.{p}", False) for p in wb]
+            for i, ours in enumerate(("q", "k", "v", "proj_out")):
+                out += [(f"NIN_{i}.W", f"{ours}.weight", True), (f"NIN_{i}.b", f"{ours}.bias", True)]
+            return out
+        if isinstance(m, ResnetBlockBigGANpp | ResnetBlockDDPMpp):
+            out = [(f"GroupNorm_0.{p}", f"norm0.{p}", False) for p in wb]
+            out += [(f"Conv_0.{p}", f"conv0.{p}", False) for p in wb]
+            if m.temb_proj is not None:
+                out += [(f"Dense_0.{p}", f"temb_proj.{p}", False) for p in wb]
+            out += [(f"GroupNorm_1.{p}", f"norm1.{p}", False) for p in wb]
+            out += [(f"Conv_1.{p}", f"conv1.{p}", False) for p in wb]
+            if m.shortcut is not None:
+                if isinstance(m, ResnetBlockBigGANpp):  # a real 1×1 conv (layerspp.conv1x1)
+                    out += [(f"Conv_2.{p}", f"shortcut.{p}", False) for p in wb]
+                else:  # layers.NIN
+                    out += [("NIN_0.W", "shortcut.weight", True), ("NIN_0.b", "shortcut.bias", True)]
+            return out
+        raise CheckpointError(f"no score_sde name for {type(m).__name__}")
+
+    names = []
+    for i, m in enumerate(order()):
+        base = prefix[id(m)]
+        names += [(f"all_modules.{i}.{ref}", f"{base}.{ours}", nin) for ref, ours, nin in tensors(m)]
+    return names
+
+
+def _score_sde_weights(obj: Mapping[str, Any], net: nn.Module, ema: bool, path: Path) -> dict[str, Tensor]:
+    """score_sde's `model` state_dict (or its EMA shadow_params) in scorelib names for `net` (an NCSNpp)."""
+    state = _strip(obj["model"]) if "model" in obj else _strip(obj)
+    state.pop("sigmas", None)  # a buffer of the config's geometric σ levels (models/ncsnpp.py)
+    names = ncsnpp_reference_names(net)
+    _check_names(state, [ref for ref, _, _ in names], path, "score_sde")
+    if ema and isinstance(obj.get("ema"), Mapping):
+        shadow = list(obj["ema"]["shadow_params"])
+        # ExponentialMovingAverage keeps the parameters with requires_grad, in registration order: all
+        # but the Gaussian Fourier frequencies (layerspp.GaussianFourierProjection, requires_grad=False).
+        trainable = [ref for ref, ours, _ in names if not ours.endswith("fourier.W")]
+        if len(shadow) != len(trainable):
+            raise CheckpointError(f"{path}: the EMA holds {len(shadow)} tensors, the network has "
+                                  f"{len(trainable)} trainable ones")
+        state.update(zip(trainable, shadow, strict=True))
+    out = {}
+    for ref, ours, nin in names:
+        v = state[ref]
+        out[ours] = v.t()[:, :, None, None] if nin and v.ndim == 2 else v
+    for key, value in net.state_dict().items():  # FIR kernels: buffers the reference computes on the fly
+        out.setdefault(key, value)
+    return out
+
+
+def _check_names(state: Mapping[str, Tensor], want: list[str], path: Path, fmt: str) -> None:
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in set(want)]
+    if missing or unexpected:
+        first = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise CheckpointError(f"{path}: the {fmt} weights do not fit the config's network: {first} "
+                              f"({len(missing)} missing, {len(unexpected)} unexpected)")
+
+
+def published_weights(fmt: str, obj: Any, net: nn.Module, variant: str, ema: bool,
+                      path: Path) -> dict[str, Tensor]:
+    """The state_dict for `net` (built from the config) out of a checkpoint object of format `fmt`."""
+    from .models.ncsn_layers import convert_reference_state_dict
+
+    if fmt == "ncsn":
+        return convert_reference_state_dict(obj[0])
+    if fmt == "ncsnv2":
+        if _is_state_dict(obj):
+            return convert_reference_state_dict(obj, variant)
+        return convert_reference_state_dict(_ema_list_weights(obj, ema), variant)
+    if fmt == "score_sde":
+        return _score_sde_weights(obj, net, ema, path)
+    if fmt == "ddim":
+        return _strip(obj) if _is_state_dict(obj) else _ema_list_weights(obj, ema)
+    if fmt in ("openai", "openai_classifier"):
+        return dict(obj)
+    raise CheckpointError(f"{path}: format {fmt!r} has no weights reader")
+
+
+def fit_weights(net: nn.Module, state: Mapping[str, Tensor], path: Path, fmt: str) -> None:
+    """Load `state` into `net` strictly; the error names the file and the first key that does not fit
+    (missing, unexpected, or of another shape)."""
+    own = net.state_dict()
+    for key, value in own.items():
+        if key not in state:
+            raise CheckpointError(f"{path}: the {fmt} weights do not fit the config's network: missing {key}")
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise CheckpointError(f"{path}: the {fmt} weights do not fit the config's network: {key} has shape "
+                                  f"{tuple(state[key].shape)} in the file, {tuple(value.shape)} in the network")
+    extra = [k for k in state if k not in own]
+    if extra:
+        raise CheckpointError(f"{path}: the {fmt} weights do not fit the config's network: unexpected {extra[0]} "
+                              f"(+{len(extra) - 1} more)" if len(extra) > 1 else
+                              f"{path}: the {fmt} weights do not fit the config's network: unexpected {extra[0]}")
+    net.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# improved-diffusion / guided-diffusion presets: the flags their READMEs give for each released file
+# ---------------------------------------------------------------------------------------------
+
+_IDDPM = dict(num_heads=4, num_head_channels=-1, attention_resolutions="16,8", dropout=0.0, learn_sigma=False,
+              class_cond=False, diffusion_steps=1000, noise_schedule="linear", rescale_timesteps=True,
+              use_scale_shift_norm=True, resblock_updown=False, use_new_attention_order=False, channel_mult="")
+_ADM = {**_IDDPM, "rescale_timesteps": False}  # guided_diffusion/script_util.py diffusion_defaults
+_CLASSIFIER = dict(classifier=True, classifier_width=128, classifier_depth=2,
+                   classifier_attention_resolutions="32,16,8", classifier_pool="attention", diffusion_steps=1000,
+                   noise_schedule="linear")
+
+#: Flags of the released models (openai/improved-diffusion README "Models and Hyperparameters";
+#: openai/guided-diffusion README "Sampling from pre-trained models"), by file stem.
+OPENAI_PRESETS: dict[str, dict[str, Any]] = {
+    # improved-diffusion (rescale_timesteps=True unless the README turns it off)
+    "cifar10_uncond": {**_IDDPM, "image_size": 32, "num_channels": 128, "num_res_blocks": 3, "learn_sigma": True,
+                       "dropout": 0.3, "diffusion_steps": 4000, "noise_schedule": "cosine"},
+    "cifar10_uncond_vlb": {**_IDDPM, "image_size": 32, "num_channels": 128, "num_res_blocks": 3,
+                           "learn_sigma": True, "dropout": 0.3, "diffusion_steps": 4000, "noise_schedule": "cosine"},
+    "imagenet64_uncond": {**_IDDPM, "image_size": 64, "num_channels": 128, "num_res_blocks": 3, "learn_sigma": True,
+                          "diffusion_steps": 4000, "noise_schedule": "cosine"},
+    "imagenet64_uncond_vlb": {**_IDDPM, "image_size": 64, "num_channels": 128, "num_res_blocks": 3,
+                              "learn_sigma": True, "diffusion_steps": 4000, "noise_schedule": "cosine"},
+    "imagenet64_cond": {**_IDDPM, "image_size": 64, "num_channels": 192, "num_res_blocks": 3, "learn_sigma": True,
+                        "class_cond": True, "diffusion_steps": 4000, "noise_schedule": "cosine",
+                        "rescale_timesteps": False},
+    "lsun_uncond": {**_IDDPM, "image_size": 256, "num_channels": 128, "num_res_blocks": 2, "num_heads": 1,
+                    "learn_sigma": True, "use_scale_shift_norm": False, "attention_resolutions": "16",
+                    "rescale_timesteps": False},
+    # guided-diffusion (ADM)
+    "64x64_diffusion": {**_ADM, "attention_resolutions": "32,16,8", "class_cond": True, "dropout": 0.1,
+                        "image_size": 64, "learn_sigma": True, "noise_schedule": "cosine", "num_channels": 192,
+                        "num_head_channels": 64, "num_res_blocks": 3, "resblock_updown": True,
+                        "use_new_attention_order": True},
+    "128x128_diffusion": {**_ADM, "attention_resolutions": "32,16,8", "class_cond": True, "image_size": 128,
+                          "learn_sigma": True, "num_channels": 256, "num_heads": 4, "num_res_blocks": 2,
+                          "resblock_updown": True},
+    "256x256_diffusion": {**_ADM, "attention_resolutions": "32,16,8", "class_cond": True, "image_size": 256,
+                          "learn_sigma": True, "num_channels": 256, "num_head_channels": 64, "num_res_blocks": 2,
+                          "resblock_updown": True},
+    "256x256_diffusion_uncond": {**_ADM, "attention_resolutions": "32,16,8", "image_size": 256, "learn_sigma": True,
+                                 "num_channels": 256, "num_head_channels": 64, "num_res_blocks": 2,
+                                 "resblock_updown": True},
+    "512x512_diffusion": {**_ADM, "attention_resolutions": "32,16,8", "class_cond": True, "image_size": 512,
+                          "learn_sigma": True, "num_channels": 256, "num_head_channels": 64, "num_res_blocks": 2,
+                          "resblock_updown": True},
+    "lsun_bedroom": {**_ADM, "attention_resolutions": "32,16,8", "dropout": 0.1, "image_size": 256,
+                     "learn_sigma": True, "num_channels": 256, "num_head_channels": 64, "num_res_blocks": 2,
+                     "resblock_updown": True},
+    "64x64_classifier": {**_CLASSIFIER, "image_size": 64, "classifier_depth": 4},
+    "128x128_classifier": {**_CLASSIFIER, "image_size": 128},
+    "256x256_classifier": {**_CLASSIFIER, "image_size": 256},
+    "512x512_classifier": {**_CLASSIFIER, "image_size": 512},
+}
+for _stem in ("lsun_cat", "lsun_horse"):
+    OPENAI_PRESETS[_stem] = OPENAI_PRESETS["lsun_bedroom"]
+OPENAI_PRESETS["lsun_horse_nodropout"] = {**OPENAI_PRESETS["lsun_bedroom"], "dropout": 0.0}
+
+
+def _channel_mult(image_size: int, given: str) -> tuple[float, ...]:
+    """improved-/guided-diffusion script_util.py `create_model`: the multipliers per image size."""
+    if given:
+        return tuple(float(m) if "." in m else int(m) for m in given.split(","))
+    table = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4),
+             32: (1, 2, 2, 2)}
+    if image_size not in table:
+        raise CheckpointError(f"unsupported image size {image_size} for an improved-/guided-diffusion model")
+    return table[image_size]
+
+
+def openai_config(flags: Mapping[str, Any], num_classes: int = 1000) -> ConfigDict:
+    """A scorelib config from improved-/guided-diffusion command-line flags (script_util.py names:
+    image_size, num_channels, num_res_blocks, attention_resolutions in pixels, learn_sigma, class_cond,
+    diffusion_steps, noise_schedule, rescale_timesteps, ...; classifier=True for a noisy classifier)."""
+    from .defaults import base
+
+    f = {**(_CLASSIFIER if flags.get("classifier") else _IDDPM), **flags}
+    out = base()
+    size = int(f["image_size"])
+    out.data.dataset, out.data.image_size, out.data.channels, out.data.centered = "folder", size, 3, True
+    out.noise.kind, out.noise.num_scales = "ddpm", int(f["diffusion_steps"])
+    out.noise.beta_schedule = f["noise_schedule"]
+    # get_named_beta_schedule("linear"): β from 1e-4 to 0.02, scaled by 1000 / T.
+    scale = 1000.0 / out.noise.num_scales
+    out.noise.beta_start, out.noise.beta_end = 1e-4 * scale, 0.02 * scale
+    out.sampling.method, out.sampling.init, out.sampling.n_steps = "ddim", "gaussian", 50
+    released_classifier = OPENAI_PRESETS.get(f"{size}x{size}_classifier")
+    if f.get("classifier") or released_classifier is not None:
+        # guided-diffusion script_util.py create_classifier (64 channels per head, AdaGN, BigGAN blocks); a
+        # diffusion preset gets its size's released classifier, for sampling.guidance = "classifier".
+        g = {**_CLASSIFIER, **(flags if f.get("classifier") else released_classifier)}
+        k = out.classifier
+        k.nf, k.num_res_blocks, k.ch_mult = int(g["classifier_width"]), int(g["classifier_depth"]), \
+            _channel_mult(size, "")
+        k.attn_resolutions = tuple(int(r) for r in str(g["classifier_attention_resolutions"]).split(","))
+        k.num_head_channels, k.pool = 64, g["classifier_pool"]
+    if f.get("classifier"):
+        out.training.target = "classifier"
+        out.data.num_classes = num_classes
+        return out
+    conditional = bool(f["class_cond"])
+    m = out.model
+    m.name = "adm" if conditional else "iddpm"
+    out.data.num_classes = num_classes if conditional else 0
+    m.nf, m.num_res_blocks = int(f["num_channels"]), int(f["num_res_blocks"])
+    m.ch_mult = _channel_mult(size, str(f.get("channel_mult", "")))
+    m.attn_resolutions = tuple(int(r) for r in str(f["attention_resolutions"]).split(","))
+    m.dropout, m.learn_sigma = float(f["dropout"]), bool(f["learn_sigma"])
+    m.num_heads, m.num_head_channels = int(f["num_heads"]), int(f["num_head_channels"])
+    m.use_scale_shift_norm, m.resblock_updown = bool(f["use_scale_shift_norm"]), bool(f["resblock_updown"])
+    m.use_new_attention_order, m.class_dropout = bool(f["use_new_attention_order"]), 0.0
+    m.rescale_timesteps = bool(f["rescale_timesteps"])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusers folders
+# ---------------------------------------------------------------------------------------------
+
+
+def is_diffusers_folder(path: Path) -> bool:
+    """A pipeline folder (unet/ + scheduler/) or a model folder with a scheduler config beside it."""
+    return path.is_dir() and ((path / "unet" / "config.json").exists()
+                              or ((path / "config.json").exists() and _scheduler_config(path) is not None))
+
+
+def _scheduler_config(path: Path) -> Path | None:
+    for candidate in (path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json",
+                      path.parent / "scheduler" / "scheduler_config.json"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+class DiffusersEps(nn.Module):
+    """A diffusers UNet2DModel as an ε(x_t, t) network: `.sample` of its output, converted to ε when the
+    scheduler's prediction_type is "v_prediction" (ε = √ᾱ v + √(1-ᾱ) x_t, Salimans & Ho 2022)."""
+
+    def __init__(self, unet: nn.Module, prediction_type: str, alphas_cumprod: Tensor):
+        super().__init__()
+        self.unet, self.prediction_type = unet, prediction_type
+        self.register_buffer("alphas_cumprod", alphas_cumprod.to(torch.float64), persistent=False)
+
+    def forward(self, x_t: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
+        """x_t: [B, C, H, W]; t: [B] (fractional timesteps allowed) -> ε, x_t's shape."""
+        out = self.unet(x_t, t, **kwargs).sample
+        if self.prediction_type == "epsilon":
+            return out
+        from .adapters import timestep_to_sigma
+        from .schedules import vp_sigmas
+        from .utils import append_dims
+
+        sigma = timestep_to_sigma(t, vp_sigmas(self.alphas_cumprod)).to(x_t.dtype)
+        a = append_dims(1 / (1 + sigma**2), x_t.ndim)  # ᾱ at t
+        return a.sqrt() * out + (1 - a).sqrt() * x_t
+
+
+def load_diffusers(path: Path) -> nn.Module:
+    """A σ-space score model (eval mode) from a diffusers folder, through diffusers (an optional peer)."""
+    try:
+        import diffusers
+    except ImportError as e:
+        raise CheckpointError(f"{path} is a diffusers folder; reading it needs diffusers "
+                              f"(pip install diffusers)") from e
+    from .adapters import EpsToScore
+
+    model_dir = path / "unet" if (path / "unet" / "config.json").exists() else path
+    sched_path = _scheduler_config(path)
+    if sched_path is None:
+        raise CheckpointError(f"{path}: no scheduler config (scheduler/scheduler_config.json) beside the model")
+    try:
+        unet = diffusers.UNet2DModel.from_pretrained(str(model_dir))
+        scheduler = diffusers.DDPMScheduler.from_config(json.loads(sched_path.read_text()))
+    except Exception as e:  # a foreign folder, a UNet2DConditionModel, unreadable weights, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: diffusers could not read it as a UNet2DModel with a DDPM-type "
+                              f"scheduler ({first[:200]})") from e
+    kind = scheduler.config.prediction_type
+    if kind not in ("epsilon", "v_prediction"):
+        raise CheckpointError(f"{sched_path}: prediction_type={kind!r} is not supported (epsilon, v_prediction)")
+    abar = scheduler.alphas_cumprod.to(torch.float64)
+    return EpsToScore(DiffusersEps(unet, kind, abar), abar).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Config arguments
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_config(config: Any) -> ConfigDict:
+    """A ConfigDict from `config`: a ConfigDict, a configs/ name, a path to a config file, or
+    "openai:<preset>" (an improved-/guided-diffusion release, see OPENAI_PRESETS)."""
+    import importlib.util
+    import sys
+
+    if isinstance(config, ConfigDict):
+        return config
+    if not isinstance(config, str | Path):
+        raise CheckpointError(f"config must be a ConfigDict, a configs/ name or a path, got {type(config).__name__}")
+    text = str(config)
+    if text.startswith("openai:"):
+        name = text.split(":", 1)[1]
+        if name not in OPENAI_PRESETS:
+            raise CheckpointError(f"unknown preset {text!r}; known: "
+                                  f"{', '.join('openai:' + k for k in sorted(OPENAI_PRESETS))}")
+        return openai_config(OPENAI_PRESETS[name])
+    root = Path(__file__).resolve().parents[1]
+    path = Path(text)
+    if path.suffix != ".py":
+        path = root / "configs" / f"{text}.py"
+    if not path.is_file():
+        raise CheckpointError(f"unknown config {text!r} (not a file, not in {root / 'configs'}, not openai:<preset>)")
+    spec = importlib.util.spec_from_file_location(f"_scorelib_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(root))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.pop(0)
+    return module.get_config()
+
+
+def stem_preset(path: Path) -> str | None:
+    """The OPENAI_PRESETS name a released file's stem implies (cifar10_uncond_50M_500K.pt ->
+    cifar10_uncond), or None."""
+    stem = re.sub(r"_\d+M_\d+K(_bs\d+)?$", "", path.stem)
+    return stem if stem in OPENAI_PRESETS else None
