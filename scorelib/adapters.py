@@ -123,26 +123,46 @@ class EpsToScore(nn.Module):
     does with its default `rescale_timesteps=True` (gaussian_diffusion.py `_scale_timesteps`; respace.py
     `_WrappedModel` rescales the original timestep the same way).
     Extra keyword arguments (e.g. class labels `y`) are passed to the network.
+
+    `learned_variance`: the network returns [ε, raw] with 2C channels (improved-diffusion's
+    LEARNED_RANGE); the score uses ε, and `score_and_variance` also returns the interpolation
+    fraction v = (raw + 1)/2 of log Σ = v log β + (1 - v) log β̃ for `ddpm_ancestral(variance="learned")`.
     """
 
     def __init__(self, eps_model: nn.Module, alphas_cumprod: Tensor, quantize: bool = False,
-                 rescale_timesteps: bool = False):
+                 rescale_timesteps: bool = False, learned_variance: bool = False):
         super().__init__()
         self.eps_model = eps_model
         self.quantize = quantize
         self.rescale_timesteps = rescale_timesteps
+        self.learned_variance = learned_variance
         self.register_buffer("sigmas", vp_sigmas(alphas_cumprod), persistent=False)
 
-    def forward(self, x: Tensor, sigma: Tensor, **kwargs) -> Tensor:
-        """x: [B, ...] at noise level sigma: [B] (or a float). Returns the score, x's shape."""
+    def _output(self, x: Tensor, sigma: Tensor, **kwargs) -> tuple[Tensor, Tensor]:
+        """The network's raw output at x_t = x/√(1+σ²), t(σ), and σ broadcast against x."""
         sigma = batch_sigma(sigma, x)
         t = sigma_to_timestep(sigma, self.sigmas)
         t = t.round().long() if self.quantize else t.to(x.dtype)
         if self.rescale_timesteps:
             t = t.to(x.dtype) * (1000.0 / self.sigmas.shape[0])
         s = append_dims(sigma, x.ndim)
-        eps = self.eps_model(x / (1 + s**2).sqrt(), t, **kwargs)
+        return self.eps_model(x / (1 + s**2).sqrt(), t, **kwargs), s
+
+    def forward(self, x: Tensor, sigma: Tensor, **kwargs) -> Tensor:
+        """x: [B, ...] at noise level sigma: [B] (or a float). Returns the score, x's shape."""
+        eps, s = self._output(x, sigma, **kwargs)
+        if self.learned_variance:
+            eps = eps[:, : x.shape[1]]
         return -eps / s
+
+    def score_and_variance(self, x: Tensor, sigma: Tensor, **kwargs) -> tuple[Tensor, Tensor]:
+        """(score, v), both x's shape: v = (raw + 1)/2 ∈ [0, 1] weights log β against log β̃
+        (improved-diffusion gaussian_diffusion.py `p_mean_variance`, LEARNED_RANGE)."""
+        if not self.learned_variance:
+            raise ValueError("score_and_variance needs EpsToScore(..., learned_variance=True)")
+        out, s = self._output(x, sigma, **kwargs)
+        c = x.shape[1]
+        return -out[:, :c] / s, (out[:, c:] + 1) / 2
 
 
 class ScoreToEps(nn.Module):
@@ -226,25 +246,47 @@ class ClassifierGuidance(nn.Module):
 
     `classifier(x, sigma) -> logits [B, K]` is σ-space (wrap a DDPM noisy classifier with
     `VPClassifier`); y: int64 [B]; w: the guidance scale (w = 1 is the exact conditional score).
+
+    The scale convention of guided-diffusion: `convention="score"` shifts the score (its
+    `condition_score`, used for DDIM: ε' = ε - √(1-ᾱ) w∇ log p, the same as above); `convention="mean"`
+    leaves the score as it is and `ddpm_ancestral(..., guidance=self.guidance_grad)` shifts the
+    ancestral mean by Σ w∇ log p (its `condition_mean`, used by `p_sample`), so the published scales
+    of both samplers carry over.
     """
 
-    def __init__(self, score_model: ScoreFn, classifier: Callable[[Tensor, Tensor], Tensor], y: Tensor, w: float):
+    def __init__(self, score_model: ScoreFn, classifier: Callable[[Tensor, Tensor], Tensor], y: Tensor, w: float,
+                 convention: str = "score"):
         super().__init__()
-        self.score_model, self.classifier, self.w = score_model, classifier, w
+        if convention not in ("score", "mean"):
+            raise ValueError(f"convention must be 'score' or 'mean', got {convention!r}")
+        self.score_model, self.classifier, self.w, self.convention = score_model, classifier, w, convention
         self.register_buffer("y", y, persistent=False)
 
     def classifier_grad(self, x: Tensor, sigma: Tensor) -> Tensor:
         """∇ₓ log p_φ(y | x, σ), x's shape."""
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            logp = torch.log_softmax(self.classifier(xg, sigma).float(), dim=-1)
+            logits = self.classifier(xg, sigma)
+            # at least float32 (AMP logits), float64 kept: guided-diffusion's log_softmax of the logits
+            logp = torch.log_softmax(logits.float() if logits.element_size() < 4 else logits, dim=-1)
             picked = logp.gather(1, self.y[:, None].to(logp.device)).sum()
             (grad,) = torch.autograd.grad(picked, xg)
         return grad
 
+    def guidance_grad(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """w ∇ₓ log p_φ(y | x, σ) in σ-space coordinates, x's shape."""
+        return self.w * self.classifier_grad(x, batch_sigma(sigma, x))
+
     def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
         sigma = batch_sigma(sigma, x)
-        return self.score_model(x, sigma) + self.w * self.classifier_grad(x, sigma)
+        base = self.score_model(x, sigma)
+        return base if self.convention == "mean" else base + self.guidance_grad(x, sigma)
+
+    def score_and_variance(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """(guided score, v) of a learned-variance base model (see `EpsToScore.score_and_variance`)."""
+        sigma = batch_sigma(sigma, x)
+        score, v = self.score_model.score_and_variance(x, sigma)
+        return (score if self.convention == "mean" else score + self.guidance_grad(x, sigma)), v
 
 
 class ClassifierFreeGuidance(nn.Module):

@@ -67,7 +67,8 @@ GUIDANCE = ("none", "cfg", "classifier")
 OPTIMIZERS = ("adam", "adamw")
 INITS = ("uniform", "gaussian")
 SPACINGS = ("uniform", "leading", "trailing", "quadratic")  # schedules.respace_timesteps
-VARIANCES = ("small", "large")  # samplers.ddpm_ancestral
+VARIANCES = ("small", "large", "learned")  # samplers.ddpm_ancestral
+GUIDANCE_CONVENTIONS = ("auto", "mean", "score")
 ODE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # torchdiffeq's adaptive solvers
 SOLVER_ORDERS = (1, 2, 3)  # dpm_solver_pp, unipc
 FAST_DEFAULT_NFE = 10  # sampling.method=fast with sampling.n_steps=0: the README's 10-NFE budget
@@ -76,7 +77,7 @@ FAST_DEFAULT_NFE = 10  # sampling.method=fast with sampling.n_steps=0: the READM
 # when one set on the command line is ignored by the chosen method.
 SAMPLER_FIELDS: dict[str, tuple[str, ...]] = {
     "ald": ("n_steps_each", "step_lr", "denoise"), "pc": ("predictor", "corrector", "snr", "n_corrector_steps"),
-    "ddpm": ("variance",), "ddim": ("eta",), "ode": ("ode_method", "rtol", "atol"), "heun": ("rho",),
+    "ddpm": ("variance", "clip_denoised"), "ddim": ("eta",), "ode": ("ode_method", "rtol", "atol"), "heun": ("rho",),
     "dpm_solver": ("order", "rho"), "unipc": ("order", "rho"), "fast": ("data_diameter",)}
 
 
@@ -167,7 +168,7 @@ def uses_labels(config: Any) -> bool:
 
 def network_family(config: Any) -> str:
     """What `create_network` builds, in a word: model.name, or "classifier" for the noisy classifier."""
-    target = _choice(config.training.target, ("model", "classifier"), "training.target")
+    target = _choice(config.training.target, TRAINING_TARGETS, "training.target")
     return _choice(config.model.name, MODEL_NAMES, "model.name") if target == "model" else "classifier"
 
 
@@ -218,16 +219,17 @@ def create_sde(config: Any) -> VESDE | VPSDE | SubVPSDE:
     n = config.noise
     kind = _choice(n.kind, NOISE_KINDS, "noise.kind")
     if kind in ("ve", "ve_continuous"):
-        return VESDE(n.sigma_min, n.sigma_max)
+        return VESDE(n.sigma_min, n.sigma_max, eps=n.eps)
     if kind == "vp":
-        return VPSDE(n.beta_min, n.beta_max)
+        return VPSDE(n.beta_min, n.beta_max, eps=n.eps, sampling_eps=n.sampling_eps)
     if kind == "subvp":
-        return SubVPSDE(n.beta_min, n.beta_max)
+        return SubVPSDE(n.beta_min, n.beta_max, eps=n.eps, sampling_eps=n.sampling_eps)
     raise ConfigError("noise.kind='ddpm' has a discrete schedule, not an SDE")
 
 
 def sigma_range(config: Any) -> tuple[float, float]:
-    """(σ_max, σ_min) the config's score model covers."""
+    """(σ_max, σ_min) the config's samplers run over. VP / sub-VP: σ(1) down to σ(noise.sampling_eps)
+    (score_sde run_lib.py samples from t = 1e-3; it trains and computes likelihoods from 1e-5)."""
     n = config.noise
     if n.kind in ("ve", "ve_continuous"):
         return float(n.sigma_max), float(n.sigma_min)
@@ -235,18 +237,16 @@ def sigma_range(config: Any) -> tuple[float, float]:
         s = create_schedule(config).sigmas
         return float(s[-1]), float(s[0])
     sde = create_sde(config)
-    return float(sde.sigma(torch.tensor(1.0))), float(sde.sigma(torch.tensor(sde.eps)))
+    return float(sde.sigma(1.0)), float(sde.sigma(sde.sampling_eps))
 
 
-class _EpsHead(nn.Module):
-    """The ε channels of a network that also outputs a learned variance (2C channels)."""
-
-    def __init__(self, net: nn.Module, channels: int):
-        super().__init__()
-        self.net, self.channels = net, channels
-
-    def forward(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
-        return self.net(x, t, **kwargs)[:, : self.channels]
+def likelihood_sigma_range(config: Any) -> tuple[float, float]:
+    """(σ_max, σ_min) of the probability-flow likelihood: VP / sub-VP integrate from t = noise.eps
+    (score_sde likelihood.py `get_likelihood_fn(eps=1e-5)`), the others over `sigma_range`."""
+    if config.noise.kind not in ("vp", "subvp"):
+        return sigma_range(config)
+    sde = create_sde(config)
+    return float(sde.sigma(1.0)), float(sde.sigma(sde.eps))
 
 
 def create_score_model(config: Any, model: nn.Module | None = None) -> nn.Module:
@@ -260,9 +260,8 @@ def create_score_model(config: Any, model: nn.Module | None = None) -> nn.Module
     if name in ("ncsnv2", "mlp", "conv", "ncsnpp"):
         return net
     if kind == "ddpm":
-        head = _EpsHead(net, config.data.channels) if config.model.learn_sigma else net
-        return EpsToScore(head, create_schedule(config).alphas_cumprod,
-                          rescale_timesteps=config.model.rescale_timesteps)
+        return EpsToScore(net, create_schedule(config).alphas_cumprod, rescale_timesteps=config.model.rescale_timesteps,
+                          learned_variance=config.model.learn_sigma)
     if kind in ("vp", "subvp"):
         return ContinuousEpsToScore(net, create_sde(config), label_scale=999.0)
     raise ConfigError(f"model.name={name!r} cannot be used with noise.kind={kind!r}")
@@ -341,7 +340,7 @@ def create_loss(config: Any) -> LossFn:
             return losses.ssm_loss_at(score, x_tilde, sigma, n_projections=t.n_projections,
                                       anneal_power=t.anneal_power, generator=g)
         noise = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
-        return losses.dsm_loss_at(score, x, sigma, noise, anneal_power=t.anneal_power)
+        return losses.dsm_loss_at(score, x, sigma, noise, anneal_power=t.anneal_power, reduce_mean=t.reduce_mean)
 
     return LossFn(score_loss)
 
@@ -392,13 +391,45 @@ def sampling_grid(config: Any) -> Tensor:
         return create_sigmas(config) if kind == "ve" else geometric_sigmas(*sigma_range(config), n)
     if kind == "ddpm" and method in ("ddim", "ddpm", "pc"):
         sched = create_schedule(config)
-        steps = sched.T if s.n_steps <= 0 else s.n_steps
-        return timesteps_to_sigmas(sched.alphas_cumprod, respace_timesteps(sched.T, steps, s.spacing))
-    sigma_max, sigma_min = sigma_range(config)
+        return timesteps_to_sigmas(sched.alphas_cumprod, _respaced(config, sched))
     n = s.n_steps if s.n_steps > 0 else config.noise.num_scales
+    if method == "pc" and kind in ("vp", "subvp"):
+        return append_zero(create_sde(config).sigma(_score_sde_times(config, n)))
+    sigma_max, sigma_min = sigma_range(config)
     if method in ("pc", "ddpm", "ddim"):
         return append_zero(geometric_sigmas(sigma_max, sigma_min, n))
     return append_zero(karras_sigmas(sigma_max, sigma_min, n, s.rho))
+
+
+def _respaced(config: Any, sched: DDPMSchedule) -> Tensor:
+    """The descending DDPM timesteps the sampler visits (sampling.n_steps of them, sampling.spacing)."""
+    s = config.sampling
+    return respace_timesteps(sched.T, sched.T if s.n_steps <= 0 else s.n_steps, s.spacing)
+
+
+def _score_sde_times(config: Any, n: int) -> Tensor:
+    """score_sde's PC time grid `torch.linspace(sde.T, eps, sde.N)` (sampling.py `get_pc_sampler`),
+    float64 [n], t from 1 down to noise.sampling_eps."""
+    return torch.linspace(1.0, create_sde(config).sampling_eps, n, dtype=torch.float64)
+
+
+def pc_betas(config: Any) -> Tensor | None:
+    """The discrete β_i at each PC step's level for VP-type models, None for VE (`pc_sampler(betas=)`).
+
+    vp / subvp: score_sde's `sde.discrete_betas[(t (N-1)/T).long()]` with discrete_betas =
+    linspace(β_min/N, β_max/N, N) (sde_lib.py VPSDE / subVPSDE) on the grid `_score_sde_times`.
+    ddpm: the respaced β = 1 - ᾱ_t/ᾱ_t' of consecutive kept timesteps (improved-diffusion respace.py),
+    with which the ancestral predictor is DDPM's σ² = β step.
+    """
+    kind, s = config.noise.kind, config.sampling
+    if kind == "ddpm":
+        abar = create_schedule(config).alphas_cumprod[_respaced(config, create_schedule(config))]
+        return 1 - abar / torch.cat([abar[1:], abar.new_ones(1)])
+    if kind not in ("vp", "subvp"):
+        return None
+    n, nz = config.noise, s.n_steps if s.n_steps > 0 else config.noise.num_scales
+    table = torch.linspace(n.beta_min / nz, n.beta_max / nz, nz, dtype=torch.float64)
+    return table[(_score_sde_times(config, nz) * (nz - 1)).long()]
 
 
 def create_sampler(config: Any) -> Callable[[Callable[..., Tensor], tuple[int, ...], torch.Generator, torch.device],
@@ -409,6 +440,14 @@ def create_sampler(config: Any) -> Callable[[Callable[..., Tensor], tuple[int, .
     method = _choice(s.method, SAMPLING_METHODS, "sampling.method")
     grid = sampling_grid(config)
     sigma_max, sigma_min = sigma_range(config)
+    betas = pc_betas(config) if method == "pc" else None
+    variance = _choice(s.variance, VARIANCES, "sampling.variance")
+    if method == "ddpm" and variance == "learned" and not config.model.learn_sigma:
+        raise ConfigError("sampling.variance='learned' needs a network with a learned variance (model.learn_sigma)")
+    if method == "pc" and s.predictor == "ancestral" and config.noise.kind == "subvp":
+        raise ConfigError("sampling.predictor='ancestral' has no sub-VP form (score_sde's AncestralSamplingPredictor "
+                          "supports VE and VP only)")
+    labelled = is_class_conditional(config) or s.guidance == "classifier"
 
     def init(shape: tuple[int, ...], g: torch.Generator, device: torch.device) -> Tensor:
         if s.init == "uniform":  # NCSN / NCSNv2: U[0,1] images (centred when the data is)
@@ -423,9 +462,11 @@ def create_sampler(config: Any) -> Callable[[Callable[..., Tensor], tuple[int, .
             return annealed_langevin(score, x, grid, s.n_steps_each, s.step_lr, s.denoise, generator=g)
         if method == "pc":
             return pc_sampler(score, x, grid, s.predictor, s.corrector, s.snr, s.n_corrector_steps, s.denoise,
-                              generator=g)
+                              generator=g, betas=betas)
         if method == "ddpm":
-            return ddpm_ancestral(score, x, grid, s.variance, generator=g)
+            mean_guided = getattr(score, "convention", "score") == "mean"  # guided-diffusion condition_mean
+            return ddpm_ancestral(score, x, grid, variance, generator=g, clip_denoised=s.clip_denoised,
+                                  guidance=score.guidance_grad if mean_guided else None)
         if method == "ddim":
             return ddim(score, x, grid, s.eta, generator=g)
         if method == "ode":
@@ -436,8 +477,9 @@ def create_sampler(config: Any) -> Callable[[Callable[..., Tensor], tuple[int, .
             return dpm_solver_pp(score, x, grid, order=s.order)
         if method == "unipc":
             return unipc(score, x, grid, order=s.order)
+        # a class-conditional score binds one label per row, so fast_sample cannot add its probe rows
         return fast_sample(score, x, sigma_max, sigma_min, fast_budget(config),
-                           data_diameter=s.data_diameter if s.data_diameter > 0 else None)
+                           data_diameter=s.data_diameter if s.data_diameter > 0 else None, probe=not labelled)
 
     return sample
 
@@ -454,13 +496,43 @@ def guided_score(config: Any, score: nn.Module, y: Tensor | None, classifier: nn
             raise ConfigError("sampling.guidance='cfg' needs a model trained with a null label "
                               "(model.class_dropout > 0)")
         return ClassifierFreeGuidance(score, y, s.guidance_scale, null_label=config.data.num_classes)
-    base = (lambda x, sigma: score(x, sigma, y=y)) if is_class_conditional(config) else score
+    base = _Labelled(score, y) if is_class_conditional(config) else score
     if kind == "none":
         return base
     if classifier is None:
         raise ConfigError("sampling.guidance='classifier' needs a trained classifier (classifier.workdir)")
     return ClassifierGuidance(base, VPClassifier(classifier, create_schedule(config).alphas_cumprod), y,
-                              s.guidance_scale)
+                              s.guidance_scale, convention=guidance_convention(config))
+
+
+def guidance_convention(config: Any) -> str:
+    """How classifier guidance applies its scale (sampling.guidance_convention): "mean" shifts the DDPM
+    ancestral mean by Σ w∇ log p (guided-diffusion `condition_mean`, its `p_sample`), "score" shifts the
+    score (`condition_score`, its `ddim_sample`); "auto" picks guided-diffusion's pairing: mean for
+    sampling.method='ddpm', score for every other sampler."""
+    s = config.sampling
+    conv = _choice(s.guidance_convention, GUIDANCE_CONVENTIONS, "sampling.guidance_convention")
+    if conv == "auto":
+        return "mean" if s.method == "ddpm" else "score"
+    if conv == "mean" and s.method != "ddpm":
+        raise ConfigError(f"sampling.guidance_convention='mean' needs sampling.method='ddpm' (got {s.method!r}); "
+                          "other samplers take the score convention")
+    return conv
+
+
+class _Labelled(nn.Module):
+    """A class-conditional score model with its labels bound: score(x, sigma) = model(x, sigma, y=y)
+    (and its learned variance, when it has one)."""
+
+    def __init__(self, model: nn.Module, y: Tensor | None):
+        super().__init__()
+        self.model, self.y = model, y
+
+    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self.model(x, sigma, y=self.y)
+
+    def score_and_variance(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.score_and_variance(x, sigma, y=self.y)
 
 
 def sampling_nfe(config: Any) -> int:
@@ -511,9 +583,64 @@ def learning_rate(config: Any, step: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluation_kwargs(config: Any, workdir: Any, real: Tensor | None) -> dict[str, Any]:
+REFERENCE_SPLITS = ("train", "test")
+# the preprocessing behind the reference features (evaluate.inception_features): part of the cache key
+INCEPTION_PREPROCESSING = "uint8/255 -> [0,1], bilinear 299x299 (align_corners=False), 2x-1; pool3"
+
+
+@dataclass(frozen=True)
+class FidReference:
+    """What the FID/KID reference of an evaluation is (`fid_reference`).
+
+    file: eval.stats_path (a reference file, read-only) or "" when the statistics come from the data;
+    split / count: the data split and how many of its images (0: all); cache: where the statistics of
+    the data are cached (None with a file); description: one line for metrics.json.
+    """
+
+    file: str
+    split: str
+    count: int
+    cache: Path | None
+    description: str
+
+    @property
+    def full(self) -> bool:
+        """The reference papers use: a reference file, or every image of the training split."""
+        return bool(self.file) or (self.split == "train" and self.count == 0)
+
+
+def fid_reference(config: Any, workdir: Any, split: str | None = None) -> FidReference:
+    """The FID/KID reference of the config: eval.stats_path if set, else `split` (default eval.reference_split)
+    of the data set, the first eval.reference_count images of it (0: all). The cache file in WORKDIR/eval is
+    keyed by everything the statistics depend on (data set, resolved root, split, count, image size / crop /
+    channels, the folder split, preprocessing, Inception weights), so a different data.root or split never
+    reuses stale statistics."""
+    from .evaluate import cache_key, inception_weights_path
+
+    d, e = data_spec(config), config.eval
+    if e.stats_path:
+        return FidReference(e.stats_path, "", 0, None, f"file {e.stats_path}")
+    split = _choice(e.reference_split if split is None else split, REFERENCE_SPLITS, "eval.reference_split")
+    if e.reference_count < 0:
+        raise ConfigError(f"eval.reference_count={e.reference_count} must be >= 0 (0: the whole split)")
+    count = e.reference_count
+    weights = inception_weights_path(e.inception_path or None)
+    key = cache_key(dataset=d.dataset, root=Path(d.root).expanduser().resolve(), split=split, count=count,
+                    image_size=d.image_size, channels=d.channels, crop=d.crop,
+                    test_fraction=d.test_fraction if d.dataset == "folder" else "",
+                    preprocessing=INCEPTION_PREPROCESSING, weights=weights.name,
+                    weights_bytes=weights.stat().st_size if weights.is_file() else -1)
+    cache = Path(workdir) / "eval" / f"fid_stats_{d.dataset}_{split}_{key}.npz"
+    what = "all" if count == 0 else f"the first {count}"
+    return FidReference("", split, count, cache, f"{what} of the {split} split of {d.dataset} at {d.root}")
+
+
+def evaluation_kwargs(config: Any, workdir: Any, real: Tensor | None, split: str | None = "test",
+                      device: torch.device | str | None = None) -> dict[str, Any]:
     """Keyword arguments of `evaluate.evaluate_samples` for the config's data: the metric kind, value
-    ranges, the real reference set (test split; `real` is it as loaded), caches inside WORKDIR/eval."""
+    ranges, the real reference set (`real`: the `split` as loaded, None: eval.reference_split; the first
+    eval.reference_count of it) or the file eval.stats_path, Inception on `device` in batches of
+    eval.batch_size, caches inside WORKDIR/eval (see `fid_reference`)."""
     from .data import TOY_NAMES, toy_data, toy_mixture
 
     d, e = config.data, config.eval
@@ -526,10 +653,17 @@ def evaluation_kwargs(config: Any, workdir: Any, real: Tensor | None) -> dict[st
         return {"kind": "toy", "real": reference, "gmm": gmm}
     if d.dataset == "digits":
         return {"kind": "digits", "value_range": value_range, "real": real, "cache_dir": cache}
-    ref = None if real is None else (real.float() / 255.0 if real.dtype == torch.uint8 else real.float())
-    return {"kind": "images", "metrics": tuple(e.metrics), "value_range": value_range, "real": ref,
-            "inception_path": e.inception_path or None, "stats_path": cache / f"fid_stats_{d.dataset}_test.npz",
-            "batch_size": 50}
+    ref = fid_reference(config, workdir, split)
+    if real is not None and ref.count:
+        real = real[:ref.count]
+    real = None if ref.file else real
+    real_range = (0.0, 255.0) if real is not None and real.dtype == torch.uint8 else (0.0, 1.0)  # scaled per batch
+    out = {"kind": "images", "metrics": tuple(e.metrics), "value_range": value_range, "real": real,
+           "real_value_range": real_range, "inception_path": e.inception_path or None, "stats_path": ref.cache,
+           "reference_path": ref.file or None, "batch_size": e.batch_size}
+    if device is not None:
+        out["device"] = device
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -552,6 +686,7 @@ class DataSpec:
     uniform_dequantization: bool
     centered: bool
     num_classes: int
+    test_fraction: float  # folder: the share held out as the test split (data.in_test_split)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -563,7 +698,7 @@ def data_spec(config: Any) -> DataSpec:
     """The data fields of the config."""
     d = config.data
     return DataSpec(d.dataset, d.root, d.download, d.image_size, d.channels, d.crop, d.toy, d.random_flip,
-                    d.uniform_dequantization, d.centered, d.num_classes)
+                    d.uniform_dequantization, d.centered, d.num_classes, d.test_fraction)
 
 
 def create_dataset(config: Any, train: bool = True) -> ImageData | None:
@@ -579,8 +714,11 @@ def create_dataset(config: Any, train: bool = True) -> ImageData | None:
             data.images = nn.functional.interpolate(data.images.float(), size=d.image_size, mode="bilinear",
                                                     antialias=True).round().clamp(0, 255).to(torch.uint8)
         return data
-    if d.dataset == "folder":
-        return load_image_folder(d.root, d.image_size, d.channels, d.crop)
+    if d.dataset == "folder":  # a deterministic split by file name, so test images are never trained on
+        if not 0 < d.test_fraction < 1:
+            raise ConfigError(f"data.test_fraction={d.test_fraction} must be in (0, 1) for data.dataset=folder")
+        return load_image_folder(d.root, d.image_size, d.channels, d.crop, "train" if train else "test",
+                                 d.test_fraction)
     if d.dataset == "digits":
         return load_digits(train)
     raise ConfigError(f"data.dataset={d.dataset!r} is not one of: {', '.join(DATASETS)}")
@@ -665,6 +803,12 @@ class EvalSettings:
     likelihood_rtol: float
     exact_trace: bool
     vlb_variance: str | None  # DDPM models: learned | small | large; None: no discrete VLB
+    metrics: tuple[str, ...]  # requested: fid | kid | is (the data kind decides what is computed)
+    inception_path: str  # "" : $SCORELIB_INCEPTION or torch hub's checkpoint folder
+    stats_path: str  # a reference statistics file; "": statistics of reference_split
+    reference_split: str  # train | test
+    reference_count: int  # 0: the whole split
+    vlb_clip_denoised: bool = False  # x̂₀ clamped to [-1, 1] in the VLB (sampling.clip_denoised, as improved-diffusion)
 
 
 def eval_settings(config: Any) -> EvalSettings:
@@ -674,7 +818,9 @@ def eval_settings(config: Any) -> EvalSettings:
     if config.noise.kind == "ddpm":
         vlb = "learned" if config.model.learn_sigma else config.sampling.variance
     return EvalSettings(config.seed, e.n_samples, e.batch_size, e.likelihood, e.likelihood_batches,
-                        e.likelihood_rtol, e.exact_trace, vlb)
+                        e.likelihood_rtol, e.exact_trace, vlb, tuple(e.metrics), e.inception_path, e.stats_path,
+                        _choice(e.reference_split, REFERENCE_SPLITS, "eval.reference_split"), e.reference_count,
+                        config.sampling.clip_denoised)
 
 
 def noise_kind(config: Any) -> str:

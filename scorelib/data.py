@@ -244,19 +244,48 @@ def _load_image(path: Path, size: int, crop: int, channels: int) -> np.ndarray:
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
-def load_image_folder(root: str | Path, image_size: int, channels: int = 3, crop: int = 0) -> ImageData:
-    """Every image under `root` (recursively), centre-cropped to `crop` (0: the shorter side) and resized.
-    The decoded array is cached in `root/.scorelib-cache/` when the folder is writable."""
+FOLDER_SPLITS = ("all", "train", "test")
+
+
+def in_test_split(relative_path: str, test_fraction: float) -> bool:
+    """Whether the image at `relative_path` (POSIX, relative to the folder root) is in the folder's test split.
+
+    The split is a function of the name alone: the first 8 bytes of SHA-256(relative path) as a number in
+    [0, 1) below `test_fraction`. So it is the same on every machine and in every run, it does not move
+    when images are added or removed, and train and test are disjoint by construction.
+    """
+    u = int.from_bytes(hashlib.sha256(relative_path.encode()).digest()[:8], "big") / 2.0**64
+    return u < test_fraction
+
+
+def load_image_folder(root: str | Path, image_size: int, channels: int = 3, crop: int = 0, split: str = "all",
+                      test_fraction: float = 0.05) -> ImageData:
+    """The images under `root` (recursively), centre-cropped to `crop` (0: the shorter side) and resized.
+
+    split: "all", or the deterministic "train" / "test" split of `in_test_split` (a `test_fraction` of
+    the images, chosen by a hash of each relative file name), so that FID references and likelihoods on
+    the test split are not computed on training images. Images come in sorted order of their paths.
+    The decoded array is cached in `root/.scorelib-cache/` when the folder is writable.
+    """
     root = Path(root)
+    if split not in FOLDER_SPLITS:
+        raise ValueError(f"split must be one of {FOLDER_SPLITS}, got {split!r}")
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist (set --config.data.root)")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and ".scorelib-cache" not in
                    p.parts)
     if not files:
         raise DataError(f"image folder {root} contains no images ({', '.join(IMAGE_SUFFIXES)})")
+    if split != "all":
+        n_all = len(files)
+        files = [p for p in files if in_test_split(p.relative_to(root).as_posix(), test_fraction) == (split == "test")]
+        if not files:
+            raise DataError(f"image folder {root}: none of its {n_all} images fall in the {split} split "
+                            f"(data.test_fraction={test_fraction}); add images or change data.test_fraction")
     # the cache is keyed by the settings and every file's name, size and modification time: a changed,
     # added or removed image decodes the folder again
-    stats = "|".join(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}" for p in files if (st := p.stat()))
+    stats = "\n".join(f"{p.relative_to(root).as_posix()}:{st.st_size}:{st.st_mtime_ns}" for p in files
+                      if (st := p.stat()))
     key = hashlib.sha1(f"{image_size}-{channels}-{crop}-{stats}".encode()).hexdigest()[:16]
     cache = root / ".scorelib-cache" / f"{key}.npy"
     if cache.exists():

@@ -22,6 +22,7 @@ def base() -> ConfigDict:
     d.num_classes = 10  # labels are used when the model is class-conditional
     d.toy = "gmm8"  # for dataset=toy: gmm8 | grid25 | two_modes | rings | swissroll | moons | checkerboard
     d.crop = 0  # folder: centre crop to this size before resizing (0 = the shorter side)
+    d.test_fraction = 0.05  # folder: share of the images held out as the test split, by a hash of the file name
 
     c.model = m = ConfigDict()
     m.name = "ncsnv2"  # mlp | conv | ncsn | ncsnv2 | ddpm | iddpm | adm | ncsnpp | ddpmpp
@@ -63,6 +64,8 @@ def base() -> ConfigDict:
     n.beta_end = 0.02
     n.beta_min = 0.1  # vp / subvp SDE
     n.beta_max = 20.0
+    n.eps = 1e-5  # vp / subvp / ve_continuous: smallest t of training and likelihoods (score_sde losses.py)
+    n.sampling_eps = 1e-3  # vp / subvp: smallest t the samplers reach (score_sde run_lib.py sampling_eps)
 
     c.training = t = ConfigDict()
     t.batch_size = 128
@@ -72,6 +75,8 @@ def base() -> ConfigDict:
     t.keep_checkpoints = 3
     t.loss = "dsm"  # dsm | ssm | eps | hybrid | vlb
     t.anneal_power = 2.0
+    t.reduce_mean = False  # dsm: True averages the squared error over dimensions, False sums it with ½
+    # (score_sde's training.reduce_mean: True in its VP / sub-VP configs, False for VE)
     t.n_projections = 1  # ssm
     t.lambda_vlb = 0.001  # hybrid
     t.timestep_sampler = "uniform"  # ddpm: uniform | importance
@@ -91,7 +96,8 @@ def base() -> ConfigDict:
     s.n_steps = 0  # steps / levels of the grid (0 = noise.num_scales; fast: NFE budget, 0 = 10)
     s.spacing = "uniform"  # ddpm timestep respacing: uniform | leading | trailing | quadratic
     s.eta = 0.0
-    s.variance = "large"  # ddpm ancestral: small | large
+    s.variance = "large"  # ddpm ancestral: small (β̃) | large (β) | learned (the network's Σ; model.learn_sigma)
+    s.clip_denoised = False  # ddpm ancestral and the DDPM VLB: clamp x̂₀ to [-1, 1] (improved-diffusion)
     s.predictor = "reverse_diffusion"
     s.corrector = "langevin"
     s.snr = 0.16
@@ -101,11 +107,13 @@ def base() -> ConfigDict:
     s.atol = 1e-5
     s.order = 3
     s.rho = 7.0
-    s.data_diameter = 0.0  # fast: > 0 lets the first step skip the range above it
+    s.data_diameter = 0.0  # fast: > 0 gives the data diameter (else the scale is probed at σ_max)
     s.batch_size = 64
     s.n_samples = 64
     s.guidance = "none"  # none | classifier | cfg
     s.guidance_scale = 1.0
+    s.guidance_convention = "auto"  # classifier guidance scale: auto | mean (ancestral mean, guided-diffusion
+    # condition_mean) | score (condition_score); auto: mean for method ddpm, score otherwise, as guided-diffusion
     s.class_label = -1  # -1: random labels for class-conditional models
     s.checkpoint = ""  # a checkpoint path (default: the newest in WORKDIR/checkpoints)
 
@@ -124,6 +132,11 @@ def base() -> ConfigDict:
     e.batch_size = 250
     e.metrics = ("fid", "kid", "is")  # the ones the data allows are computed
     e.inception_path = ""  # pt_inception-2015-12-05 weights (or $SCORELIB_INCEPTION)
+    # FID/KID reference file, read-only: pytorch-fid's .npz (mu, sigma), score_sde's cifar10_stats.npz (pool_3)
+    # or ADM's VIRTUAL_*.npz (mu/sigma or arr_0 images); "": statistics of eval.reference_split, cached in WORKDIR/eval
+    e.stats_path = ""
+    e.reference_split = "train"  # train | test: the split whose statistics are the reference (papers: train)
+    e.reference_count = 0  # 0: all of that split (comparable with papers); > 0: its first N images
     e.likelihood = False
     e.likelihood_batches = 4
     e.likelihood_rtol = 1e-5

@@ -8,7 +8,12 @@ Conventions
   `load_inception(path)`, else the file named by the environment variable `SCORELIB_INCEPTION`,
   else `<torch hub dir>/checkpoints/`; never downloaded here.
 - Statistics are numpy float64 (mu [D], sigma [D, D]), cached as .npz with keys `mu`, `sigma`
-  (pytorch-fid's format) by `cached_statistics(path, features_fn)`.
+  (pytorch-fid's format) by `cached_reference` / `cached_statistics`. Reference files are read in
+  pytorch-fid's (mu, sigma), score_sde's (pool_3 features) and ADM's (`VIRTUAL_*.npz`: arr_0 images,
+  mu/sigma) formats by `read_statistics`; `statistics_format` tells which without reading the data.
+- Inception Score: softmax of the unbiased logits pool3·Wᵀ (no fc bias) over all 1008 classes, 10 splits.
+- A FID is comparable with published ones at 50,000 samples against the full training split (or the
+  authors' reference file): `fid_protocol` says so, or why not.
 - `kid` and `inception_score` return (mean, std): the std of the per-subset / per-split values,
   not a standard error.
 - Digits: 8×8 images [N, 1, 8, 8] in [0, 1] (or `value_range`); the classifier is cached in
@@ -36,16 +41,27 @@ from .metrics.digits import (
     train_digits_classifier,
 )
 from .metrics.fid import (
+    FID_REFERENCE_SAMPLES,
+    STATS_FORMATS,
+    ReferenceStatistics,
+    cache_key,
+    cache_ready,
+    cached_reference,
     cached_statistics,
+    check_statistics,
     extract_features,
     feature_statistics,
     fid_from_features,
+    fid_protocol,
     frechet_distance,
     inception_features,
     inception_score,
     kid,
     load_statistics,
+    read_statistics,
+    reference_from_features,
     save_statistics,
+    statistics_format,
     to_unit_range,
 )
 from .metrics.inception import (
@@ -55,18 +71,26 @@ from .metrics.inception import (
     FIDInceptionV3,
     InceptionWeightsNotFoundError,
     default_inception_path,
+    inception_weights_path,
     load_inception,
 )
 from .metrics.toy import mean_log_density, median_bandwidth, mmd_rbf, sliced_wasserstein, toy_metrics, wasserstein_1d
 
 __all__ = [
+    "FID_REFERENCE_SAMPLES",
     "INCEPTION_ENV",
     "INCEPTION_FILENAME",
     "INCEPTION_URL",
+    "STATS_FORMATS",
     "DigitsClassifier",
     "FIDInceptionV3",
     "InceptionWeightsNotFoundError",
+    "ReferenceStatistics",
+    "cache_key",
+    "cache_ready",
+    "cached_reference",
     "cached_statistics",
+    "check_statistics",
     "class_histogram",
     "default_cache_dir",
     "default_inception_path",
@@ -77,17 +101,22 @@ __all__ = [
     "extract_features",
     "feature_statistics",
     "fid_from_features",
+    "fid_protocol",
     "frechet_distance",
     "inception_features",
     "inception_score",
+    "inception_weights_path",
     "kid",
     "load_inception",
     "load_statistics",
     "mean_log_density",
     "median_bandwidth",
     "mmd_rbf",
+    "read_statistics",
+    "reference_from_features",
     "save_statistics",
     "sliced_wasserstein",
+    "statistics_format",
     "to_unit_range",
     "toy_metrics",
     "train_digits_classifier",
@@ -98,27 +127,37 @@ __all__ = [
 def _inception_metrics(samples: Tensor | Iterable, real: Tensor | Iterable | None, metrics: Sequence[str],
                        value_range: tuple[float, float], real_value_range: tuple[float, float],
                        inception_path: str | os.PathLike | None, stats_path: str | os.PathLike | None,
-                       batch_size: int, device: torch.device | str | None,
-                       fid_method: Literal["sqrtm", "eigh"]) -> dict[str, float]:
+                       reference_path: str | os.PathLike | None, batch_size: int, device: torch.device | str | None,
+                       fid_method: Literal["sqrtm", "eigh"]) -> dict[str, Any]:
     """FID / KID / IS of image samples with the FID Inception network (see `evaluate_samples`)."""
     model = load_inception(inception_path, device=device or "cpu")
-    cache: list[Tensor] = []
-
-    def real_features() -> Tensor:
-        if not cache:
-            if real is None:
-                raise ValueError("FID/KID need real images (`real`) or, for FID alone, a cached statistics file")
-            cache.append(inception_features(model, real, real_value_range, batch_size, device)[0])
-        return cache[0]
-
     feats, logits = inception_features(model, samples, value_range, batch_size, device)
-    out: dict[str, float] = {}
-    if "fid" in metrics:
-        ref = cached_statistics(stats_path, real_features) if stats_path else feature_statistics(real_features())
-        out["fid"] = frechet_distance(*feature_statistics(feats), *ref, method=fid_method)
-    if "kid" in metrics:
-        out["kid"], out["kid_std"] = kid(feats, real_features(), subset_size=min(1000, len(feats)))
-    if "is" in metrics:
+    out: dict[str, Any] = {}
+    if "fid" in metrics or "kid" in metrics:
+        if reference_path:  # a reference file; an ADM batch of images only goes through the same network
+            ref = read_statistics(reference_path,
+                                  lambda imgs: inception_features(model, imgs, (0.0, 255.0), batch_size, device)[0])
+        else:
+            def real_features() -> Tensor:
+                if real is None:
+                    raise ValueError("FID/KID need real images (`real`), a reference file (`reference_path`) or, "
+                                     "for FID alone, a cached statistics file (`stats_path`)")
+                return inception_features(model, real, real_value_range, batch_size, device)[0]
+
+            keep = "kid" in metrics
+            ref = cached_reference(stats_path, real_features, keep) if stats_path else \
+                reference_from_features(real_features())
+        out["fid_reference_format"] = ref.format
+        if ref.count is not None:
+            out["fid_reference_count"] = ref.count
+        if "fid" in metrics:
+            out["fid"] = frechet_distance(*feature_statistics(feats), ref.mu, ref.sigma, method=fid_method)
+        if "kid" in metrics:
+            if ref.features is None:
+                out["kid_note"] = f"not computed: the {ref.format} reference holds statistics, not features"
+            else:
+                out["kid"], out["kid_std"] = kid(feats, ref.features, subset_size=min(1000, len(feats)))
+    if "is" in metrics:  # 10 contiguous splits, as Salimans et al.'s code (improved-gan inception_score/model.py)
         out["is"], out["is_std"] = inception_score(logits, splits=min(10, len(logits)))
     return out
 
@@ -128,14 +167,19 @@ def evaluate_samples(samples: Tensor, kind: Literal["images", "digits", "toy"], 
                      real: Tensor | Iterable | None = None, real_value_range: tuple[float, float] = (0.0, 1.0),
                      gmm: GaussianMixture | None = None, cache_dir: str | os.PathLike | None = None,
                      inception_path: str | os.PathLike | None = None, stats_path: str | os.PathLike | None = None,
-                     batch_size: int = 50, device: torch.device | str | None = None,
+                     reference_path: str | os.PathLike | None = None, batch_size: int = 50,
+                     device: torch.device | str | None = None,
                      fid_method: Literal["sqrtm", "eigh"] = "sqrtm") -> dict[str, Any]:
     """The metrics that fit the data kind, as one dict of plain values.
 
     kind="images": samples [N, C, H, W] in `value_range`; `metrics` ⊆ {"fid", "kid", "is"} with the FID
-      Inception (weights from `inception_path` / $SCORELIB_INCEPTION); the real images `real` (tensor or
-      batches, in `real_value_range`) give the reference, their statistics cached at `stats_path` if given;
-      `fid_method` as in `frechet_distance` ("eigh" is faster at D = 2048, equal to round-off).
+      Inception (weights from `inception_path` / $SCORELIB_INCEPTION) run on `device` in batches of
+      `batch_size`. The FID/KID reference is the file `reference_path` if given (any format of
+      `read_statistics`: pytorch-fid, score_sde, ADM; KID only where it holds features), else the real
+      images `real` (tensor or batches, in `real_value_range`), their statistics (and, for KID, features)
+      cached at `stats_path` if given (key that path by what `real` is). `fid_method` as in
+      `frechet_distance` ("eigh" is faster at D = 2048, equal to round-off). The result also says
+      `fid_reference_format` and, when known, `fid_reference_count`.
     kind="digits": `digits_fid` of samples [N, 1, 8, 8] in `value_range` (classifier cached in
       `cache_dir`); `real` [M, 1, 8, 8] in `real_value_range`, if given, replaces the default reference
       (the 597 digits held out from the classifier's training).
@@ -144,7 +188,7 @@ def evaluate_samples(samples: Tensor, kind: Literal["images", "digits", "toy"], 
     """
     if kind == "images":
         return _inception_metrics(samples, real, metrics, value_range, real_value_range, inception_path,
-                                  stats_path, batch_size, device, fid_method)
+                                  stats_path, reference_path, batch_size, device, fid_method)
     if kind == "digits":
         ref = None if real is None else to_unit_range(torch.as_tensor(real).float(), real_value_range)
         return digits_fid(samples, cache_dir, value_range, reference=ref)

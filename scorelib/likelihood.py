@@ -45,12 +45,13 @@ def _divergence_hutchinson(f: Tensor, x: Tensor, probes: Tensor) -> Tensor:
 
 def log_likelihood(score: ScoreFn, x: Tensor, sigma_max: float, sigma_min: float, method: str = "dopri5",
                    rtol: float = 1e-5, atol: float = 1e-5, exact_trace: bool = False, n_probes: int = 1,
-                   generator: torch.Generator | None = None, probe: str = "gaussian",
+                   generator: torch.Generator | None = None, probe: str = "rademacher",
                    return_nfe: bool = False) -> Tensor | tuple[Tensor, int]:
     """log p_{σ_min}(x) in nats per example, [B], for x: [B, ...] taken as a point at σ_min.
 
     exact_trace: exact divergence (D backward passes per evaluation; for small D), else Hutchinson
-    with `n_probes` probe vectors drawn once (Gaussian or "rademacher") from `generator`.
+    with `n_probes` probe vectors drawn once from `generator`: Rademacher by default, as score_sde
+    (likelihood.py `get_likelihood_fn(hutchinson_type='Rademacher')`), or "gaussian".
     With `return_nfe` also the number of score evaluations.
     """
     if not sigma_max > sigma_min > 0:
@@ -101,13 +102,15 @@ def dequantize(images: Tensor, centered: bool, generator: torch.Generator | None
 
 
 def ddpm_vlb(model: Callable[..., Tensor], x0: Tensor, schedule: DDPMSchedule, variance: str = "learned",
-             generator: torch.Generator | None = None, **model_kwargs: Tensor) -> tuple[Tensor, Tensor]:
+             generator: torch.Generator | None = None, clip_denoised: bool = False,
+             **model_kwargs: Tensor) -> tuple[Tensor, Tensor]:
     """The full variational bound of a DDPM ε-model on data x0 ∈ [-1, 1] (8-bit bins), in bits/dim:
 
         L = L_T + Σ_{t≥1} L_{t-1} + L_0     (Ho et al. 2020, eq. 5; improved DDPM's calc_bpd_loop)
 
     variance: "learned" (2C-channel output, Σ = exp(v log β + (1-v) log β̃)), "small" (β̃) or "large"
     (β, with β̃_1 at t = 0 as in Ho et al.). One network evaluation per timestep (T in all).
+    `clip_denoised`: x̂₀ clamped to [-1, 1] in every term (improved-diffusion `calc_bpd_loop`'s default).
     Returns (total [B], terms [B, T] with terms[:, t] = L_t of timestep index t (L_0 at 0)).
     """
     from .losses import interpolated_log_variance
@@ -131,6 +134,6 @@ def ddpm_vlb(model: Callable[..., Tensor], x0: Tensor, schedule: DDPMSchedule, v
             else:
                 raise ValueError(f"variance must be learned, small or large, got {variance!r}")
             log_var = schedule.gather(table, t, x0).expand_as(x0)
-        terms.append(vlb_term(schedule, x0, x_t, t, eps, log_var))
+        terms.append(vlb_term(schedule, x0, x_t, t, eps, log_var, clip_denoised))
     per_t = torch.stack(terms, dim=1)
     return per_t.sum(1) + prior_bpd(schedule, x0), per_t

@@ -32,18 +32,21 @@ def sample_sigmas(sigmas: Tensor, batch: int, generator: torch.Generator | None 
 
 
 def dsm_loss_at(score_model: ScoreFn, x: Tensor, sigma: Tensor, noise: Tensor,
-                anneal_power: float = 2.0) -> Tensor:
+                anneal_power: float = 2.0, reduce_mean: bool = False) -> Tensor:
     """Denoising score matching at given σ [B] and noise z (x's shape) (Song & Ermon 2019, eq. 5-6):
 
         ½ λ(σ) ‖s(x̃, σ) + (x̃ - x)/σ²‖²,   x̃ = x + σ z,   λ(σ) = σ^anneal_power.
 
-    Sums over data dimensions (reference convention). Returns [B].
+    Sums over data dimensions with the ½ (NCSN's convention, score_sde's reduce_mean=False); with
+    `reduce_mean` the squared error is averaged over dimensions without the ½ (score_sde losses.py
+    `get_sde_loss_fn(reduce_mean=True)`, its VP / sub-VP configs). Returns [B].
     """
     s = append_dims(sigma, x.ndim)
     x_tilde = x + s * noise
     target = -noise / s
     err = score_model(x_tilde, sigma) - target
-    return 0.5 * sum_flat(err**2) * sigma**anneal_power
+    per = mean_flat(err**2) if reduce_mean else 0.5 * sum_flat(err**2)
+    return per * sigma**anneal_power
 
 
 def dsm_loss(score_model: ScoreFn, x: Tensor, sigmas: Tensor, anneal_power: float = 2.0,
@@ -159,16 +162,19 @@ def split_learned_variance(out: Tensor, channels: int) -> tuple[Tensor, Tensor]:
 
 
 def vlb_term(schedule: DDPMSchedule, x0: Tensor, x_t: Tensor, t: Tensor, eps: Tensor,
-             log_var: Tensor) -> Tensor:
+             log_var: Tensor, clip_denoised: bool = False) -> Tensor:
     """One term of the variational bound in bits/dim, per example [B] (Ho et al. 2020, eq. 5):
 
         t > 0: L_{t-1} = KL(q(x_{t-1} | x_t, x₀) ‖ p_θ(x_{t-1} | x_t)),
         t = 0: L_0 = -log p_θ(x₀ | x₁) under the discretised Gaussian decoder,
 
-    with p_θ's mean from the predicted ε (μ_θ = μ̃(x̂₀(ε), x_t)) and log-variance `log_var`.
+    with p_θ's mean from the predicted ε (μ_θ = μ̃(x̂₀(ε), x_t)) and log-variance `log_var`;
+    `clip_denoised` clamps x̂₀ to [-1, 1] first (improved-diffusion `_vb_terms_bpd(clip_denoised=True)`,
+    as its NLL script computes the bound; training uses no clipping).
     """
     true_mean, true_logvar = schedule.q_posterior(x0, x_t, t)
-    mean = schedule.q_posterior(schedule.predict_x0(x_t, t, eps), x_t, t)[0]
+    x0_hat = schedule.predict_x0(x_t, t, eps)
+    mean = schedule.q_posterior(x0_hat.clamp(-1, 1) if clip_denoised else x0_hat, x_t, t)[0]
     kl = mean_flat(normal_kl(true_mean, true_logvar, mean, log_var)) / LOG2
     nll = -mean_flat(discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var)) / LOG2
     return torch.where(t == 0, nll, kl)
@@ -184,13 +190,15 @@ def prior_bpd(schedule: DDPMSchedule, x0: Tensor) -> Tensor:
 
 def vlb_loss(model: Callable[..., Tensor], x0: Tensor, schedule: DDPMSchedule, t: Tensor, noise: Tensor,
              **model_kwargs) -> Tensor:
-    """L_vlb term at t for a learned-variance network (2C output channels), bits/dim [B].
+    """L_vlb for a learned-variance network (2C output channels) estimated from the term at t as
+    T·L_t, bits/dim [B]: improved-diffusion's RESCALED_KL (gaussian_diffusion.py `training_losses`:
+    `terms["loss"] *= self.num_timesteps`), the sum over t in expectation under uniform t.
 
     Gradient reaches both the mean and the variance (the pure VLB objective of improved DDPM).
     """
     x_t = schedule.q_sample(x0, t, noise)
     eps, v = split_learned_variance(model(x_t, t, **model_kwargs), x0.shape[1])
-    return vlb_term(schedule, x0, x_t, t, eps, interpolated_log_variance(v, schedule, t))
+    return schedule.T * vlb_term(schedule, x0, x_t, t, eps, interpolated_log_variance(v, schedule, t))
 
 
 def hybrid_loss(model: Callable[..., Tensor], x0: Tensor, schedule: DDPMSchedule, t: Tensor, noise: Tensor,
@@ -223,11 +231,16 @@ class UniformTimesteps:
 
     def sample(self, batch: int, device: torch.device | str | None = None,
                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Returns t: int64 [B] and weights 1/(T p_t): float32 [B] (multiply the losses by them)."""
+        """Returns t: int64 [B] and weights 1/(T p_t): float32 [B] (multiply the losses by them), on `device`.
+
+        The draw happens where `generator` lives (a CUDA training generator draws on the GPU), so the
+        same seed gives the same t whatever `device` is.
+        """
         p = self.probabilities()
-        t = torch.multinomial(p, batch, replacement=True, generator=generator)
-        w = (1.0 / (self.T * p[t])).float()
-        return t.to(device), w.to(device)
+        where = generator.device if generator is not None else torch.device("cpu")
+        t = torch.multinomial(p.to(where), batch, replacement=True, generator=generator).to(device)
+        w = (1.0 / (self.T * p.to(t.device)[t])).float()
+        return t, w
 
     def update(self, t: Tensor, losses: Tensor) -> None:
         """Record losses [B] at timesteps t [B] (a no-op for the uniform sampler)."""

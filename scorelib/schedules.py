@@ -233,7 +233,8 @@ class VESDE:
     sigma_min: float = 0.01
     sigma_max: float = 50.0
     T: float = 1.0
-    eps: float = 1e-5
+    eps: float = 1e-5  # smallest t of training and likelihoods (score_sde losses.py / likelihood.py)
+    sampling_eps: float = 1e-5  # smallest t the samplers reach (score_sde run_lib.py: 1e-5 for VE)
 
     def mean_scale(self, t: Tensor | float) -> Tensor:
         return torch.ones_like(_f64(t))
@@ -274,7 +275,8 @@ class VPSDE:
     beta_min: float = 0.1
     beta_max: float = 20.0
     T: float = 1.0
-    eps: float = 1e-3
+    eps: float = 1e-5  # smallest t of training and likelihoods (score_sde losses.py / likelihood.py)
+    sampling_eps: float = 1e-3  # smallest t the samplers reach (score_sde run_lib.py: 1e-3 for VP / sub-VP)
 
     def log_mean_scale(self, t: Tensor | float) -> Tensor:
         t = _f64(t)
@@ -317,7 +319,8 @@ class SubVPSDE:
     beta_min: float = 0.1
     beta_max: float = 20.0
     T: float = 1.0
-    eps: float = 1e-3
+    eps: float = 1e-5  # smallest t of training and likelihoods (score_sde losses.py / likelihood.py)
+    sampling_eps: float = 1e-3  # smallest t the samplers reach (score_sde run_lib.py: 1e-3 for VP / sub-VP)
 
     def log_mean_scale(self, t: Tensor | float) -> Tensor:
         return VPSDE(self.beta_min, self.beta_max).log_mean_scale(t)

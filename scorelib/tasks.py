@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,10 @@ def guidance_classifier(config: Any, device: torch.device) -> torch.nn.Module | 
 def run_train(config: Any, workdir: Path) -> None:
     """Train (resuming from the newest checkpoint); with training.eval_at_end also sample and evaluate."""
     rt = setup_runtime(config)
-    summary = train(config, workdir)
     t = build.train_settings(config)
+    if t.eval_at_end and t.target == "model":
+        preflight_eval(config, workdir)  # a missing weights file or data set found before training, not after
+    summary = train(config, workdir)
     if t.eval_at_end and rt.is_main and t.target == "model":
         run_sample(config, workdir)
         run_eval(config, workdir)
@@ -106,12 +109,101 @@ def _scatter_png(x: torch.Tensor, path: Path) -> None:
     save_image_grid((1 - img)[None, None], path, nrow=1)
 
 
-def run_eval(config: Any, workdir: Path) -> dict[str, Any]:
-    """Sample eval.n_samples and compute the metrics the data allows; write WORKDIR/eval/metrics.json."""
+INCEPTION_METRICS = ("fid", "kid", "is")
+
+
+def _uses_inception(config: Any) -> bool:
+    """Whether the evaluation runs the FID Inception (image data with fid / kid / is requested)."""
+    dataset = build.data_spec(config).dataset
+    return dataset not in ("toy", "digits") and any(m in INCEPTION_METRICS for m in build.eval_settings(config).metrics)
+
+
+def _needs_reference(config: Any) -> bool:
+    return _uses_inception(config) and any(m in ("fid", "kid") for m in build.eval_settings(config).metrics)
+
+
+def preflight_eval(config: Any, workdir: Path) -> None:
+    """Check everything an evaluation needs besides the checkpoint, before anything is sampled (seconds,
+    not a sampling run): WORKDIR/eval is writable; for the Inception metrics the weights file is present and
+    a valid FID Inception state_dict; eval.stats_path, if set, is a readable reference file, else the
+    reference split of the data is present (unless its statistics are cached); with eval.likelihood the
+    test split is present. Raises the user errors of USER_ERRORS, each one line naming the field or path."""
     from . import evaluate
 
+    e = build.eval_settings(config)
+    out = workdir / "eval"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise build.ConfigError(f"--workdir={workdir} is not writable ({out}: {err})") from err
+    if _uses_inception(config):
+        try:  # a missing file raises InceptionWeightsNotFoundError (a FileNotFoundError) naming the path
+            evaluate.load_inception(e.inception_path or None)
+        except ValueError as err:
+            raise build.ConfigError(f"eval.inception_path: {err}") from err
+    if _needs_reference(config):
+        ref = build.fid_reference(config, workdir)
+        if ref.file:
+            try:
+                evaluate.check_statistics(ref.file)
+            except ValueError as err:
+                raise build.ConfigError(f"eval.stats_path: {err}") from err
+        elif not evaluate.cache_ready(ref.cache, "kid" in e.metrics):
+            build.create_dataset(config, train=ref.split == "train")  # a DataError naming the path if absent
+    if e.likelihood and build.data_spec(config).dataset != "toy":
+        build.create_dataset(config, train=False)
+
+
+def _reference_images(config: Any, workdir: Path, test: ImageData | None) -> torch.Tensor | None:
+    """The real images the FID/KID reference is computed from: None when a reference file is used or the
+    statistics are cached (or no reference is needed); the test split `test` when that is the reference."""
+    from . import evaluate
+
+    if not _needs_reference(config):
+        return None
+    ref = build.fid_reference(config, workdir)
+    if ref.file or evaluate.cache_ready(ref.cache, "kid" in build.eval_settings(config).metrics):
+        return None
+    if ref.split == "test" and test is not None:
+        return test.images
+    return build.create_dataset(config, train=ref.split == "train").images
+
+
+def _inception_results(config: Any, workdir: Path, x: torch.Tensor, test: ImageData | None,
+                       ref: build.FidReference | None, device: torch.device) -> dict[str, Any]:
+    """FID / KID / IS of the samples x against `ref` (None: no FID/KID requested) and, with a FID, the
+    record of what it was computed from (`evaluate.fid_protocol`, the split, file and cache)."""
+    from . import evaluate
+
+    split = ref.split if ref is not None and ref.split else None
+    kwargs = build.evaluation_kwargs(config, workdir, _reference_images(config, workdir, test), split=split,
+                                     device=device)
+    out = evaluate.evaluate_samples(x, **kwargs)
+    if ref is not None and "fid" in out:
+        out.update(evaluate.fid_protocol(len(x), ref.description, out.get("fid_reference_count"), ref.full))
+        out.update(fid_reference_split=ref.split or None, fid_reference_file=ref.file or None,
+                   fid_reference_cache=None if ref.cache is None else str(ref.cache))
+    return out
+
+
+def run_eval(config: Any, workdir: Path) -> dict[str, Any]:
+    """Sample eval.n_samples and compute the metrics the data allows; write WORKDIR/eval/metrics.json.
+
+    Everything but the checkpoint is checked first (`preflight_eval`). The FID reference is the full
+    training split by default (eval.reference_split / reference_count) or the file eval.stats_path;
+    metrics.json records it, the counts, and whether the FID is comparable with published ones
+    (`evaluate.fid_protocol`)."""
+    from . import evaluate
+
+    preflight_eval(config, workdir)
     rt = setup_runtime(config)
+    requested = build.data_spec(config)
     net, config = trained_network(config, checkpoint_source(config, workdir), rt.device)
+    if build.data_spec(config) != requested:  # the checkpoint's data fields replaced the flags': check again
+        preflight_eval(config, workdir)
     config = build.for_evaluation(config)
     e = build.eval_settings(config)
     start = time.perf_counter()
@@ -119,9 +211,15 @@ def run_eval(config: Any, workdir: Path) -> dict[str, Any]:
                       classifier=guidance_classifier(config, rt.device))
     results: dict[str, Any] = {"n_samples": e.n_samples, "sampler": build.sample_settings(config).method,
                                "nfe": build.sampling_nfe(config), "sampling_seconds": time.perf_counter() - start}
-    data = build.create_dataset(config, train=False)
-    results.update(evaluate.evaluate_samples(x, **build.evaluation_kwargs(config, workdir,
-                                                                          None if data is None else data.images)))
+    ref = build.fid_reference(config, workdir) if _needs_reference(config) else None
+    digits = build.data_spec(config).dataset == "digits"
+    needs_test = e.likelihood or digits or (ref is not None and ref.split == "test")
+    data = build.create_dataset(config, train=False) if needs_test else None  # the test split
+    if _uses_inception(config):
+        results.update(_inception_results(config, workdir, x, data, ref, rt.device))
+    else:
+        results.update(evaluate.evaluate_samples(x, **build.evaluation_kwargs(config, workdir,
+                                                                              None if data is None else data.images)))
     if e.likelihood:
         results.update(likelihood_metrics(config, net, data, rt.device))
     _write_json(workdir / "eval" / "metrics.json", results)
@@ -146,7 +244,7 @@ def likelihood_metrics(config: Any, net: torch.nn.Module, data: ImageData | None
     from .likelihood import bits_per_dim, ddpm_vlb, dequantize, log_likelihood
 
     score = build.create_score_model(config, net).eval()
-    sigma_max, sigma_min = build.sigma_range(config)
+    sigma_max, sigma_min = build.likelihood_sigma_range(config)
     e, d = build.eval_settings(config), build.data_spec(config)
     g = torch.Generator(device).manual_seed(e.seed)
     ode_bpd, vlb_bpd, nfes = [], [], []
@@ -176,7 +274,8 @@ def likelihood_metrics(config: Any, net: torch.nn.Module, data: ImageData | None
         ode_bpd.append(bits_per_dim(nats, dims, bin_width) if bin_width else -nats / (dims * math.log(2)))
         nfes.append(nfe)
         if e.vlb_variance is not None and data is not None and d.centered and data.levels == 256:
-            total, _ = ddpm_vlb(net, (raw.float() / 127.5 - 1), build.create_schedule(config), e.vlb_variance, g)
+            total, _ = ddpm_vlb(net, (raw.float() / 127.5 - 1), build.create_schedule(config), e.vlb_variance, g,
+                                clip_denoised=e.vlb_clip_denoised)
             vlb_bpd.append(total)
     out: dict[str, Any] = {"ode_bpd": float(torch.cat(ode_bpd).mean()), "ode_nfe_mean": float(np.mean(nfes)),
                            "likelihood_examples": int(sum(len(b) for b in ode_bpd))}

@@ -71,6 +71,7 @@ FIELD_RULES: dict[str, Rule] = {
     "data.num_classes": NON_NEGATIVE,
     "data.toy": one_of(TOY_NAMES),
     "data.crop": NON_NEGATIVE,
+    "data.test_fraction": PROBABILITY,
     "model.name": one_of(build.MODEL_NAMES),
     "model.nf": POSITIVE,
     "model.ch_mult": each(POSITIVE),
@@ -136,6 +137,7 @@ FIELD_RULES: dict[str, Rule] = {
     "sampling.n_samples": POSITIVE,
     "sampling.guidance": one_of(build.GUIDANCE),
     "sampling.guidance_scale": NON_NEGATIVE,
+    "sampling.guidance_convention": one_of(build.GUIDANCE_CONVENTIONS),
     "sampling.class_label": at_least(-1),
     "optim.optimizer": one_of(build.OPTIMIZERS),
     "optim.lr": POSITIVE,
@@ -148,6 +150,8 @@ FIELD_RULES: dict[str, Rule] = {
     "eval.n_samples": POSITIVE,
     "eval.batch_size": POSITIVE,
     "eval.metrics": each(one_of(("fid", "kid", "is", "digits_fid"))),
+    "eval.reference_split": one_of(build.REFERENCE_SPLITS),
+    "eval.reference_count": NON_NEGATIVE,
     "eval.likelihood_batches": POSITIVE,
     "eval.likelihood_rtol": POSITIVE,
     "classifier.nf": POSITIVE,
@@ -412,6 +416,7 @@ def check_buildable(config: Any, mode: str) -> None:
     try:
         build.sampling_grid(config)
         build.sigma_range(config)
+        build.create_sampler(config)  # its own checks (e.g. a learned variance the model lacks)
     except ConfigError:
         raise
     except (ValueError, RuntimeError) as e:

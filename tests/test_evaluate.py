@@ -89,6 +89,118 @@ def test_cached_statistics_compute_reuse_and_recover(tmp_path):
         ev.load_statistics(tmp_path / "missing.npz")
 
 
+# --- reference statistics files -----------------------------------------------------------------
+
+
+def _features(n: int, d: int = 6, seed: int = 0, shift: float = 0.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) + shift
+
+
+def test_pytorch_fid_format_round_trip_and_fid_equals_fid_from_features(tmp_path):
+    real, fake = _features(80, seed=1), _features(70, seed=2, shift=0.3)
+    path = tmp_path / "ref.npz"
+    ev.save_statistics(path, *ev.feature_statistics(real))
+    with np.load(path) as f:  # exactly pytorch-fid's keys (fid_score.py reads f["mu"], f["sigma"])
+        assert sorted(f.files) == ["mu", "sigma"]
+    assert ev.statistics_format(path) == "pytorch-fid"
+    ref = ev.read_statistics(path)
+    assert ref.features is None and ref.count is None and ref.format == "pytorch-fid"
+    mu, sigma = ev.feature_statistics(real)
+    np.testing.assert_array_equal(ref.mu, mu)
+    np.testing.assert_array_equal(ref.sigma, sigma)
+    from_file = ev.frechet_distance(*ev.feature_statistics(fake), ref.mu, ref.sigma)
+    assert from_file == pytest.approx(ev.fid_from_features(fake, real), rel=1e-12)
+    assert from_file > 0.05  # the shift is seen
+
+
+def test_score_sde_pool3_format(tmp_path):
+    real = _features(90, seed=3).astype(np.float32)
+    path = tmp_path / "cifar10_stats.npz"
+    np.savez_compressed(path, pool_3=real)  # score_sde_pytorch run_lib.py fid_stats writes exactly this
+    assert ev.statistics_format(path) == "score_sde"
+    ref = ev.read_statistics(path)
+    assert ref.format == "score_sde" and ref.count == 90 and ref.features.shape == (90, 6)
+    mu, sigma = ev.feature_statistics(real)
+    np.testing.assert_allclose(ref.mu, mu, rtol=1e-12)
+    np.testing.assert_allclose(ref.sigma, sigma, rtol=1e-12)
+    np.testing.assert_allclose(ref.sigma, np.cov(real.astype(np.float64), rowvar=False), rtol=1e-12)  # ddof = 1
+
+
+def test_adm_reference_batch_with_statistics_and_with_images_only(tmp_path):
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (7, 5, 4, 3), dtype=np.uint8)  # NHWC, as ADM's reference batches
+    mu, sigma = rng.normal(size=4), random_spd(4, torch.Generator().manual_seed(0)).numpy()
+    with_stats = tmp_path / "VIRTUAL_with_stats.npz"
+    np.savez(with_stats, arr_0=images, mu=mu, sigma=sigma, mu_s=mu[:2], sigma_s=sigma[:2, :2])
+    assert ev.statistics_format(with_stats) == "adm"
+    ref = ev.read_statistics(with_stats, lambda imgs: pytest.fail("mu/sigma present: no network needed"))
+    np.testing.assert_array_equal(ref.mu, mu)
+    np.testing.assert_array_equal(ref.sigma, sigma)
+    assert ref.format == "adm" and ref.features is None
+
+    images_only = tmp_path / "VIRTUAL_images.npz"
+    np.savez(images_only, arr_0=images)
+    seen = []
+
+    def per_channel_means(x):  # a stand-in feature network: NCHW uint8 in, [N, 3] out
+        seen.append((x.shape, x.dtype))
+        return x.double().mean(dim=(2, 3))
+
+    ref = ev.read_statistics(images_only, per_channel_means)
+    assert seen == [((7, 3, 5, 4), torch.uint8)]
+    want = images.astype(np.float64).mean(axis=(1, 2))  # channel c of NHWC image i
+    np.testing.assert_allclose(ref.features, want)
+    np.testing.assert_allclose(ref.mu, want.mean(0))
+    assert ref.count == 7
+    with pytest.raises(ValueError, match="images only"):
+        ev.read_statistics(images_only)
+
+
+def test_statistics_format_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, features=np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"bad\.npz.*mu/sigma"):
+        ev.statistics_format(bad)
+    np.savez(bad, mu=np.zeros(3), sigma=np.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"bad\.npz: mu and sigma"):
+        ev.statistics_format(bad)
+    np.savez(bad, arr_0=np.zeros((2, 3, 8, 8), np.uint8))  # NCHW is not ADM's layout
+    with pytest.raises(ValueError, match=r"arr_0 must be"):
+        ev.statistics_format(bad)
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match=r"cannot read reference statistics .*bad\.npz"):
+        ev.statistics_format(bad)
+    with pytest.raises(ValueError, match=r"missing\.npz"):
+        ev.read_statistics(tmp_path / "missing.npz")
+
+
+def test_cached_reference_keeps_features_for_kid(tmp_path):
+    f = _features(40, seed=6)
+    path = tmp_path / "cache.npz"
+    ref = ev.cached_reference(path, lambda: f)
+    assert ref.features is None and ev.statistics_format(path) == "pytorch-fid"
+    ref = ev.cached_reference(path, lambda: f, keep_features=True)  # no features yet: recomputed with them
+    np.testing.assert_allclose(ref.features, f)
+    ref2 = ev.cached_reference(path, lambda: pytest.fail("cached"), keep_features=True)
+    np.testing.assert_allclose(ref2.features, f.astype(np.float32))
+    np.testing.assert_array_equal(ref2.mu, ref.mu)
+    assert ev.statistics_format(path) == "pytorch-fid"  # still readable by pytorch-fid (mu, sigma)
+
+
+def test_cache_key_and_fid_protocol():
+    base = {"dataset": "cifar10", "root": "/data/a", "split": "train", "count": 50000, "size": 32}
+    assert ev.cache_key(**base) == ev.cache_key(**dict(reversed(list(base.items()))))
+    for field, other in (("root", "/data/b"), ("split", "test"), ("count", 49999), ("size", 64)):
+        assert ev.cache_key(**{**base, field: other}) != ev.cache_key(**base)
+    ok = ev.fid_protocol(50_000, "cifar10 train split", 50_000, True)
+    assert ok["fid_comparable"] and "fid_note" not in ok and ok["fid_samples"] == 50_000
+    small = ev.fid_protocol(1000, "cifar10 train split", 50_000, True)
+    assert not small["fid_comparable"] and "1000 samples" in small["fid_note"] and "not comparable" in small["fid_note"]
+    partial = ev.fid_protocol(50_000, "cifar10 test split", 10_000, False)
+    assert not partial["fid_comparable"] and "test split" in partial["fid_note"]
+
+
 # --- KID ----------------------------------------------------------------------------------------
 
 
@@ -151,6 +263,44 @@ def test_inception_score_matches_reference_formula():
         scores.append(np.exp(kl.sum(1).mean()))
     m, s = ev.inception_score(logits, splits=3)
     assert m == pytest.approx(np.mean(scores), rel=1e-12) and s == pytest.approx(np.std(scores), rel=1e-10)
+    # torch-fidelity's convention: rows permuted by RandomState(2020) first, then the same contiguous splits
+    shuffled = p[np.random.RandomState(2020).permutation(len(p))]
+    fidelity = [np.exp(np.sum(q * (np.log(q) - np.log(q.mean(0, keepdims=True))), 1).mean())
+                for q in np.array_split(shuffled, 3)]
+    m2, s2 = ev.inception_score(logits, splits=3, shuffle_seed=2020)
+    assert m2 == pytest.approx(np.mean(fidelity), rel=1e-12) and s2 == pytest.approx(np.std(fidelity), rel=1e-10)
+    assert abs(s2 - s) > 1e-6  # the permutation does change the splits
+
+
+def test_inception_score_of_the_network_uses_unbiased_logits(inception_file):
+    # the standard IS (improved-gan, torch-fidelity logits_unbiased): softmax of pool3·Wᵀ, no fc bias
+    model = ev.load_inception(inception_file)
+    g = torch.Generator().manual_seed(21)
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.randn(1008, 2048, generator=g) * 0.05)
+        model.fc.bias.copy_(torch.randn(1008, generator=g) * 4)  # a large bias: it changes the score
+    # a randomly initialised trunk gives near-constant ~1e-8 features; spread pool3 out (the trunk is pinned
+    # by the tests below), so the logits and the score differ from image to image
+    trunk = model.pool3
+    model.pool3 = lambda x: trunk(x) + 30 * x.flatten(1).repeat(1, 3)[:, :2048].float()
+    x = torch.rand(10, 3, 16, 16, generator=g)
+    feats, logits = ev.inception_features(model, x)
+    w = model.fc.weight.detach().double().numpy()
+    unbiased = feats.double().numpy() @ w.T
+    np.testing.assert_allclose(logits.double().numpy(), unbiased, rtol=1e-4, atol=1e-4)
+
+    def standard_is(z, splits):  # Salimans et al.'s formula over contiguous splits, numpy float64
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        s = [np.exp(np.mean(np.sum(q * (np.log(q) - np.log(q.mean(0, keepdims=True))), 1)))
+             for q in np.array_split(p, splits)]
+        return np.mean(s), np.std(s)
+
+    m, s = ev.inception_score(logits, splits=5)
+    want_m, want_s = standard_is(unbiased, 5)
+    assert m == pytest.approx(want_m, rel=1e-5) and s == pytest.approx(want_s, rel=1e-3, abs=1e-6)
+    biased_m, _ = standard_is(unbiased + model.fc.bias.detach().double().numpy(), 5)
+    assert abs(biased_m - want_m) > 1e-2 * want_m  # with the bias the score would differ
 
 
 # --- feature extraction -------------------------------------------------------------------------
@@ -286,14 +436,51 @@ def test_evaluate_samples_images_with_cached_statistics(inception_file, tmp_path
     stats = tmp_path / "ref.npz"
     out = ev.evaluate_samples(samples, "images", value_range=(-1.0, 1.0), real=real, real_value_range=(0.0, 255.0),
                               inception_path=inception_file, stats_path=stats)
-    assert set(out) == {"fid", "kid", "kid_std", "is", "is_std"} and stats.is_file()
+    assert set(out) == {"fid", "kid", "kid_std", "is", "is_std", "fid_reference_format", "fid_reference_count"}
+    assert stats.is_file() and out["fid_reference_count"] == 3
     assert abs(out["fid"]) < 1e-3 and abs(out["kid"]) < 1e-6 and out["is"] >= 1.0
     fid_only = ev.evaluate_samples(samples[:2], "images", metrics=("fid",), value_range=(-1.0, 1.0),
                                    inception_path=inception_file, stats_path=stats)  # statistics from the cache
-    assert set(fid_only) == {"fid"} and fid_only["fid"] > 0
+    assert set(fid_only) == {"fid", "fid_reference_format", "fid_reference_count"} and fid_only["fid"] > 0
     assert calls == [((2048, 2048), (2048, 2048), "sqrtm")] * 2
     with pytest.raises(ValueError, match="kind"):
         ev.evaluate_samples(samples, "audio")
+
+
+def test_evaluate_samples_against_reference_files(inception_file, tmp_path, monkeypatch):
+    # an ADM batch of images only goes through the same network as `real` would (NHWC uint8 -> NCHW in [0, 1]);
+    # the pytorch-fid file of those statistics gives the same FID; a mu/sigma-only file cannot give KID
+    monkeypatch.setattr(ev, "frechet_distance", lambda m1, s1, m2, s2, method: float(np.sum((m1 - m2) ** 2)))
+    model = ev.load_inception(inception_file)
+    monkeypatch.setattr(ev, "load_inception", lambda path, device: model)
+    g = torch.Generator().manual_seed(30)
+    real = torch.randint(0, 256, (4, 3, 12, 12), generator=g, dtype=torch.uint8)
+    samples = torch.rand(3, 3, 12, 12, generator=g)
+    adm = tmp_path / "VIRTUAL_tiny.npz"
+    np.savez(adm, arr_0=real.permute(0, 2, 3, 1).numpy())
+    from_real = ev.evaluate_samples(samples, "images", metrics=("fid", "kid"), real=real, real_value_range=(0, 255),
+                                    batch_size=2)
+    from_adm = ev.evaluate_samples(samples, "images", metrics=("fid", "kid"), reference_path=adm, batch_size=2)
+    assert from_adm["fid_reference_format"] == "adm" and from_adm["fid_reference_count"] == 4
+    assert from_adm["fid"] == pytest.approx(from_real["fid"], rel=1e-6, abs=1e-30)
+    assert from_adm["kid"] == pytest.approx(from_real["kid"], rel=1e-6, abs=1e-30)
+    real_feats = ev.inception_features(model, real, (0, 255))[0]
+    stats = tmp_path / "fid_stats.npz"
+    ev.save_statistics(stats, *ev.feature_statistics(real_feats))
+    from_stats = ev.evaluate_samples(samples, "images", metrics=("fid", "kid"), reference_path=stats)
+    assert from_stats["fid"] == pytest.approx(from_real["fid"], rel=1e-6, abs=1e-30)
+    assert "kid" not in from_stats and "statistics, not features" in from_stats["kid_note"]
+
+
+def test_check_statistics_reads_stored_statistics(tmp_path):
+    path = tmp_path / "ref.npz"
+    np.savez(path, mu=np.array([0.0, np.nan]), sigma=np.eye(2))
+    with pytest.raises(ValueError, match=r"ref\.npz: mu or sigma is not finite"):
+        ev.check_statistics(path)
+    np.savez(path, mu=np.zeros(2), sigma=np.eye(2))
+    assert ev.check_statistics(path) == "pytorch-fid"
+    np.savez(path, pool_3=np.zeros((3, 2), np.float32))
+    assert ev.check_statistics(path) == "score_sde"
 
 
 def _real_inception_path():

@@ -13,6 +13,12 @@ torchvision's ImageNet Inception-v3 (Szegedy et al. 2016) in three places that c
 - the classifier has 1008 outputs (the TF graph's 1000 ImageNet classes plus 8 unused ones);
   the original IS code takes the softmax over all 1008, and so does `inception_score` here.
 
+The logits `forward` returns are the *unbiased* ones, pool3·Wᵀ without the fc bias: the original IS
+code (openai/improved-gan inception_score/model.py) multiplies pool_3 by the weight input of
+`softmax/logits/MatMul` and never adds the bias; torch-fidelity's `logits_unbiased` feature and
+StyleGAN2-ADA's metrics/inception_score.py (`no_output_bias=True`) do the same. The bias stays in
+the state_dict (the weights file has it).
+
 Weights: `load_inception(path)`; the file is found from the argument, else the environment variable
 `SCORELIB_INCEPTION`, else torch hub's checkpoint folder (where pytorch-fid itself downloads it).
 Nothing is ever downloaded here.
@@ -168,7 +174,8 @@ class InceptionE(nn.Module):
 class FIDInceptionV3(nn.Module):
     """Inception-v3 as in the TF FID/IS graph; state_dict layout of pytorch-fid's weights file.
 
-    forward(x: [B, 3, H, W] in [0, 1]) -> (pool3 features [B, 2048], logits [B, 1008]).
+    forward(x: [B, 3, H, W] in [0, 1]) -> (pool3 features [B, 2048], unbiased logits [B, 1008]),
+    the logits pool3·Wᵀ of the fc layer without its bias (the Inception Score's input, see above).
     A 1-channel input is repeated to 3 channels. With `resize_input` the images are resized to
     299×299 bilinearly (align_corners=False, as pytorch-fid does); they are then mapped to [-1, 1],
     the range the network was trained on.
@@ -196,6 +203,11 @@ class FIDInceptionV3(nn.Module):
         self.fc = nn.Linear(N_FEATURES, N_LOGITS)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.pool3(x)
+        return features, self.logits(features)
+
+    def pool3(self, x: Tensor) -> Tensor:
+        """Images [B, 3 or 1, H, W] in [0, 1] -> pool3 features [B, 2048] (FID's features)."""
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"expected images [B, 3, H, W] (or [B, 1, H, W]), got shape {tuple(x.shape)}")
         if x.shape[1] == 1:
@@ -210,8 +222,12 @@ class FIDInceptionV3(nn.Module):
         for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c,
                       self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
             x = block(x)  # 35 → 17 (Mixed_6a) → 8 (Mixed_7a)
-        features = x.mean(dim=(2, 3))  # pool3: global average pool, [B, 2048]
-        return features, self.fc(features)  # dropout is the identity at evaluation
+        return x.mean(dim=(2, 3))  # pool3: global average pool, [B, 2048]
+
+    def logits(self, features: Tensor) -> Tensor:
+        """pool3 features [B, 2048] -> unbiased logits pool3·Wᵀ [B, 1008]: the fc layer without its bias,
+        the Inception Score's input (module docstring); dropout is the identity at evaluation."""
+        return F.linear(features, self.fc.weight)
 
 
 class InceptionWeightsNotFoundError(FileNotFoundError):
@@ -231,6 +247,11 @@ def _candidate_path(path: str | os.PathLike | None) -> tuple[Path, str]:
     if env:
         return Path(env).expanduser(), f"${INCEPTION_ENV}"
     return default_inception_path(), f"the default location (${INCEPTION_ENV} is not set)"
+
+
+def inception_weights_path(path: str | os.PathLike | None = None) -> Path:
+    """The weights file `load_inception(path)` reads: `path`, else $SCORELIB_INCEPTION, else the default."""
+    return _candidate_path(path)[0]
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:

@@ -70,15 +70,23 @@ def dpm_solver_pp(score: ScoreFn, x: Tensor, sigmas: Tensor, order: int = 2, low
     Data-prediction exponential integrator in λ = -log σ with h = λ' - λ, φ₁ = e^{-h} - 1:
         x' = (σ'/σ) x - φ₁ D_eff,  2nd order D_eff = (1 + 1/2r) D_i - (1/2r) D_{i-1},  r = h_{i-1}/h;
         3rd order adds φ₂ = φ₁/h + 1 and φ₃ = φ₂/h - ½ on the first and second divided differences.
-    A step to σ' = 0 is first order (x' = D). x: [B, ...] at sigmas[0]; NFE = number of positive levels
-    with a trailing zero (else n - 1).
+    Each grid convention follows the reference that uses it. With a trailing zero (k-diffusion's
+    convention) the step to σ' = 0 is first order (x' = D) and every step before it has the full order,
+    as k-diffusion's `sample_dpmpp_2m` / `sample_dpmpp_3m_sde`. A grid ending at σ_min > 0 is the
+    DPM-Solver reference's: `lower_order_final` lowers the last steps to min(order, steps left) only for
+    runs of fewer than 10 steps (LuChengTHU/dpm-solver dpm_solver_pytorch.py `DPM_Solver.sample`,
+    multistep: `if lower_order_final and steps < 10`). x: [B, ...] at sigmas[0]; NFE = number of
+    positive levels with a trailing zero (else n - 1).
     """
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
     s64, sig_b = prepare_grid(sigmas, x)
     levels = s64.tolist()
     n_steps = len(levels) - 1
-    orders = _step_orders(n_steps, order, lower_order_final)
+    to_zero = levels[-1] == 0
+    n_solver = n_steps - int(to_zero)  # steps between positive levels (DPM-Solver's `steps`)
+    lower = lower_order_final and not to_zero and n_solver < 10
+    orders = _step_orders(n_solver, order, lower) + [1] * (n_steps - n_solver)
     lam = [-math.log(s) if s > 0 else math.inf for s in levels]
     ds: list[Tensor] = []
     for i in range(n_steps):
@@ -147,6 +155,12 @@ def unipc(score: ScoreFn, x: Tensor, sigmas: Tensor, order: int = 3, variant: st
     last positive level's evaluation is spent on the corrector, and the output is the corrected x
     plus the denoising displacement D - x measured at the predicted point. x: [B, ...] at sigmas[0].
     """
+    return _unipc(score, x, sigmas, order, variant, lower_order_final, callback)
+
+
+def _unipc(score: ScoreFn, x: Tensor, sigmas: Tensor, order: int, variant: str, lower_order_final: bool,
+           callback: Callback, first_denoised: Tensor | None = None) -> Tensor:
+    """The UniPC loop; `first_denoised` is D(x, sigmas[0]) when the caller has already evaluated it."""
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
     s64, sig_b = prepare_grid(sigmas, x)
@@ -156,7 +170,8 @@ def unipc(score: ScoreFn, x: Tensor, sigmas: Tensor, order: int = 3, variant: st
     n_steps = len(pos) - 1
     orders = _step_orders(n_steps, order, lower_order_final)
     lam = [-math.log(s) for s in pos]
-    ds, lams = [denoised(score, x, sig_b[0], pos[0])], [lam[0]]
+    d_first = denoised(score, x, sig_b[0], pos[0]) if first_denoised is None else first_denoised
+    ds, lams = [d_first], [lam[0]]
     for i in range(n_steps):
         sigma, sigma_next = pos[i], pos[i + 1]
         p = min(orders[i], len(ds))
@@ -192,24 +207,61 @@ def unipc(score: ScoreFn, x: Tensor, sigmas: Tensor, order: int = 3, variant: st
 # ---------------------------------------------------------------------------------------------
 
 
-def fast_sample_plan(sigma_max: float, sigma_min: float, nfe: int,
-                     data_diameter: float | None = None) -> tuple[Tensor, int]:
+N_PROBES = 8  # antithetic probe pairs of `probe_data_scale` in more than 8 dimensions
+
+
+def probe_points(x: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
+    """The fixed probe directions u_k (E[u uᵀ] = I) for x's shape and the points ±σ u_k where
+    `probe_data_scale` evaluates the denoiser: returns (u [m, ...], points [2m, ...]) in x's dtype and
+    device. In d ≤ 8 dimensions u_k = √d e_k (every axis, so the estimate below is exact for a
+    Gaussian); above, 8 Rademacher vectors from a fixed seed. Nothing depends on x's values, so a
+    sample's result never depends on the rest of its batch."""
+    shape, d = tuple(x.shape[1:]), x[0].numel()
+    if d <= N_PROBES:
+        u = torch.eye(d, dtype=torch.float64) * math.sqrt(d)
+    else:
+        g = torch.Generator().manual_seed(0)
+        u = torch.randint(0, 2, (N_PROBES, d), generator=g, dtype=torch.float64) * 2 - 1
+    u = u.to(x.device, x.dtype).reshape(-1, *shape)
+    return u, torch.cat([sigma * u, -sigma * u])
+
+
+def probe_data_scale(u: Tensor, probe_denoised: Tensor, sigma: float) -> float:
+    """√tr Σ of the data, read from the denoiser at the probe points ±σ u_k of `probe_points`.
+
+    For σ well above the data's scale, p_σ ≈ N(μ, Σ + σ²I) and D(y, σ) ≈ μ + Σ (y - μ)/σ², so
+    D(σu) - D(-σu) ≈ 2Σu/σ whatever μ is, and uᵀ Σ u averages to tr Σ (Hutchinson's estimator;
+    exact on the axes). Returns 0 when the estimate is not positive."""
+    m = u.shape[0]
+    diff = (probe_denoised[:m] - probe_denoised[m:]).flatten(1).double()
+    trace = float((diff * u.flatten(1).double()).sum(1).mean()) * sigma / 2
+    return math.sqrt(trace) if trace > 0 else 0.0
+
+
+def fast_sample_plan(sigma_max: float, sigma_min: float, nfe: int, data_diameter: float | None = None,
+                     data_scale: float | None = None) -> tuple[Tensor, int]:
     """The σ grid (with its trailing 0) and the UniPC order `fast_sample` uses for a budget of `nfe`.
 
-    The grid spends one step jumping from σ_max straight to σ_jump = c·data_diameter (c = 0.75 up to
-    15 NFE, 1 up to 20, 1.5 beyond) when that is below σ_max, then follows a Karras grid (ρ = 7; 5 up
-    to 7 NFE) down to σ_min. Above the data's diameter p_σ is nearly Gaussian and the trajectories
-    nearly straight, so UniPC's corrected first step covers that range; the saved evaluations go
-    where the trajectories bend. Without a diameter the grid is geometric over [σ_min, σ_max].
-    Order 2 below 20 NFE, 3 from 20 on. Chosen by a search over sharp Gaussian mixtures
-    (benchmarks/bench_solvers.py reports held-out problems).
+    The grid spends one step jumping from σ_max straight to σ_jump, then follows a Karras grid down
+    to σ_min. Above the data's scale p_σ is nearly Gaussian and the trajectories nearly straight, so
+    UniPC's corrected first step covers that range, and the saved evaluations go where the
+    trajectories bend. σ_jump = a·data_scale with data_scale = √tr Σ (a = 0.1·nfe + 0.5 up to 3.5;
+    Karras ρ = 5), or, given the data's diameter (the
+    largest distance between two data points), c·data_diameter (c = 0.75 up to 15 NFE, 1 up to 20,
+    1.5 beyond; ρ = 5 up to 7 NFE). With neither the grid is geometric over [σ_min, σ_max]; when
+    σ_jump is not inside (σ_min, σ_max) it is the Karras grid. Order 2 below 20 NFE, 3 from 20 on.
+    Chosen by searches over sharp Gaussian mixtures (benchmarks/bench_solvers.py names the tuning
+    problems and reports held-out ones).
     """
-    rho = 5.0 if nfe <= 7 else 7.0
     order = 2 if nfe < 20 else 3
-    if data_diameter is None:
+    if data_diameter is not None:
+        rho = 5.0 if nfe <= 7 else 7.0
+        jump = (0.75 if nfe <= 15 else (1.0 if nfe <= 20 else 1.5)) * data_diameter
+    elif data_scale is not None:
+        rho = 5.0
+        jump = min(0.1 * nfe + 0.5, 3.5) * data_scale
+    else:
         return append_zero(geometric_sigmas(sigma_max, sigma_min, nfe)), order
-    c = 0.75 if nfe <= 15 else (1.0 if nfe <= 20 else 1.5)
-    jump = c * data_diameter
     if nfe < 3 or not sigma_min < jump < sigma_max:
         return append_zero(karras_sigmas(sigma_max, sigma_min, nfe, rho)), order
     tail = karras_sigmas(jump, sigma_min, nfe - 1, rho)
@@ -217,19 +269,29 @@ def fast_sample_plan(sigma_max: float, sigma_min: float, nfe: int,
 
 
 def fast_sample(score: ScoreFn, x: Tensor, sigma_max: float, sigma_min: float, nfe: int,
-                data_diameter: float | None = None) -> Tensor:
+                data_diameter: float | None = None, probe: bool = True) -> Tensor:
     """The most accurate deterministic sampler of this library for a budget of `nfe` score evaluations
     (never more): the probability-flow ODE from σ_max to σ_min followed by the Tweedie step, solved by
     UniPC (Zhao et al. 2023) on the grid of `fast_sample_plan`. x: [B, ...] at σ_max.
 
-    `data_diameter` (the largest distance between two data points, NCSNv2's rule for σ_max; e.g. 2
-    for data on the unit sphere) lets the first step skip the nearly Gaussian range above it; leave
-    it None when σ_max was itself chosen that way.
+    The grid needs the data's scale. By default it is read from the first evaluation, at σ_max,
+    which every solver spends anyway: that call also carries the 2·min(d, 8) fixed probe points of
+    `probe_points` (so `score` must accept a batch of any size, as a network does; a closure that
+    binds per-row labels does not: pass it `data_diameter`, or `probe=False` for a geometric grid).
+    `data_diameter` (the largest distance between two data points, NCSNv2's rule for σ_max) gives
+    the scale instead and skips the probes.
     """
     if nfe < 1:
         raise ValueError(f"nfe must be at least 1, got {nfe}")
     if nfe == 1:
-        sig = torch.full((x.shape[0],), sigma_max, dtype=x.dtype, device=x.device)
-        return denoised(score, x, sig, sigma_max)
-    grid, order = fast_sample_plan(sigma_max, sigma_min, nfe, data_diameter)
-    return unipc(score, x, grid, order=order, variant="bh2")
+        return denoised(score, x, torch.full((x.shape[0],), sigma_max, dtype=x.dtype, device=x.device), sigma_max)
+    if data_diameter is not None or not probe:
+        grid, order = fast_sample_plan(sigma_max, sigma_min, nfe, data_diameter)
+        return unipc(score, x, grid, order=order, variant="bh2")
+    u, points = probe_points(x, sigma_max)
+    both = torch.cat([x, points])
+    sig = torch.full((both.shape[0],), sigma_max, dtype=x.dtype, device=x.device)
+    d_both = denoised(score, both, sig, sigma_max)
+    scale = probe_data_scale(u, d_both[x.shape[0]:], sigma_max)
+    grid, order = fast_sample_plan(sigma_max, sigma_min, nfe, data_scale=scale if scale > 0 else None)
+    return _unipc(score, x, grid, order, "bh2", True, None, first_denoised=d_both[: x.shape[0]])
