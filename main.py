@@ -12,16 +12,27 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
 from absl import app, flags
-from ml_collections import config_flags
+from ml_collections import ConfigDict, config_flags
 
 ROOT = Path(__file__).resolve().parent
 MODES = ("train", "sample", "eval", "likelihood", "bench")
 
-config_flags.DEFINE_config_file("config", None, "experiment config: a name from configs/ or a path", lock_config=True)
+HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpfull", "-helpfull", "--helpshort", "-helpshort", "--helpxml")
+
+
+def known_configs() -> list[str]:
+    return sorted(p.stem for p in (ROOT / "configs").glob("*.py") if not p.stem.startswith("_") and p.stem != "default")
+
+
+config_flags.DEFINE_config_file(
+    "config", None, f"experiment config: a name from configs/ ({', '.join(known_configs())}) or a path to a "
+    "config file; --config.SECTION.FIELD=VALUE overrides a field (all fields: scorelib/defaults.py)",
+    lock_config=True)
 flags.DEFINE_string("workdir", None, "run directory (default: runs/<config name>)")
 flags.DEFINE_enum("mode", "train", MODES, "what to do")
 flags.DEFINE_bool("quick", False, "with --mode=bench: the small sampler grid")
@@ -29,10 +40,7 @@ flags.DEFINE_string("checkpoint", None, "with --mode=sample|eval|likelihood|benc
                     "sampling.checkpoint): scorelib's own, or a published one of ncsn, ncsnv2, score_sde, ddim, "
                     "improved-/guided-diffusion, whose architecture --config gives")
 FLAGS = flags.FLAGS
-
-
-def known_configs() -> list[str]:
-    return sorted(p.stem for p in (ROOT / "configs").glob("*.py") if not p.stem.startswith("_") and p.stem != "default")
+OVERRIDDEN: list[str] = []  # the config fields given on the command line (--config.KEY=VALUE)
 
 
 def fail(message: str) -> None:
@@ -46,16 +54,21 @@ def _load_config_file(path: Path, arg: str | None = None):
     sys.path.insert(0, str(ROOT))
     try:
         spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            fail(f"{path}: the config file has no get_config() (a function returning a ConfigDict)")
+        config = module.get_config() if arg is None else module.get_config(arg)
+    except (KeyError, ValueError) as e:
+        if arg is None:
+            fail(f"{path}: the config file raised {type(e).__name__}: {e.args[0] if e.args else e}")
+        fail(f"--config: {path.stem}:{arg}: {e.args[0] if e.args else e}")
+    except Exception as e:  # a config file that fails to run is the user's file: one line, not a traceback
+        fail(f"{path}: the config file raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+             "(a file whose get_config() returns a ConfigDict)")
     finally:
         sys.path.pop(0)
-    if not hasattr(module, "get_config"):
-        fail(f"config file {path} has no get_config()")
-    if arg is None:
-        return module.get_config()
-    try:
-        return module.get_config(arg)
-    except (KeyError, ValueError) as e:
-        fail(f"config {path.stem}:{arg}: {e.args[0] if e.args else e}")
+    if not isinstance(config, ConfigDict):
+        fail(f"{path}: get_config() returned a {type(config).__name__} (a ml_collections ConfigDict)")
+    return config
 
 
 def _resolve_config_arg(argv: list[str]) -> tuple[list[str], str]:
@@ -76,24 +89,29 @@ def _resolve_config_arg(argv: list[str]) -> tuple[list[str], str]:
             elif (ROOT / "configs" / f"{value}.py").is_file() and value != "default":
                 path, name = ROOT / "configs" / f"{value}.py", value
             elif candidate.suffix == ".py":
-                fail(f"config file {value} does not exist")
+                fail(f"--config: {value} does not exist (a config file, or a name from configs/)")
             else:
-                fail(f"unknown config {value!r}; known configs: {', '.join(known_configs())}")
+                fail(f"--config: unknown config {value!r} (one of: {', '.join(known_configs())}; or a .py path)")
             arg = f"--config={path}{colon}{config_arg}"
             name = f"{name}_{config_arg}" if colon else name
         out.append(arg)
         i += 1
     if path is None:
-        fail(f"--config is required; known configs: {', '.join(known_configs())}")
+        if any(a.split("=", 1)[0] in HELP_FLAGS for a in argv[1:]):
+            return out, ""  # absl prints the help and exits
+        fail(f"--config: required (a name from configs/: {', '.join(known_configs())}; or a path)")
     config = _load_config_file(path, config_arg if colon else None)
+    from scorelib.validate import unknown_field_error
+
     for arg in out:
         if arg.startswith("--config."):
             key = arg[len("--config."):].split("=", 1)[0]
             node = config
             for part in key.split("."):
                 if not hasattr(node, "keys") or part not in node:
-                    fail(f"unknown config key {key!r} in config {name!r}")
+                    fail(str(unknown_field_error(key, node.keys() if hasattr(node, "keys") else ())))
                 node = node[part]
+            OVERRIDDEN.append(key)
     return out, name
 
 
@@ -102,7 +120,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         rest = FLAGS(argv)
     except flags.Error as e:
-        fail(str(e))
+        fail(" ".join(str(e).split()))
+    except SystemExit as e:  # absl exits 1 after printing the help it was asked for
+        sys.exit(0 if any(a.split("=", 1)[0] in HELP_FLAGS for a in argv[1:]) else e.code)
     if FLAGS.workdir is None:
         FLAGS.workdir = str(Path("runs") / name)
     return rest
@@ -111,15 +131,18 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    from scorelib import build, tasks
+    from scorelib import build, tasks, validate
 
     config, workdir, mode = FLAGS.config, Path(FLAGS.workdir), FLAGS.mode
     try:
         if FLAGS.checkpoint:
             if mode == "train":
-                fail("--checkpoint is for --mode=sample, eval, likelihood or bench (training resumes from "
+                fail("--checkpoint: for --mode=sample, eval, likelihood or bench (training resumes from "
                      "WORKDIR/checkpoints)")
             config = build.with_overrides(config, {"sampling.checkpoint": FLAGS.checkpoint})
+        for warning in validate.check_run(config, workdir, mode, OVERRIDDEN, FLAGS.quick):
+            if os.environ.get("RANK", "0") == "0":
+                print(f"scorelib: warning: {warning}", file=sys.stderr)
         if mode == "train":
             tasks.run_train(config, workdir)
         elif mode == "sample":

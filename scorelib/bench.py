@@ -853,7 +853,7 @@ def _plot(rows: Sequence[dict[str, Any]], metric_cols: Sequence[str], out: Path)
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return [], "matplotlib is not installed (pip install 'scorelib[plot]'): no plots"
+        return [], "matplotlib is not installed (a dependency of scorelib: pip install matplotlib): no plots"
     ok = [r for r in rows if r["status"] == "ok"]
     panels = [c for c in ("transport_error", *metric_cols[:1])
               if any(isinstance(r.get(c), float) and math.isfinite(r[c]) and r[c] > 0 for r in ok)]
@@ -953,6 +953,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         except (build.ConfigError, KeyError, AttributeError, TypeError) as e:
             parser.error(f"cannot set config.{key}: {e}")
     workdir = Path(args.workdir or Path("runs") / name)
+    from . import validate
+
+    try:  # one line before any work, as main.py does
+        validate.check_config(config, "bench")
+        validate.check_workdir(workdir)
+    except build.ConfigError as e:
+        raise SystemExit(f"scorelib.bench: {e}") from e
     reference = None if args.reference == "auto" else args.reference == "yes"
     try:
         run(config, workdir, quick=args.quick, n_samples=args.n_samples, batch_size=args.batch_size,

@@ -56,6 +56,29 @@ from .utils import append_dims
 MODEL_NAMES = ("mlp", "conv", "ncsn", "ncsnv2", "ddpm", "iddpm", "adm", "ncsnpp", "ddpmpp")
 NOISE_KINDS = ("ve", "ve_continuous", "ddpm", "vp", "subvp")
 SAMPLING_METHODS = ("ald", "pc", "ddpm", "ddim", "ode", "heun", "dpm_solver", "unipc", "fast")
+DATASETS = ("cifar10", "mnist", "folder", "digits", "toy")
+DEVICES = ("auto", "cpu", "cuda")
+TRAINING_TARGETS = ("model", "classifier")
+BETA_SCHEDULES = ("linear", "cosine")
+LOSSES = ("dsm", "ssm", "eps", "hybrid", "vlb")
+DDPM_LOSSES = ("eps", "hybrid", "vlb")
+TIMESTEP_SAMPLERS = ("uniform", "importance")
+GUIDANCE = ("none", "cfg", "classifier")
+OPTIMIZERS = ("adam", "adamw")
+INITS = ("uniform", "gaussian")
+SPACINGS = ("uniform", "leading", "trailing", "quadratic")  # schedules.respace_timesteps
+VARIANCES = ("small", "large", "learned")  # samplers.ddpm_ancestral
+GUIDANCE_CONVENTIONS = ("auto", "mean", "score")
+ODE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # torchdiffeq's adaptive solvers
+SOLVER_ORDERS = (1, 2, 3)  # dpm_solver_pp, unipc
+FAST_DEFAULT_NFE = 10  # sampling.method=fast with sampling.n_steps=0: the README's 10-NFE budget
+# The sampling.* fields each method reads besides the grid (sampling.n_steps, spacing) and the shared
+# ones (init, batch_size, n_samples, guidance, ...); describe_sampler prints them, validate warns
+# when one set on the command line is ignored by the chosen method.
+SAMPLER_FIELDS: dict[str, tuple[str, ...]] = {
+    "ald": ("n_steps_each", "step_lr", "denoise"), "pc": ("predictor", "corrector", "snr", "n_corrector_steps"),
+    "ddpm": ("variance", "clip_denoised"), "ddim": ("eta",), "ode": ("ode_method", "rtol", "atol"), "heun": ("rho",),
+    "dpm_solver": ("order", "rho"), "unipc": ("order", "rho"), "fast": ("data_diameter",)}
 
 
 class ConfigError(ValueError):
@@ -145,7 +168,7 @@ def uses_labels(config: Any) -> bool:
 
 def network_family(config: Any) -> str:
     """What `create_network` builds, in a word: model.name, or "classifier" for the noisy classifier."""
-    target = _choice(config.training.target, ("model", "classifier"), "training.target")
+    target = _choice(config.training.target, TRAINING_TARGETS, "training.target")
     return _choice(config.model.name, MODEL_NAMES, "model.name") if target == "model" else "classifier"
 
 
@@ -156,7 +179,7 @@ def network_variant(config: Any) -> str:
 
 def create_network(config: Any) -> nn.Module:
     """What `training.target` trains: the score network ("model") or the noisy classifier ("classifier")."""
-    target = _choice(config.training.target, ("model", "classifier"), "training.target")
+    target = _choice(config.training.target, TRAINING_TARGETS, "training.target")
     return create_model(config) if target == "model" else create_classifier(config)
 
 
@@ -185,7 +208,7 @@ def create_sigmas(config: Any) -> Tensor:
 def create_schedule(config: Any) -> DDPMSchedule:
     """The discrete DDPM schedule of a `noise.kind = "ddpm"` config."""
     n = config.noise
-    kind = _choice(n.beta_schedule, ("linear", "cosine"), "noise.beta_schedule")
+    kind = _choice(n.beta_schedule, BETA_SCHEDULES, "noise.beta_schedule")
     if kind == "linear":
         return DDPMSchedule.linear(n.num_scales, n.beta_start, n.beta_end)
     return DDPMSchedule.cosine(n.num_scales)
@@ -280,12 +303,12 @@ def create_loss(config: Any) -> LossFn:
     t, kind = config.training, _choice(config.noise.kind, NOISE_KINDS, "noise.kind")
     if config.training.target == "classifier":
         return _classifier_loss(config)
-    loss_name = _choice(t.loss, ("dsm", "ssm", "eps", "hybrid", "vlb"), "training.loss")
+    loss_name = _choice(t.loss, LOSSES, "training.loss")
     if kind == "ddpm":
-        if loss_name not in ("eps", "hybrid", "vlb"):
+        if loss_name not in DDPM_LOSSES:
             raise ConfigError(f"training.loss={loss_name!r} needs a score model; DDPM configs use eps, hybrid or vlb")
         sched = create_schedule(config)
-        sampler_name = _choice(t.timestep_sampler, ("uniform", "importance"), "training.timestep_sampler")
+        sampler_name = _choice(t.timestep_sampler, TIMESTEP_SAMPLERS, "training.timestep_sampler")
         ts = (losses.UniformTimesteps(sched.T) if sampler_name == "uniform"
               else losses.ImportanceTimesteps(sched.T, history=10, uniform_prob=0.001))
 
@@ -364,7 +387,8 @@ def sampling_grid(config: Any) -> Tensor:
     s, kind = config.sampling, config.noise.kind
     method = _choice(s.method, SAMPLING_METHODS, "sampling.method")
     if method == "ald":
-        return create_sigmas(config) if kind == "ve" else geometric_sigmas(*sigma_range(config), s.n_steps)
+        n = s.n_steps if s.n_steps > 0 else config.noise.num_scales
+        return create_sigmas(config) if kind == "ve" else geometric_sigmas(*sigma_range(config), n)
     if kind == "ddpm" and method in ("ddim", "ddpm", "pc"):
         sched = create_schedule(config)
         return timesteps_to_sigmas(sched.alphas_cumprod, _respaced(config, sched))
@@ -417,7 +441,7 @@ def create_sampler(config: Any) -> Callable[[Callable[..., Tensor], tuple[int, .
     grid = sampling_grid(config)
     sigma_max, sigma_min = sigma_range(config)
     betas = pc_betas(config) if method == "pc" else None
-    variance = _choice(s.variance, ("small", "large", "learned"), "sampling.variance")
+    variance = _choice(s.variance, VARIANCES, "sampling.variance")
     if method == "ddpm" and variance == "learned" and not config.model.learn_sigma:
         raise ConfigError("sampling.variance='learned' needs a network with a learned variance (model.learn_sigma)")
     if method == "pc" and s.predictor == "ancestral" and config.noise.kind == "subvp":
@@ -454,7 +478,7 @@ def create_sampler(config: Any) -> Callable[[Callable[..., Tensor], tuple[int, .
         if method == "unipc":
             return unipc(score, x, grid, order=s.order)
         # a class-conditional score binds one label per row, so fast_sample cannot add its probe rows
-        return fast_sample(score, x, sigma_max, sigma_min, s.n_steps,
+        return fast_sample(score, x, sigma_max, sigma_min, fast_budget(config),
                            data_diameter=s.data_diameter if s.data_diameter > 0 else None, probe=not labelled)
 
     return sample
@@ -464,7 +488,7 @@ def guided_score(config: Any, score: nn.Module, y: Tensor | None, classifier: nn
     """The score the sampler runs: class-conditional on labels y [B] when the model is, with
     `sampling.guidance` = none | cfg (classifier-free, scale w) | classifier (∇ log p_φ(y | x, σ))."""
     s = config.sampling
-    kind = _choice(s.guidance, ("none", "cfg", "classifier"), "sampling.guidance")
+    kind = _choice(s.guidance, GUIDANCE, "sampling.guidance")
     if not is_class_conditional(config) and kind != "classifier":
         return score
     if kind == "cfg":
@@ -487,7 +511,7 @@ def guidance_convention(config: Any) -> str:
     score (`condition_score`, its `ddim_sample`); "auto" picks guided-diffusion's pairing: mean for
     sampling.method='ddpm', score for every other sampler."""
     s = config.sampling
-    conv = _choice(s.guidance_convention, ("auto", "mean", "score"), "sampling.guidance_convention")
+    conv = _choice(s.guidance_convention, GUIDANCE_CONVENTIONS, "sampling.guidance_convention")
     if conv == "auto":
         return "mean" if s.method == "ddpm" else "score"
     if conv == "mean" and s.method != "ddpm":
@@ -525,8 +549,14 @@ def sampling_nfe(config: Any) -> int:
     if s.method == "ode":
         return -1
     if s.method == "fast":
-        return s.n_steps
+        return fast_budget(config)
     return len(grid) - 1
+
+
+def fast_budget(config: Any) -> int:
+    """The NFE budget of `sampling.method=fast`: sampling.n_steps, or FAST_DEFAULT_NFE when it is 0."""
+    n = config.sampling.n_steps
+    return n if n > 0 else FAST_DEFAULT_NFE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -537,7 +567,7 @@ def sampling_nfe(config: Any) -> int:
 def create_optimizer(config: Any, params: Any) -> torch.optim.Optimizer:
     """Adam / AdamW with the config's lr, β1, β2, ε and weight decay."""
     o = config.optim
-    name = _choice(o.optimizer, ("adam", "adamw"), "optim.optimizer")
+    name = _choice(o.optimizer, OPTIMIZERS, "optim.optimizer")
     cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
     return cls(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
 
@@ -691,7 +721,7 @@ def create_dataset(config: Any, train: bool = True) -> ImageData | None:
                                  d.test_fraction)
     if d.dataset == "digits":
         return load_digits(train)
-    raise ConfigError(f"data.dataset={d.dataset!r} is not one of: cifar10, mnist, folder, digits, toy")
+    raise ConfigError(f"data.dataset={d.dataset!r} is not one of: {', '.join(DATASETS)}")
 
 
 @dataclass(frozen=True)
@@ -719,9 +749,9 @@ class TrainSettings:
 def train_settings(config: Any) -> TrainSettings:
     """The training-loop settings of the config."""
     t, clip = config.training, config.optim.grad_clip
-    return TrainSettings(config.seed, _choice(config.device, ("auto", "cpu", "cuda"), "device"), t.threads,
+    return TrainSettings(config.seed, _choice(config.device, DEVICES, "device"), t.threads,
                          t.batch_size, t.n_iters, t.log_freq, t.snapshot_freq, t.snapshot_samples, t.keep_checkpoints,
-                         t.amp, t.compile, t.eval_at_end, _choice(t.target, ("model", "classifier"), "training.target"),
+                         t.amp, t.compile, t.eval_at_end, _choice(t.target, TRAINING_TARGETS, "training.target"),
                          uses_labels(config), config.model.ema_rate, clip if clip > 0 else math.inf)
 
 
@@ -744,7 +774,7 @@ class SampleSettings:
 def sample_settings(config: Any) -> SampleSettings:
     """The sampling settings of the config."""
     s = config.sampling
-    guidance = _choice(s.guidance, ("none", "cfg", "classifier"), "sampling.guidance")
+    guidance = _choice(s.guidance, GUIDANCE, "sampling.guidance")
     return SampleSettings(config.seed, s.method, s.n_samples, s.batch_size, s.checkpoint, guidance,
                           is_class_conditional(config) or guidance == "classifier", s.class_label,
                           config.data.num_classes, config.classifier.workdir)
@@ -812,16 +842,11 @@ def format_value(v: Any) -> str:
 def describe_sampler(config: Any) -> str:
     """The configured sampler in a few words: method, grid length and the fields it reads."""
     s = config.sampling
-    fields = {"ald": ("n_steps_each", "step_lr", "denoise"),
-              "pc": ("predictor", "corrector", "snr", "n_corrector_steps"), "ddpm": ("variance", "clip_denoised"),
-              "ddim": ("eta",),
-              "ode": ("ode_method", "rtol", "atol"), "heun": ("rho",), "dpm_solver": ("order", "rho"),
-              "unipc": ("order", "rho"), "fast": ("data_diameter",)}
     try:
         levels = f", {int((sampling_grid(config) > 0).sum())} levels" if s.method != "ode" else ""
     except ValueError:  # a config that cannot build a grid still gets described (its row reports why)
         levels = ""
-    return f"{s.method}{levels}, " + ", ".join(f"{k}={format_value(s[k])}" for k in fields.get(s.method, ()))
+    return f"{s.method}{levels}, " + ", ".join(f"{k}={format_value(s[k])}" for k in SAMPLER_FIELDS.get(s.method, ()))
 
 
 def is_deterministic(config: Any) -> bool:

@@ -11,6 +11,7 @@ import os
 import pickle
 import tarfile
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,8 @@ def toy_data(name: str, n: int, generator: torch.Generator | None = None) -> Ten
 # ---------------------------------------------------------------------------------------------
 
 
+# The download locations; $SCORELIB_CIFAR10_URL and $SCORELIB_MNIST_URL (a folder URL ending in /)
+# point them at a mirror. The MD5 checks stay: a mirror must serve the same files.
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -110,16 +113,18 @@ def _md5(path: Path) -> str:
 
 
 def _download(url: str, dest: Path, md5: str) -> None:
-    """Fetch url to dest (atomically), checking its MD5."""
+    """Fetch url to dest (atomically), checking its MD5: a corrupt or partial file is removed, never kept."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(dest.suffix + ".part")
-    with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
-        while chunk := r.read(1 << 20):
-            f.write(chunk)
-    if _md5(tmp) != md5:
-        tmp.unlink()
-        raise DataError(f"downloaded {url} but its MD5 does not match {md5}")
-    os.replace(tmp, dest)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+        if (got := _md5(tmp)) != md5:
+            raise DataError(f"downloaded {url} but its MD5 is {got}, not {md5}; removed it")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -147,21 +152,26 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data, labels
 
 
-def load_cifar10(root: str | Path, train: bool = True, download: bool = True) -> ImageData:
+def load_cifar10(root: str | Path, train: bool = True, download: bool = True, url: str | None = None,
+                 md5: str = CIFAR10_MD5) -> ImageData:
     """CIFAR-10 from `root/cifar-10-batches-py` (the official python-pickle layout), downloaded with an
-    MD5 check when missing and `download` is set and the network allows."""
+    MD5 check when missing and `download` is set and the network allows. url: default
+    $SCORELIB_CIFAR10_URL or CIFAR10_URL; an archive already in `root` is checked against `md5` too."""
     folder = Path(root) / "cifar-10-batches-py"
     names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    url = url or os.environ.get("SCORELIB_CIFAR10_URL") or CIFAR10_URL
     if not all((folder / n).exists() for n in names) and download:
         archive = Path(root) / "cifar-10-python.tar.gz"
         try:
             if not archive.exists():
-                _download(CIFAR10_URL, archive, CIFAR10_MD5)
+                _download(url, archive, md5)
+            elif (got := _md5(archive)) != md5:
+                raise DataError(f"{archive} has MD5 {got}, not {md5}: delete it to download it again")
             with tarfile.open(archive) as tar:
                 tar.extractall(Path(root), filter="data")
         except (OSError, DataError, tarfile.TarError) as e:
             raise DataError(
-                f"CIFAR-10 not found in {folder} and could not be downloaded ({e}); download {CIFAR10_URL} "
+                f"CIFAR-10 not found in {folder} and could not be downloaded ({e}); download {url} "
                 f"and extract it into {Path(root)} (giving {folder}/data_batch_1 ... test_batch), "
                 "or set --config.data.root") from e
     missing = [n for n in names if not (folder / n).exists()]
@@ -173,24 +183,31 @@ def load_cifar10(root: str | Path, train: bool = True, download: bool = True) ->
                      torch.from_numpy(np.concatenate([p[1] for p in parts])), 256)
 
 
-def _idx(path: Path) -> np.ndarray:
-    """Read an idx file (MNIST format), plain or gzipped."""
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
-        raise DataError(f"{path} is not an unsigned-byte idx file")
-    ndim = raw[3]
+def _idx(path: Path, ndim: int) -> np.ndarray:
+    """Read an idx file (MNIST format, http://yann.lecun.com/exdb/mnist/), plain or gzipped, of `ndim`
+    dimensions: magic 0x00 0x00 0x08 ndim, ndim big-endian uint32 sizes, then the bytes."""
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path} cannot be read or decompressed ({e}); delete it to download it again") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8 or raw[3] != ndim:
+        raise DataError(f"{path} is not an unsigned-byte idx file of {ndim} dimensions")
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path} is truncated: its header is incomplete")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise DataError(f"{path} is truncated: expected {shape}")
+        raise DataError(f"{path} is truncated: {data.size} bytes of data, expected {shape} = {int(np.prod(shape))}")
     return data.reshape(shape)
 
 
-def load_mnist(root: str | Path, train: bool = True, download: bool = True) -> ImageData:
-    """MNIST idx files from `root` (plain or .gz), downloaded with MD5 checks when missing."""
+def load_mnist(root: str | Path, train: bool = True, download: bool = True, url: str | None = None) -> ImageData:
+    """MNIST idx files from `root` (plain or .gz; also root/MNIST/raw, torchvision's layout), downloaded
+    with MD5 checks when missing. url: the folder, default $SCORELIB_MNIST_URL or MNIST_URL."""
     root = Path(root)
+    url = url or os.environ.get("SCORELIB_MNIST_URL") or MNIST_URL
     prefix = "train" if train else "t10k"
     found = {}
     for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
@@ -200,16 +217,18 @@ def load_mnist(root: str | Path, train: bool = True, download: bool = True) -> I
         path = next((p for p in candidates if p.exists()), None)
         if path is None and download:
             try:
-                _download(MNIST_URL + f"{name}.gz", root / f"{name}.gz", MNIST_FILES[f"{name}.gz"])
+                _download(url + f"{name}.gz", root / f"{name}.gz", MNIST_FILES[f"{name}.gz"])
                 path = root / f"{name}.gz"
             except (OSError, DataError) as e:
                 raise DataError(f"MNIST file {name} not found in {root} and could not be downloaded ({e}); "
                                 f"put the idx files ({', '.join(MNIST_FILES)}) in {root}") from e
         if path is None:
             raise DataError(f"MNIST file {name}(.gz) not found in {root}")
-        found[kind] = _idx(path)
-    images = torch.from_numpy(found["images-idx3-ubyte"].copy())[:, None]
-    return ImageData(images, torch.from_numpy(found["labels-idx1-ubyte"].astype(np.int64)), 256)
+        found[kind] = _idx(path, 3 if kind.startswith("images") else 1)
+    images, labels = found["images-idx3-ubyte"], found["labels-idx1-ubyte"]
+    if len(images) != len(labels):
+        raise DataError(f"MNIST in {root}: {len(images)} {prefix} images but {len(labels)} labels")
+    return ImageData(torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64)), 256)
 
 
 def _load_image(path: Path, size: int, crop: int, channels: int) -> np.ndarray:
@@ -263,8 +282,11 @@ def load_image_folder(root: str | Path, image_size: int, channels: int = 3, crop
         if not files:
             raise DataError(f"image folder {root}: none of its {n_all} images fall in the {split} split "
                             f"(data.test_fraction={test_fraction}); add images or change data.test_fraction")
-    names = "\n".join(p.relative_to(root).as_posix() for p in files)
-    key = hashlib.sha1(f"{image_size}-{channels}-{crop}-{names}".encode()).hexdigest()[:16]
+    # the cache is keyed by the settings and every file's name, size and modification time: a changed,
+    # added or removed image decodes the folder again
+    stats = "\n".join(f"{p.relative_to(root).as_posix()}:{st.st_size}:{st.st_mtime_ns}" for p in files
+                      if (st := p.stat()))
+    key = hashlib.sha1(f"{image_size}-{channels}-{crop}-{stats}".encode()).hexdigest()[:16]
     cache = root / ".scorelib-cache" / f"{key}.npy"
     if cache.exists():
         try:
@@ -275,7 +297,7 @@ def load_image_folder(root: str | Path, image_size: int, channels: int = 3, crop
     for p in files:
         try:
             arrays.append(_load_image(p, image_size, crop, channels))
-        except OSError as e:
+        except (OSError, ValueError, SyntaxError) as e:  # PIL: UnidentifiedImageError, truncated files, ...
             raise DataError(f"cannot read image {p}: {e}") from e
     data = np.stack(arrays)
     try:

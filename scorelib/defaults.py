@@ -93,7 +93,7 @@ def base() -> ConfigDict:
     s.n_steps_each = 5
     s.step_lr = 6.2e-6
     s.denoise = True
-    s.n_steps = 0  # steps / levels of the grid (0 = noise.num_scales)
+    s.n_steps = 0  # steps / levels of the grid (0 = noise.num_scales; fast: NFE budget, 0 = 10)
     s.spacing = "uniform"  # ddpm timestep respacing: uniform | leading | trailing | quadratic
     s.eta = 0.0
     s.variance = "large"  # ddpm ancestral: small (β̃) | large (β) | learned (the network's Σ; model.learn_sigma)

@@ -25,7 +25,9 @@ def _config_reads(path: Path) -> list[str]:
 
 
 def test_only_build_reads_config_fields():
-    files = [p for p in sorted((ROOT / "scorelib").rglob("*.py")) if p.name not in ("build.py", "defaults.py")]
+    # validate.py checks the fields build.py reads, before build turns them into objects
+    files = [p for p in sorted((ROOT / "scorelib").rglob("*.py"))
+             if p.name not in ("build.py", "defaults.py", "validate.py")]
     reads = [r for p in files for r in _config_reads(p)]
     assert reads == []
     # the check sees reads where they are allowed, so it can fail

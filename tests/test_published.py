@@ -506,9 +506,9 @@ def test_cli_samples_from_a_published_ncsnv2_checkpoint(tmp_path: Path) -> None:
     assert wrong.returncode == 2 and wrong.stderr.strip().count("\n") == 0
     assert "checkpoint_5000.pth holds a ncsnv2 network, but the config describes 'ddpm'" in wrong.stderr
     train = run_main(*CLI_NCSNV2, "--mode=train", f"--checkpoint={path}", f"--workdir={tmp_path / 't'}")
-    assert train.returncode == 2 and "--checkpoint is for --mode=sample" in train.stderr
+    assert train.returncode == 2 and "--checkpoint: for --mode=sample" in train.stderr
     preset = run_main("--config=openai:bogus", "--mode=sample", f"--checkpoint={path}")
-    assert preset.returncode == 2 and "config openai:bogus: unknown preset 'bogus'" in preset.stderr
+    assert preset.returncode == 2 and "--config: openai:bogus: unknown preset 'bogus'" in preset.stderr
 
 
 def test_config_names_paths_and_presets_resolve() -> None:

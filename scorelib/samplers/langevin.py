@@ -7,8 +7,6 @@ import math
 
 import numpy as np
 import torch
-from scipy import optimize
-from scipy.stats import norm
 from torch import Tensor
 
 from ._common import Callback, Project, ScoreFn, add_noise, prepare_grid
@@ -81,6 +79,9 @@ def max_pairwise_distance(data: Tensor, chunk: int = 1024) -> float:
 
 def ncsnv2_ratio(dim: int) -> float:
     """γ = σ_{i-1}/σ_i solving Φ(√(2D)(γ-1) + 3γ) - Φ(√(2D)(γ-1) - 3γ) = 0.5 (Technique 2)."""
+    from scipy import optimize  # scipy loads here, not with `import scorelib` (CLI start-up)
+    from scipy.stats import norm
+
     c = math.sqrt(2 * dim)
     if c <= 3:  # then the difference of the two Φ's stays above 1/2 for every γ > 1
         raise ValueError(f"Technique 2 needs dimension D > 4.5 (√(2D) > 3); got D = {dim}")
@@ -109,6 +110,8 @@ def ncsnv2_settings(data: Tensor, sigma_min: float = 0.01, n_steps_each: int = 5
 
     Returns {"sigma_max", "sigma_min", "n_levels", "ratio", "step_lr", "n_steps_each"}.
     """
+    from scipy import optimize
+
     pts = data if max_points is None or data.shape[0] <= max_points else data[:max_points]
     sigma_max = max_pairwise_distance(pts)
     dim = int(np.prod(data.shape[1:]))
