@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from cli_helpers import ROOT, run_main, write_fake_cifar10
+from cli_helpers import ROOT, run_main, run_torchrun, write_fake_cifar10
 
 from scorelib.checkpoint import list_checkpoints, load_checkpoint
 
@@ -149,12 +149,8 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
 
 
 def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-           str(ROOT / "main.py"), "--config=toy_gmm", "--config.training.n_iters=40",
-           "--config.training.snapshot_freq=20", "--config.training.log_freq=10",
-           "--config.training.eval_at_end=False", f"--workdir={tmp_path}"]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    r = run_torchrun("--config=toy_gmm", "--config.training.n_iters=40", "--config.training.snapshot_freq=20",
+                     "--config.training.log_freq=10", "--config.training.eval_at_end=False", f"--workdir={tmp_path}")
     assert r.returncode == 0, r.stderr[-2000:]
     assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [20, 40]
     steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from cli_helpers import ROOT, run_main
+from cli_helpers import ROOT, run_main, run_torchrun
 
 from scorelib import sharding
 from scorelib.metrics.fid import StreamingStatistics, feature_statistics, fid_from_features, frechet_distance
@@ -149,22 +149,6 @@ def toy_run(tmp_path_factory):
     return workdir
 
 
-def _free_port() -> int:
-    """A port nothing listens on now (fixed ports collide when several test runs share a machine)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _torchrun(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           str(ROOT / "main.py"), *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-
-
 def _samples(workdir):
     with np.load(workdir / "samples" / "ald.npz") as f:
         return f["samples"]
@@ -175,7 +159,7 @@ def test_two_processes_draw_the_samples_of_one_bit_for_bit(toy_run, tmp_path):
               "--config.sampling.batch_size=100"]
     one = run_main(*common, "--mode=sample", f"--workdir={tmp_path / 'one'}")
     assert one.returncode == 0, one.stderr
-    two = _torchrun(*common, "--mode=sample", f"--workdir={tmp_path / 'two'}")
+    two = run_torchrun(*common, "--mode=sample", f"--workdir={tmp_path / 'two'}")
     assert two.returncode == 0, two.stderr[-2000:]
     assert two.stdout.count("250 samples with ald") == 1  # rank 0 reports and assembles
     assert "3 of 3 chunks drawn by 2 process(es)" in two.stdout
@@ -189,7 +173,7 @@ def test_two_processes_draw_the_samples_of_one_bit_for_bit(toy_run, tmp_path):
           "--config.eval.likelihood=True", "--config.eval.likelihood_batches=3"]
     one = run_main(*common, *ev, f"--workdir={tmp_path / 'one'}")
     assert one.returncode == 0, one.stderr
-    two = _torchrun(*common, *ev, f"--workdir={tmp_path / 'two'}")
+    two = run_torchrun(*common, *ev, f"--workdir={tmp_path / 'two'}")
     assert two.returncode == 0, two.stderr[-2000:]
     m1, m2 = (json.loads((tmp_path / w / "eval" / "metrics.json").read_text()) for w in ("one", "two"))
     m1.pop("sampling_seconds"), m2.pop("sampling_seconds")
@@ -291,7 +275,7 @@ def test_bench_under_torchrun_equals_one_process(tmp_path):
               "--config.sampling.batch_size=32"]  # the exact mixture's score; two batches per row
     one = run_main(*common, f"--workdir={tmp_path / 'one'}")
     assert one.returncode == 0, one.stderr
-    two = _torchrun(*common, f"--workdir={tmp_path / 'two'}")
+    two = run_torchrun(*common, f"--workdir={tmp_path / 'two'}")
     assert two.returncode == 0, two.stderr[-2000:]
     assert two.stdout.count("wrote ") == 1  # rank 0 writes
     rows = [list(csv.DictReader(open(tmp_path / w / "bench" / "results.csv"))) for w in ("one", "two")]
