@@ -1,4 +1,4 @@
-"""scorelib: score-based generative modelling in one σ-space interface (see DESIGN.md).
+"""scorelib: score-based generative modelling in one σ-space interface (see docs/design.md).
 
 A score model is any callable `score(x, sigma) -> ∇ₓ log p_σ(x)` with x: [B, ...], sigma: [B].
 """

@@ -1,6 +1,6 @@
 """Conversions between score, ε, denoised x̂₀ and v-prediction, and model adapters into σ-space.
 
-σ-space (DESIGN.md §1): x_σ = x₀ + σz, score s = ∇ₓ log p_σ(x). Tweedie:
+σ-space (docs/design.md §1): x_σ = x₀ + σz, score s = ∇ₓ log p_σ(x). Tweedie:
     D = x + σ² s,   ε = -σ s,   x_t = √ᾱ x_σ with ᾱ = 1/(1+σ²).
 Every function takes `sigma` as a [B] tensor (or a float) and broadcasts it with `append_dims`.
 """
@@ -113,7 +113,7 @@ def timestep_to_sigma(t: Tensor, table: Tensor) -> Tensor:
 
 
 class EpsToScore(nn.Module):
-    """A DDPM ε-network ε(x_t, t) as a σ-space score model (DESIGN.md §1):
+    """A DDPM ε-network ε(x_t, t) as a σ-space score model (docs/design.md §1):
 
         s(x, σ) = -ε(x/√(1+σ²), t(σ)) / σ
 

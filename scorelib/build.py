@@ -250,7 +250,7 @@ def likelihood_sigma_range(config: Any) -> tuple[float, float]:
 
 
 def create_score_model(config: Any, model: nn.Module | None = None) -> nn.Module:
-    """The network as a σ-space score model `score(x, sigma)` (DESIGN.md §1); `model` defaults to a
+    """The network as a σ-space score model `score(x, sigma)` (docs/design.md §1); `model` defaults to a
     new `create_model(config)`. NCSN: index lookup; NCSNv2/NCSN++/MLP/conv: direct; DDPM family:
     `EpsToScore`; continuous VP / sub-VP: `ContinuousEpsToScore`."""
     net = create_model(config) if model is None else model

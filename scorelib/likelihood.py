@@ -1,7 +1,7 @@
 """Likelihoods: the probability-flow ODE's exact log-density (Song et al. 2021b, App. D) and the
 discrete variational bound of DDPM models (Ho et al. 2020; Nichol & Dhariwal 2021), in nats and bits/dim.
 
-With x(σ) the probability-flow path from x(σ_min) = x up to σ_max (DESIGN.md §2):
+With x(σ) the probability-flow path from x(σ_min) = x up to σ_max (docs/design.md §2):
 
     log p_{σ_min}(x) = log N(x(σ_max); 0, σ_max² I) + ∫_{σ_min}^{σ_max} ∇·(dx/dσ) dσ
 

@@ -1,4 +1,4 @@
-"""Published checkpoints of the reference code, read into scorelib networks (DESIGN.md §3 `load`).
+"""Published checkpoints of the reference code, read into scorelib networks (docs/design.md §4, "Published checkpoints").
 
 Every file is read with `torch.load(weights_only=True)`: tensors, dicts, lists and numbers only, so no
 file can run code. The format is told from the file's structure; the architecture and noise process

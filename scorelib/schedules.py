@@ -1,6 +1,6 @@
 """Noise-level grids, DDPM β schedules and continuous SDEs, all mapped to σ-space.
 
-σ-space (DESIGN.md §1): x_σ = x_0 + σ z. A DDPM / VP model with cumulative ᾱ sees
+σ-space (docs/design.md §1): x_σ = x_0 + σ z. A DDPM / VP model with cumulative ᾱ sees
 x_t = √ᾱ_t · x_σ with σ_t = √((1-ᾱ_t)/ᾱ_t). Schedule arithmetic runs in float64; callers cast.
 """
 
@@ -208,7 +208,7 @@ def respace_timesteps(T: int, n: int, spacing: str = "uniform") -> Tensor:
 def timesteps_to_sigmas(alphas_cumprod: Tensor, timesteps: Tensor, final_zero: bool = True) -> Tensor:
     """σ grid for a descending DDPM timestep subsequence (float64), with a trailing 0 if `final_zero`.
 
-    Sampling on this grid with `ddim` reproduces DDIM / DDPM on those timesteps (DESIGN.md §1).
+    Sampling on this grid with `ddim` reproduces DDIM / DDPM on those timesteps (docs/design.md §1).
     """
     s = vp_sigmas(alphas_cumprod)[timesteps]
     return append_zero(s) if final_zero else s

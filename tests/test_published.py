@@ -9,7 +9,7 @@ guided-diffusion `SpacedDiffusion._wrap_model(model)(x_t, respaced_t)`; the clas
 every parameter drawn as 0.2·N(0, 1) in state_dict order from a seeded generator. Here the same weights
 are rebuilt under the reference names, saved in the reference's exact checkpoint layout, loaded with
 `scorelib.load`, and the σ-space model is compared with those numbers, mapped to σ-space with the
-formulas of DESIGN.md §1 written out independently below.
+formulas of docs/design.md §1 written out independently below.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def test_score_sde_checkpoint_matches_get_score_fn(case: str, tmp_path: Path) ->
     x_t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(rec["x_seed"]))
     t = torch.tensor(rec["t"])
     m, std = _sde_mean_std(case, t)
-    sigma = (std / m).float()  # σ-space: x_σ = x_t / m(t), σ = std/m, score_σ = m · score_t (DESIGN.md §1)
+    sigma = (std / m).float()  # σ-space: x_σ = x_t / m(t), σ = std/m, score_σ = m · score_t (docs/design.md §1)
     x = x_t / m.float()[:, None, None, None]
     for use_ema, seed in ((True, 2), (False, 1)):
         score = scorelib.load(path, config=_score_sde_config(case), ema=use_ema)
