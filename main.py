@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -49,14 +48,12 @@ def fail(message: str) -> None:
 
 
 def _load_config_file(path: Path, arg: str | None = None):
-    spec = importlib.util.spec_from_file_location(f"_scorelib_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(ROOT))
+    from scorelib.defaults import NoGetConfig, run_config_file
+
     try:
-        spec.loader.exec_module(module)
-        if not hasattr(module, "get_config"):
-            fail(f"{path}: the config file has no get_config() (a function returning a ConfigDict)")
-        config = module.get_config() if arg is None else module.get_config(arg)
+        config = run_config_file(path, arg)
+    except NoGetConfig:
+        fail(f"{path}: the config file has no get_config() (a function returning a ConfigDict)")
     except (KeyError, ValueError) as e:
         if arg is None:
             fail(f"{path}: the config file raised {type(e).__name__}: {e.args[0] if e.args else e}")
@@ -64,8 +61,6 @@ def _load_config_file(path: Path, arg: str | None = None):
     except Exception as e:  # a config file that fails to run is the user's file: one line, not a traceback
         fail(f"{path}: the config file raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
              "(a file whose get_config() returns a ConfigDict)")
-    finally:
-        sys.path.pop(0)
     if not isinstance(config, ConfigDict):
         fail(f"{path}: get_config() returned a {type(config).__name__} (a ml_collections ConfigDict)")
     return config

@@ -898,7 +898,7 @@ def _plot(rows: Sequence[dict[str, Any]], metric_cols: Sequence[str], out: Path)
 def load_config(arg: str) -> tuple[Any, str]:
     """(config, name) from a config name (configs/NAME.py beside the package or in the working
     directory) or a path to a config file; the file's get_config() is called."""
-    import importlib.util
+    from .defaults import run_config_file
 
     path = Path(arg)
     if not (path.suffix == ".py" and path.is_file()):
@@ -906,15 +906,7 @@ def load_config(arg: str) -> tuple[Any, str]:
         path = next((p for p in candidates if p.is_file()), candidates[0])
     if not path.is_file():
         raise SystemExit(f"scorelib.bench: no config {arg!r} (looked for {path})")
-    root = str(path.resolve().parent.parent)  # configs import `configs.default`
-    spec = importlib.util.spec_from_file_location(f"_scorelib_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, root)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(root)
-    return module.get_config(), path.stem
+    return run_config_file(path), path.stem
 
 
 def _parse_value(text: str) -> Any:

@@ -2,7 +2,14 @@
 change what differs; stored configs (checkpoints, shared models) are read on top of it, so fields
 added later get their defaults. Configs hold plain values only; `scorelib.build` reads them."""
 
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
 from ml_collections import ConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]  # holds configs/, which the config files import
 
 
 def base() -> ConfigDict:
@@ -168,3 +175,23 @@ def merged(stored: dict) -> ConfigDict:
 
     lay(out, stored)
     return out
+
+
+class NoGetConfig(AttributeError):
+    """A config file without a get_config() function."""
+
+
+def run_config_file(path: Path, arg: str | None = None) -> Any:
+    """What the config file at `path` returns from `get_config()` (`get_config(arg)` when `arg` is given),
+    run with `REPO_ROOT` importable, since configs/*.py start from `configs.default`. The file's own
+    exceptions propagate; a file without get_config() raises NoGetConfig."""
+    spec = importlib.util.spec_from_file_location(f"_scorelib_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(REPO_ROOT))
+    try:
+        spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise NoGetConfig(f"{path}: the config file has no get_config()")
+        return module.get_config() if arg is None else module.get_config(arg)
+    finally:
+        sys.path.remove(str(REPO_ROOT))

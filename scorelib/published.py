@@ -1,4 +1,4 @@
-"""Published checkpoints of the reference code, read into scorelib networks (docs/design.md §4, "Published checkpoints").
+"""Published checkpoints of the reference code, read into scorelib networks (docs/design.md §4).
 
 Every file is read with `torch.load(weights_only=True)`: tensors, dicts, lists and numbers only, so no
 file can run code. The format is told from the file's structure; the architecture and noise process
@@ -38,6 +38,7 @@ from ml_collections import ConfigDict
 from torch import Tensor, nn
 
 from .checkpoint import CheckpointError
+from .defaults import REPO_ROOT, base, run_config_file
 
 FORMATS = ("ncsn", "ncsnv2", "score_sde", "ddim", "openai", "openai_classifier", "diffusers")
 # The scorelib model names each format's network can be (config.model.name / training.target).
@@ -385,8 +386,6 @@ def openai_config(flags: Mapping[str, Any], num_classes: int = 1000) -> ConfigDi
     """A scorelib config from improved-/guided-diffusion command-line flags (script_util.py names:
     image_size, num_channels, num_res_blocks, attention_resolutions in pixels, learn_sigma, class_cond,
     diffusion_steps, noise_schedule, rescale_timesteps, ...; classifier=True for a noisy classifier)."""
-    from .defaults import base
-
     f = {**(_CLASSIFIER if flags.get("classifier") else _IDDPM), **flags}
     out = base()
     size = int(f["image_size"])
@@ -503,9 +502,6 @@ def load_diffusers(path: Path) -> nn.Module:
 def resolve_config(config: Any) -> ConfigDict:
     """A ConfigDict from `config`: a ConfigDict, a configs/ name, a path to a config file, or
     "openai:<preset>" (an improved-/guided-diffusion release, see OPENAI_PRESETS)."""
-    import importlib.util
-    import sys
-
     if isinstance(config, ConfigDict):
         return config
     if not isinstance(config, str | Path):
@@ -517,20 +513,13 @@ def resolve_config(config: Any) -> ConfigDict:
             raise CheckpointError(f"unknown preset {text!r}; known: "
                                   f"{', '.join('openai:' + k for k in sorted(OPENAI_PRESETS))}")
         return openai_config(OPENAI_PRESETS[name])
-    root = Path(__file__).resolve().parents[1]
     path = Path(text)
     if path.suffix != ".py":
-        path = root / "configs" / f"{text}.py"
+        path = REPO_ROOT / "configs" / f"{text}.py"
     if not path.is_file():
-        raise CheckpointError(f"unknown config {text!r} (not a file, not in {root / 'configs'}, not openai:<preset>)")
-    spec = importlib.util.spec_from_file_location(f"_scorelib_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(root))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.pop(0)
-    return module.get_config()
+        raise CheckpointError(f"unknown config {text!r} (not a file, not in {REPO_ROOT / 'configs'}, "
+                              f"not openai:<preset>)")
+    return run_config_file(path)
 
 
 def stem_preset(path: Path) -> str | None:
