@@ -290,4 +290,4 @@ def test_a_chunk_size_below_one_is_a_one_line_error(toy_run, tmp_path):
     r = run_main("--config=toy_gmm", "--mode=sample", f"--workdir={tmp_path}",
                  f"--config.sampling.checkpoint={toy_run}", "--config.sampling.batch_size=0")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip() == "scorelib: sampling.batch_size and sampling.n_samples must be >= 1, got 0 and 2000"
+    assert r.stderr.strip() == "scorelib: sampling.batch_size: 0 is not allowed (> 0)"  # validated before any work
