@@ -905,8 +905,14 @@ def load_config(arg: str) -> tuple[Any, str]:
         candidates = [root / "configs" / f"{arg}.py" for root in (Path(__file__).resolve().parents[1], Path.cwd())]
         path = next((p for p in candidates if p.is_file()), candidates[0])
     if not path.is_file():
-        raise SystemExit(f"scorelib.bench: no config {arg!r} (looked for {path})")
+        _fail(f"no config {arg!r} (looked for {path})")
     return run_config_file(path), path.stem
+
+
+def _fail(message: str) -> None:
+    """A user mistake: one line on stderr and exit status 2, as main.py."""
+    print(f"scorelib.bench: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _parse_value(text: str) -> Any:
@@ -951,13 +957,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         validate.check_config(config, "bench")
         validate.check_workdir(workdir)
     except build.ConfigError as e:
-        raise SystemExit(f"scorelib.bench: {e}") from e
+        _fail(str(e))
     reference = None if args.reference == "auto" else args.reference == "yes"
     try:
         run(config, workdir, quick=args.quick, n_samples=args.n_samples, batch_size=args.batch_size,
             peers=not args.no_peers, reference=reference, progress=not args.no_progress)
     except (CheckpointError, DataError, build.ConfigError, FileNotFoundError) as e:
-        raise SystemExit(f"scorelib.bench: {e}") from e
+        _fail(str(e))
 
 
 if __name__ == "__main__":

@@ -203,6 +203,20 @@ def test_module_entry_point(tmp_path):
     assert rows[2]["family"] == "config" and rows[2]["nfe"] == 20 * 2 + 1
 
 
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--config", "nope"], "no config 'nope'"),
+    (["--config", "toy_gmm", "--config.sampling.method=bad"], "sampling.method: 'bad' is not allowed"),
+])
+def test_module_entry_point_user_errors_are_one_line_and_exit_2(tmp_path, args, needle):
+    workdir = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "scorelib.bench", *args, "--workdir", str(workdir)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("scorelib.bench: ") and needle in lines[0], r.stderr
+    assert not workdir.exists()
+
+
 @pytest.mark.slow
 def test_main_mode_bench_runs_the_full_grid(tmp_path):
     from cli_helpers import run_main
