@@ -26,13 +26,7 @@ REF_NCSNV2_DEEPER = 83_445_379
 REF_NCSNV2_DEEPEST = 94_132_611
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These networks run hundreds of tiny kernels; one thread avoids OpenMP thrashing on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_params(model: torch.nn.Module) -> int:

@@ -31,12 +31,7 @@ from scorelib.defaults import base
 GOLD = json.loads((Path(__file__).parent / "data" / "published_golden.json").read_text())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
