@@ -267,11 +267,9 @@ def test_ddpm_ancestral_matches_improved_diffusion_on_a_respaced_grid(variance, 
 # --- defect 8: vlb_loss as improved-diffusion's RESCALED_KL ------------------------------------------
 
 
-def test_vlb_loss_is_rescaled_kl():
-    """Golden numbers from improved-diffusion `GaussianDiffusion.training_losses` (LossType.RESCALED_KL,
-    LEARNED_RANGE, cosine T = 50), run in a scratch copy with this network, x₀, noise and t (t ≥ 1, where
-    its tanh-approximated decoder CDF does not enter)."""
-    from scorelib.losses import vlb_loss
+def _golden_vlb_problem():
+    """The problem the improved-diffusion golden numbers were recorded on: cosine T = 50, a LEARNED_RANGE
+    network over a 3-D two-mode mixture, x₀ [4, 3] and noise [4, 3] from seed 0."""
     from scorelib.schedules import DDPMSchedule
 
     sched = DDPMSchedule.cosine(50)
@@ -280,6 +278,16 @@ def test_vlb_loss_is_rescaled_kl():
     gen = torch.Generator().manual_seed(0)
     x0 = torch.randn(4, 3, generator=gen, dtype=F64).clamp(-1, 1)
     noise = torch.randn(4, 3, generator=gen, dtype=F64)
+    return sched, net, x0, noise
+
+
+def test_vlb_loss_is_rescaled_kl():
+    """Golden numbers from improved-diffusion `GaussianDiffusion.training_losses` (LossType.RESCALED_KL,
+    LEARNED_RANGE, cosine T = 50), run in a scratch copy with this network, x₀, noise and t (t ≥ 1, where
+    its tanh-approximated decoder CDF does not enter)."""
+    from scorelib.losses import vlb_loss
+
+    sched, net, x0, noise = _golden_vlb_problem()
     got = vlb_loss(lambda x, t: net(x, t.double()), x0, sched, torch.tensor([1, 7, 23, 49]), noise)
     want = torch.tensor([21.77993275444799, 24.054425840057167, 2.408745249445904, 0.0064469054452821984], dtype=F64)
     torch.testing.assert_close(got, want, rtol=2e-6, atol=2e-7)  # the reference casts its tables to float32
@@ -485,14 +493,8 @@ def test_vlb_terms_with_clipped_x0_match_improved_diffusion():
     """Golden numbers from improved-diffusion `_vb_terms_bpd(clip_denoised=True / False)` (the NLL
     script's default is True), LEARNED_RANGE, cosine T = 50, same network, x₀, noise and t."""
     from scorelib.losses import interpolated_log_variance, split_learned_variance, vlb_term
-    from scorelib.schedules import DDPMSchedule
 
-    sched = DDPMSchedule.cosine(50)
-    g = GaussianMixture.isotropic(torch.tensor([[0.9, -0.9, 0.5], [-0.9, 0.9, -0.5]], dtype=F64), 0.3)
-    net = _LearnedRangeEps(g, sched.alphas_cumprod)
-    gen = torch.Generator().manual_seed(0)
-    x0 = torch.randn(4, 3, generator=gen, dtype=F64).clamp(-1, 1)
-    noise = torch.randn(4, 3, generator=gen, dtype=F64)
+    sched, net, x0, noise = _golden_vlb_problem()
     t = torch.tensor([1, 7, 23, 49])
     x_t = sched.q_sample(x0, t, noise)
     eps, v = split_learned_variance(net(x_t, t.double()), 3)
