@@ -2,7 +2,8 @@
 
 Every file is read with `torch.load(weights_only=True)`: tensors, dicts, lists and numbers only, so no
 file can run code. The format is told from the file's structure; the architecture and noise process
-come from a scorelib config (the files carry none). Formats and the layouts they are written in:
+come from a scorelib config (the files carry none; scorelib.presets resolves it and holds the
+improved-/guided-diffusion release presets). Formats and the layouts they are written in:
 
 - ``ncsn``: ermongroup/ncsn `checkpoint.pth`, ``[DataParallel state_dict, optimizer]``
   (runners/anncal_runner.py `train`); CondRefineNetDilated, conditioned on the level index.
@@ -27,18 +28,18 @@ EDM's `network-snapshot-*.pkl` files are pickles of code (torch_utils.persistenc
 from __future__ import annotations
 
 import json
-import re
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from ml_collections import ConfigDict
 from torch import Tensor, nn
 
 from .checkpoint import CheckpointError
-from .defaults import REPO_ROOT, base, run_config_file
+
+# The configs these files need live in scorelib.presets; they stay importable from here.
+from .presets import OPENAI_PRESETS, openai_config, resolve_config, stem_preset  # noqa: F401
 
 FORMATS = ("ncsn", "ncsnv2", "score_sde", "ddim", "openai", "openai_classifier", "diffusers")
 # The scorelib model names each format's network can be (config.model.name / training.target).
@@ -312,120 +313,6 @@ def fit_weights(net: nn.Module, state: Mapping[str, Tensor], path: Path, fmt: st
 
 
 # ---------------------------------------------------------------------------------------------
-# improved-diffusion / guided-diffusion presets: the flags their READMEs give for each released file
-# ---------------------------------------------------------------------------------------------
-
-_IDDPM = dict(num_heads=4, num_head_channels=-1, attention_resolutions="16,8", dropout=0.0, learn_sigma=False,
-              class_cond=False, diffusion_steps=1000, noise_schedule="linear", rescale_timesteps=True,
-              use_scale_shift_norm=True, resblock_updown=False, use_new_attention_order=False, channel_mult="")
-_ADM = {**_IDDPM, "rescale_timesteps": False}  # guided_diffusion/script_util.py diffusion_defaults
-_CLASSIFIER = dict(classifier=True, classifier_width=128, classifier_depth=2,
-                   classifier_attention_resolutions="32,16,8", classifier_pool="attention", diffusion_steps=1000,
-                   noise_schedule="linear")
-
-#: Flags of the released models (openai/improved-diffusion README "Models and Hyperparameters";
-#: openai/guided-diffusion README "Sampling from pre-trained models"), by file stem.
-OPENAI_PRESETS: dict[str, dict[str, Any]] = {
-    # improved-diffusion (rescale_timesteps=True unless the README turns it off)
-    "cifar10_uncond": {**_IDDPM, "image_size": 32, "num_channels": 128, "num_res_blocks": 3, "learn_sigma": True,
-                       "dropout": 0.3, "diffusion_steps": 4000, "noise_schedule": "cosine"},
-    "cifar10_uncond_vlb": {**_IDDPM, "image_size": 32, "num_channels": 128, "num_res_blocks": 3,
-                           "learn_sigma": True, "dropout": 0.3, "diffusion_steps": 4000, "noise_schedule": "cosine"},
-    "imagenet64_uncond": {**_IDDPM, "image_size": 64, "num_channels": 128, "num_res_blocks": 3, "learn_sigma": True,
-                          "diffusion_steps": 4000, "noise_schedule": "cosine"},
-    "imagenet64_uncond_vlb": {**_IDDPM, "image_size": 64, "num_channels": 128, "num_res_blocks": 3,
-                              "learn_sigma": True, "diffusion_steps": 4000, "noise_schedule": "cosine"},
-    "imagenet64_cond": {**_IDDPM, "image_size": 64, "num_channels": 192, "num_res_blocks": 3, "learn_sigma": True,
-                        "class_cond": True, "diffusion_steps": 4000, "noise_schedule": "cosine",
-                        "rescale_timesteps": False},
-    "lsun_uncond": {**_IDDPM, "image_size": 256, "num_channels": 128, "num_res_blocks": 2, "num_heads": 1,
-                    "learn_sigma": True, "use_scale_shift_norm": False, "attention_resolutions": "16",
-                    "rescale_timesteps": False},
-    # guided-diffusion (ADM)
-    "64x64_diffusion": {**_ADM, "attention_resolutions": "32,16,8", "class_cond": True, "dropout": 0.1,
-                        "image_size": 64, "learn_sigma": True, "noise_schedule": "cosine", "num_channels": 192,
-                        "num_head_channels": 64, "num_res_blocks": 3, "resblock_updown": True,
-                        "use_new_attention_order": True},
-    "128x128_diffusion": {**_ADM, "attention_resolutions": "32,16,8", "class_cond": True, "image_size": 128,
-                          "learn_sigma": True, "num_channels": 256, "num_heads": 4, "num_res_blocks": 2,
-                          "resblock_updown": True},
-    "256x256_diffusion": {**_ADM, "attention_resolutions": "32,16,8", "class_cond": True, "image_size": 256,
-                          "learn_sigma": True, "num_channels": 256, "num_head_channels": 64, "num_res_blocks": 2,
-                          "resblock_updown": True},
-    "256x256_diffusion_uncond": {**_ADM, "attention_resolutions": "32,16,8", "image_size": 256, "learn_sigma": True,
-                                 "num_channels": 256, "num_head_channels": 64, "num_res_blocks": 2,
-                                 "resblock_updown": True},
-    "512x512_diffusion": {**_ADM, "attention_resolutions": "32,16,8", "class_cond": True, "image_size": 512,
-                          "learn_sigma": True, "num_channels": 256, "num_head_channels": 64, "num_res_blocks": 2,
-                          "resblock_updown": True},
-    "lsun_bedroom": {**_ADM, "attention_resolutions": "32,16,8", "dropout": 0.1, "image_size": 256,
-                     "learn_sigma": True, "num_channels": 256, "num_head_channels": 64, "num_res_blocks": 2,
-                     "resblock_updown": True},
-    "64x64_classifier": {**_CLASSIFIER, "image_size": 64, "classifier_depth": 4},
-    "128x128_classifier": {**_CLASSIFIER, "image_size": 128},
-    "256x256_classifier": {**_CLASSIFIER, "image_size": 256},
-    "512x512_classifier": {**_CLASSIFIER, "image_size": 512},
-}
-for _stem in ("lsun_cat", "lsun_horse"):
-    OPENAI_PRESETS[_stem] = OPENAI_PRESETS["lsun_bedroom"]
-OPENAI_PRESETS["lsun_horse_nodropout"] = {**OPENAI_PRESETS["lsun_bedroom"], "dropout": 0.0}
-
-
-def _channel_mult(image_size: int, given: str) -> tuple[float, ...]:
-    """improved-/guided-diffusion script_util.py `create_model`: the multipliers per image size."""
-    if given:
-        return tuple(float(m) if "." in m else int(m) for m in given.split(","))
-    table = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4),
-             32: (1, 2, 2, 2)}
-    if image_size not in table:
-        raise CheckpointError(f"unsupported image size {image_size} for an improved-/guided-diffusion model")
-    return table[image_size]
-
-
-def openai_config(flags: Mapping[str, Any], num_classes: int = 1000) -> ConfigDict:
-    """A scorelib config from improved-/guided-diffusion command-line flags (script_util.py names:
-    image_size, num_channels, num_res_blocks, attention_resolutions in pixels, learn_sigma, class_cond,
-    diffusion_steps, noise_schedule, rescale_timesteps, ...; classifier=True for a noisy classifier)."""
-    f = {**(_CLASSIFIER if flags.get("classifier") else _IDDPM), **flags}
-    out = base()
-    size = int(f["image_size"])
-    out.data.dataset, out.data.image_size, out.data.channels, out.data.centered = "folder", size, 3, True
-    out.noise.kind, out.noise.num_scales = "ddpm", int(f["diffusion_steps"])
-    out.noise.beta_schedule = f["noise_schedule"]
-    # get_named_beta_schedule("linear"): β from 1e-4 to 0.02, scaled by 1000 / T.
-    scale = 1000.0 / out.noise.num_scales
-    out.noise.beta_start, out.noise.beta_end = 1e-4 * scale, 0.02 * scale
-    out.sampling.method, out.sampling.init, out.sampling.n_steps = "ddim", "gaussian", 50
-    released_classifier = OPENAI_PRESETS.get(f"{size}x{size}_classifier")
-    if f.get("classifier") or released_classifier is not None:
-        # guided-diffusion script_util.py create_classifier (64 channels per head, AdaGN, BigGAN blocks); a
-        # diffusion preset gets its size's released classifier, for sampling.guidance = "classifier".
-        g = {**_CLASSIFIER, **(flags if f.get("classifier") else released_classifier)}
-        k = out.classifier
-        k.nf, k.num_res_blocks, k.ch_mult = int(g["classifier_width"]), int(g["classifier_depth"]), \
-            _channel_mult(size, "")
-        k.attn_resolutions = tuple(int(r) for r in str(g["classifier_attention_resolutions"]).split(","))
-        k.num_head_channels, k.pool = 64, g["classifier_pool"]
-    if f.get("classifier"):
-        out.training.target = "classifier"
-        out.data.num_classes = num_classes
-        return out
-    conditional = bool(f["class_cond"])
-    m = out.model
-    m.name = "adm" if conditional else "iddpm"
-    out.data.num_classes = num_classes if conditional else 0
-    m.nf, m.num_res_blocks = int(f["num_channels"]), int(f["num_res_blocks"])
-    m.ch_mult = _channel_mult(size, str(f.get("channel_mult", "")))
-    m.attn_resolutions = tuple(int(r) for r in str(f["attention_resolutions"]).split(","))
-    m.dropout, m.learn_sigma = float(f["dropout"]), bool(f["learn_sigma"])
-    m.num_heads, m.num_head_channels = int(f["num_heads"]), int(f["num_head_channels"])
-    m.use_scale_shift_norm, m.resblock_updown = bool(f["use_scale_shift_norm"]), bool(f["resblock_updown"])
-    m.use_new_attention_order, m.class_dropout = bool(f["use_new_attention_order"]), 0.0
-    m.rescale_timesteps = bool(f["rescale_timesteps"])
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
 # diffusers folders
 # ---------------------------------------------------------------------------------------------
 
@@ -492,38 +379,3 @@ def load_diffusers(path: Path) -> nn.Module:
         raise CheckpointError(f"{sched_path}: prediction_type={kind!r} is not supported (epsilon, v_prediction)")
     abar = scheduler.alphas_cumprod.to(torch.float64)
     return EpsToScore(DiffusersEps(unet, kind, abar), abar).eval()
-
-
-# ---------------------------------------------------------------------------------------------
-# Config arguments
-# ---------------------------------------------------------------------------------------------
-
-
-def resolve_config(config: Any) -> ConfigDict:
-    """A ConfigDict from `config`: a ConfigDict, a configs/ name, a path to a config file, or
-    "openai:<preset>" (an improved-/guided-diffusion release, see OPENAI_PRESETS)."""
-    if isinstance(config, ConfigDict):
-        return config
-    if not isinstance(config, str | Path):
-        raise CheckpointError(f"config must be a ConfigDict, a configs/ name or a path, got {type(config).__name__}")
-    text = str(config)
-    if text.startswith("openai:"):
-        name = text.split(":", 1)[1]
-        if name not in OPENAI_PRESETS:
-            raise CheckpointError(f"unknown preset {text!r}; known: "
-                                  f"{', '.join('openai:' + k for k in sorted(OPENAI_PRESETS))}")
-        return openai_config(OPENAI_PRESETS[name])
-    path = Path(text)
-    if path.suffix != ".py":
-        path = REPO_ROOT / "configs" / f"{text}.py"
-    if not path.is_file():
-        raise CheckpointError(f"unknown config {text!r} (not a file, not in {REPO_ROOT / 'configs'}, "
-                              f"not openai:<preset>)")
-    return run_config_file(path)
-
-
-def stem_preset(path: Path) -> str | None:
-    """The OPENAI_PRESETS name a released file's stem implies (cifar10_uncond_50M_500K.pt ->
-    cifar10_uncond), or None."""
-    stem = re.sub(r"_\d+M_\d+K(_bs\d+)?$", "", path.stem)
-    return stem if stem in OPENAI_PRESETS else None
