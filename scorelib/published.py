@@ -36,10 +36,24 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .adapters import EpsToScore, timestep_to_sigma
 from .checkpoint import CheckpointError
+from .models.ncsn_layers import convert_reference_state_dict
+from .models.ncsnpp_layers import (
+    AttnBlockpp,
+    Combine,
+    Downsample,
+    FIRConv2d,
+    GaussianFourierProjection,
+    ResnetBlockBigGANpp,
+    ResnetBlockDDPMpp,
+    Upsample,
+)
 
 # The configs these files need live in scorelib.presets; they stay importable from here.
 from .presets import OPENAI_PRESETS, openai_config, resolve_config, stem_preset  # noqa: F401
+from .schedules import vp_sigmas
+from .utils import append_dims
 
 FORMATS = ("ncsn", "ncsnv2", "score_sde", "ddim", "openai", "openai_classifier", "diffusers")
 # The scorelib model names each format's network can be (config.model.name / training.target).
@@ -157,17 +171,6 @@ def ncsnpp_reference_names(net: nn.Module) -> list[tuple[str, str, bool]]:
     index). Its NIN layers (models/layers.py `NIN`, W: [in, out]) are our 1×1 convs (weight
     [out, in, 1, 1]): `is_nin` marks the tensors that need that transpose.
     """
-    from .models.ncsnpp_layers import (
-        AttnBlockpp,
-        Combine,
-        Downsample,
-        FIRConv2d,
-        GaussianFourierProjection,
-        ResnetBlockBigGANpp,
-        ResnetBlockDDPMpp,
-        Upsample,
-    )
-
     prefix = {id(m): name for name, m in net.named_modules()}
 
     def order() -> Iterator[nn.Module]:
@@ -277,8 +280,6 @@ def _check_names(state: Mapping[str, Tensor], want: list[str], path: Path, fmt: 
 def published_weights(fmt: str, obj: Any, net: nn.Module, variant: str, ema: bool,
                       path: Path) -> dict[str, Tensor]:
     """The state_dict for `net` (built from the config) out of a checkpoint object of format `fmt`."""
-    from .models.ncsn_layers import convert_reference_state_dict
-
     if fmt == "ncsn":
         return convert_reference_state_dict(obj[0])
     if fmt == "ncsnv2":
@@ -345,10 +346,6 @@ class DiffusersEps(nn.Module):
         out = self.unet(x_t, t, **kwargs).sample
         if self.prediction_type == "epsilon":
             return out
-        from .adapters import timestep_to_sigma
-        from .schedules import vp_sigmas
-        from .utils import append_dims
-
         sigma = timestep_to_sigma(t, vp_sigmas(self.alphas_cumprod)).to(x_t.dtype)
         a = append_dims(1 / (1 + sigma**2), x_t.ndim)  # ᾱ at t
         return a.sqrt() * out + (1 - a).sqrt() * x_t
@@ -361,8 +358,6 @@ def load_diffusers(path: Path) -> nn.Module:
     except ImportError as e:
         raise CheckpointError(f"{path} is a diffusers folder; reading it needs diffusers "
                               f"(pip install diffusers)") from e
-    from .adapters import EpsToScore
-
     model_dir = path / "unet" if (path / "unet" / "config.json").exists() else path
     sched_path = _scheduler_config(path)
     if sched_path is None:
