@@ -13,9 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .schedules import SDE, vp_sigmas
-from .utils import append_dims, batch_sigma
-
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
+from .utils import ScoreFn, append_dims, batch_sigma
 
 
 def _sig(sigma: Tensor | float, x: Tensor) -> Tensor:

@@ -20,9 +20,7 @@ from torchdiffeq import odeint
 
 from .losses import prior_bpd, split_learned_variance, vlb_term
 from .schedules import DDPMSchedule, gaussian_logp
-from .utils import sum_flat
-
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
+from .utils import ScoreFn, sum_flat
 
 
 def _divergence_exact(f: Tensor, x: Tensor) -> Tensor:

@@ -1,13 +1,16 @@
-"""Small shared helpers: broadcasting, σ-grid validation, the default-dtype context."""
+"""Small shared helpers: the score-model type, broadcasting, σ-grid validation, the default-dtype context."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
+
+# A σ-space score model: score(x [B, ...], sigma [B]) -> ∇ₓ log p_σ(x), x's shape (docs/design.md §1).
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def append_dims(v: Tensor, ndim: int) -> Tensor:

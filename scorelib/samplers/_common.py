@@ -8,9 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..utils import check_sigmas
+from ..utils import ScoreFn, check_sigmas
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[dict[str, Any]], None] | None
 Project = Callable[[Tensor, float], Tensor] | None
 
