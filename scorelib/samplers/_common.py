@@ -24,13 +24,9 @@ def prepare_grid(sigmas: Tensor, x: Tensor, allow_zero_last: bool = True) -> tup
     return s64, list(rows)
 
 
-def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-
-
 def add_noise(mean: Tensor, std: float, generator: torch.Generator | None) -> Tensor:
     """mean + std·z, z ~ N(0, I) of mean's shape, dtype and device: the same draws as
-    `mean + std * noise_like(mean, generator)` in one operator (the loops' per-step cost)."""
+    `mean + std * randn_like(mean, generator)` (utils) in one operator (the loops' per-step cost)."""
     return torch.normal(mean, std, generator=generator)
 
 

@@ -16,7 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._common import Callback, ScoreFn, add_noise, noise_like, prepare_grid
+from ..utils import randn_like
+from ._common import Callback, ScoreFn, add_noise, prepare_grid
 
 
 def ddim_coefficients(s64: Tensor, eta: float) -> tuple[Tensor, Tensor]:
@@ -140,7 +141,7 @@ def _ancestral_loop(score: ScoreFn, x: Tensor, s64: Tensor, sig_b: list[Tensor],
         x_next = mean
         if levels[i + 1] > 0:
             std = (var * to_sigma[i]) ** 0.5
-            x_next = mean + std * noise_like(x, generator)
+            x_next = mean + std * randn_like(x, generator)
         if callback is not None:
             callback({"i": i, "sigma": sig_b[i][0], "sigma_next": sig_b[i + 1][0], "x": x_next, "denoised": d})
         x = x_next
