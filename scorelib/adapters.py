@@ -24,7 +24,13 @@ def _sig(sigma: Tensor | float, x: Tensor) -> Tensor:
 
 
 def score_to_denoised(x: Tensor, score: Tensor, sigma: Tensor | float) -> Tensor:
-    """Tweedie's formula D = x + σ² s. x, score: [B, ...]; sigma: [B]."""
+    """Tweedie's formula D = x + σ² s. x, score: [B, ...]; sigma: [B], or one level as a Python number.
+
+    A number (a sampler's level, on the host) takes one fused `torch.add(x, s, alpha=σ²)`: the
+    samplers' per-step form (docs/design.md §2), with no σ tensor built inside a loop.
+    """
+    if not isinstance(sigma, Tensor):
+        return torch.add(x, score, alpha=sigma**2)
     return x + _sig(sigma, x) ** 2 * score
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..adapters import score_to_denoised
 from ..utils import ScoreFn, check_sigmas
 
 Callback = Callable[[dict[str, Any]], None] | None
@@ -32,7 +33,7 @@ def add_noise(mean: Tensor, std: float, generator: torch.Generator | None) -> Te
 
 def denoised(score: ScoreFn, x: Tensor, sigma_b: Tensor, sigma: float) -> Tensor:
     """Tweedie D = x + σ² s(x, σ); sigma_b: [B] batch σ, sigma: the same level as a float."""
-    return torch.add(x, score(x, sigma_b), alpha=sigma**2)
+    return score_to_denoised(x, score(x, sigma_b), sigma)
 
 
 class CountingScore:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..adapters import score_to_denoised
 from ._common import Callback, Project, ScoreFn, add_noise, prepare_grid
 
 
@@ -42,7 +43,7 @@ def annealed_langevin(score: ScoreFn, x: Tensor, sigmas: Tensor, n_steps_each: i
             if callback is not None:
                 callback({"i": i, "step": step, "sigma": sig_b[i][0], "x": x})
     if denoise:
-        x = torch.add(x, score(x, sig_b[-1]), alpha=levels[-1] ** 2)
+        x = score_to_denoised(x, score(x, sig_b[-1]), levels[-1])
         if project is not None:
             x = project(x, 0.0)
     return x
