@@ -27,7 +27,6 @@ kwargs of the published configurations: `ADMUNet(**ADM_IMAGENET64)`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from scorelib.models.layers import timestep_embedding
 from scorelib.utils import append_dims
 
 __all__ = [
@@ -62,22 +62,12 @@ __all__ = [
 
 
 def _timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding [cos | sin] of (possibly fractional) timesteps, t: [B] -> [B, dim].
+    """Sinusoidal embedding [cos | sin] of (possibly fractional) timesteps, t: [B] -> [B, dim] float32.
 
-    Transformer positional encoding (Vaswani et al. 2017, Sec. 3.5) as used by DDPM (Ho et al.
-    2020, App. B) in the improved-diffusion order (cosines first). Computed in float32 so that
-    integer and float t give the same embedding.
+    improved-diffusion's nn.py `timestep_embedding`: `layers.timestep_embedding` with ω_i =
+    max_period^(-i / (dim/2)), cosines first, in that code's float32 rounding.
     """
-    # TODO: merge with scorelib.models.layers' embedding once both exist.
-    half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half
-    )
-    args = append_dims(t.to(torch.float32), 2) * freqs  # [B, 1] * [half] -> [B, half]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = F.pad(emb, (0, 1))
-    return emb
+    return timestep_embedding(t, dim, max_period=max_period, freq_shift=0.0, cos_first=True, divide_last=True)
 
 
 class _GroupNorm32(nn.GroupNorm):

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from scorelib.models.layers import timestep_embedding
 from scorelib.models.ncsnpp_layers import (
     SQRT_HALF,
     AttnBlockpp,
@@ -47,7 +48,6 @@ from scorelib.models.ncsnpp_layers import (
     conv3x3,
     group_norm,
     linear,
-    timestep_embedding,
 )
 from scorelib.utils import append_dims
 

@@ -276,20 +276,6 @@ class GaussianFourierProjection(nn.Module):
         return torch.cat([proj.sin(), proj.cos()], dim=-1)
 
 
-def timestep_embedding(t: Tensor, dim: int, max_positions: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding of (possibly fractional) time labels, as in DDPM. [B] -> [B, dim], float32.
-
-    Frequencies max_positions^(-i / (dim/2 - 1)), i = 0 … dim/2 - 1; [sin, cos], zero-padded if dim is odd.
-    """
-    half = dim // 2
-    freqs = torch.exp(
-        torch.arange(half, dtype=torch.float32, device=t.device) * (-math.log(max_positions) / (half - 1))
-    )
-    args = append_dims(t.float(), 2) * freqs
-    emb = torch.cat([args.sin(), args.cos()], dim=1)
-    return F.pad(emb, (0, 1)) if dim % 2 == 1 else emb
-
-
 # --------------------------------------------------------------------------------------------
 # Blocks
 # --------------------------------------------------------------------------------------------
