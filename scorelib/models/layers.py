@@ -76,15 +76,23 @@ def timestep_embedding(
     return emb
 
 
-def default_init_(weight: Tensor, scale: float = 1.0) -> Tensor:
+def default_init_(weight: Tensor, scale: float = 1.0, *, tiny_at_zero: bool = False) -> Tensor:
     """DDPM initialisation, in place: variance scaling with mode "fan_avg", uniform distribution.
 
-    Bound √(3·scale / fan_avg) equals Xavier-uniform with gain √scale. `scale=0` gives exact
-    zeros (the reference uses 1e-10, i.e. zero up to rounding).
+    weight: [out, in, *kernel]; fan_avg = (in + out)·prod(kernel)/2 and the bound is
+    √(3·scale / fan_avg) (diffusion_tf/nn.py `default_init`, TF's variance_scaling; Xavier-uniform
+    with gain √scale). The reference's `scale=0` means 1e-10, i.e. zero up to rounding: by default
+    it gives exact zeros and draws nothing from the RNG (the DDPM U-Net); `tiny_at_zero` uses 1e-10
+    and draws, as score_sde's layers.py `default_init` (NCSN++). Works on the meta device.
     """
     if scale == 0.0:
-        return nn.init.zeros_(weight)
-    return nn.init.xavier_uniform_(weight, gain=math.sqrt(scale))
+        if not tiny_at_zero:
+            return nn.init.zeros_(weight)
+        scale = 1e-10
+    fan_avg = (weight.shape[0] + weight.shape[1]) * math.prod(weight.shape[2:]) / 2
+    bound = math.sqrt(3.0 * scale / fan_avg)
+    with torch.no_grad():
+        return weight.uniform_(-bound, bound)
 
 
 def conv2d(
