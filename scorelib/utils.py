@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -61,6 +63,11 @@ def mean_flat(x: Tensor) -> Tensor:
 def sum_flat(x: Tensor) -> Tensor:
     """Sum over all but the batch dimension: [B, ...] -> [B]."""
     return x.flatten(1).sum(1)
+
+
+def frozen(**kw: Any) -> Mapping[str, Any]:
+    """A read-only mapping of `kw` (the published constructor configurations of the networks)."""
+    return MappingProxyType(kw)
 
 
 @contextlib.contextmanager
