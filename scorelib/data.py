@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .analytic import GaussianMixture
+from .likelihood import uniform_dequantize
 
 F64 = torch.float64
 TOY_NAMES = ("gmm8", "grid25", "two_modes", "rings", "swissroll", "moons", "checkerboard")
@@ -329,8 +330,7 @@ def prepare_batch(images: Tensor, levels: int, random_flip: bool, uniform_dequan
     ((x·(L-1) + u)/L), random horizontal flips, centring to [-1, 1]."""
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     if uniform_dequantization:
-        u = torch.rand(x.shape, generator=generator, device=x.device)
-        x = (x * (levels - 1) + u) / levels
+        x = uniform_dequantize(x * (levels - 1), levels, generator)
     if random_flip:
         flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
