@@ -337,11 +337,6 @@ def prepare_batch(images: Tensor, levels: int, random_flip: bool, uniform_dequan
     return 2 * x - 1 if centered else x
 
 
-def to_unit_range(x: Tensor, centered: bool) -> Tensor:
-    """Model-space samples back to images in [0, 1]."""
-    return ((x + 1) / 2 if centered else x).clamp(0, 1)
-
-
 def save_image_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> None:
     """Write [N, C, H, W] images in [0, 1] as one PNG grid (atomically), scaled up for tiny images."""
     from PIL import Image
