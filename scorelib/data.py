@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .analytic import GaussianMixture
 from .likelihood import uniform_dequantize
+from .metrics.digits import read_digits
 
 F64 = torch.float64
 TOY_NAMES = ("gmm8", "grid25", "two_modes", "rings", "swissroll", "moons", "checkerboard")
@@ -85,7 +86,6 @@ MNIST_FILES = {
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
-DIGITS_TRAIN = 1200  # of 1797 bundled 8×8 digits; the rest (597) is the held-out split
 
 
 class DataError(Exception):
@@ -312,16 +312,11 @@ def load_image_folder(root: str | Path, image_size: int, channels: int = 3, crop
 
 
 def load_digits(train: bool = True) -> ImageData:
-    """scikit-learn's bundled 8×8 digits (values 0..16 → [0, 1], 17 levels), split by a fixed shuffle
-    (numpy's legacy RandomState(0) stream, frozen across versions): the first DIGITS_TRAIN for
-    training, the remaining 597 held out (the digits-FID reference)."""
-    from sklearn.datasets import load_digits as sk_digits
-
-    d = sk_digits()
-    perm = np.random.RandomState(0).permutation(len(d.target))
-    idx = perm[:DIGITS_TRAIN] if train else perm[DIGITS_TRAIN:]
-    images = torch.from_numpy(d.images[idx].astype(np.float32) / 16.0)[:, None]
-    return ImageData(images, torch.from_numpy(d.target[idx].astype(np.int64)), 17)
+    """scikit-learn's bundled 8×8 digits (values 0..16 → [0, 1], 17 levels), split by a fixed shuffle:
+    the first 1200 for training, the remaining 597 held out (the digits-FID reference); read by
+    `metrics.digits.read_digits`."""
+    images, labels = read_digits(train)
+    return ImageData(images, labels, 17)
 
 
 def prepare_batch(images: Tensor, levels: int, random_flip: bool, uniform_dequantization: bool, centered: bool,
