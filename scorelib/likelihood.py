@@ -20,7 +20,7 @@ from torchdiffeq import odeint
 
 from .losses import prior_bpd, split_learned_variance, vlb_term
 from .schedules import DDPMSchedule, gaussian_logp
-from .utils import ScoreFn, sum_flat
+from .utils import ScoreFn, randn_like, sum_flat
 
 
 def _divergence_exact(f: Tensor, x: Tensor) -> Tensor:
@@ -125,7 +125,7 @@ def ddpm_vlb(model: Callable[..., Tensor], x0: Tensor, schedule: DDPMSchedule, v
     terms = []
     for t_val in range(schedule.T):
         t = torch.full((x0.shape[0],), t_val, dtype=torch.long, device=x0.device)
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        noise = randn_like(x0, generator)
         x_t = schedule.q_sample(x0, t, noise)
         with torch.no_grad():
             out = model(x_t, t, **model_kwargs)
