@@ -13,9 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .schedules import SDE, vp_sigmas
-from .utils import append_dims, batch_sigma
-
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
+from .utils import ScoreFn, append_dims, batch_sigma
 
 
 def _sig(sigma: Tensor | float, x: Tensor) -> Tensor:
@@ -26,7 +24,13 @@ def _sig(sigma: Tensor | float, x: Tensor) -> Tensor:
 
 
 def score_to_denoised(x: Tensor, score: Tensor, sigma: Tensor | float) -> Tensor:
-    """Tweedie's formula D = x + σ² s. x, score: [B, ...]; sigma: [B]."""
+    """Tweedie's formula D = x + σ² s. x, score: [B, ...]; sigma: [B], or one level as a Python number.
+
+    A number (a sampler's level, on the host) takes one fused `torch.add(x, s, alpha=σ²)`: the
+    samplers' per-step form (docs/design.md §2), with no σ tensor built inside a loop.
+    """
+    if not isinstance(sigma, Tensor):
+        return torch.add(x, score, alpha=sigma**2)
     return x + _sig(sigma, x) ** 2 * score
 
 

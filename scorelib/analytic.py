@@ -12,6 +12,7 @@ import math
 import torch
 from torch import Tensor
 
+from .adapters import score_to_denoised
 from .schedules import vp_sigmas
 from .utils import batch_sigma
 
@@ -107,10 +108,8 @@ class GaussianMixture:
 
     def denoise(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         """E[x₀ | x_σ = x] = x + σ² s (Tweedie), x's shape and dtype."""
-        s = batch_sigma(sigma, x).to(F64)
-        out = x.to(F64).reshape(x.shape[0], -1) + s[:, None] ** 2 * self.score(x.to(F64), s).reshape(
-            x.shape[0], -1)
-        return out.reshape(x.shape).to(x.dtype)
+        s, x64 = batch_sigma(sigma, x).to(F64), x.to(F64)
+        return score_to_denoised(x64, self.score(x64, s), s).to(x.dtype)
 
     def eps(self, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
         """Exact DDPM ε-prediction E[ε | x_t] at integer timesteps t [B] of the schedule ᾱ."""

@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 
 from .analytic import GaussianMixture
+from .likelihood import uniform_dequantize
+from .metrics.digits import read_digits
 
 F64 = torch.float64
 TOY_NAMES = ("gmm8", "grid25", "two_modes", "rings", "swissroll", "moons", "checkerboard")
@@ -84,7 +86,6 @@ MNIST_FILES = {
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
-DIGITS_TRAIN = 1200  # of 1797 bundled 8×8 digits; the rest (597) is the held-out split
 
 
 class DataError(Exception):
@@ -311,16 +312,11 @@ def load_image_folder(root: str | Path, image_size: int, channels: int = 3, crop
 
 
 def load_digits(train: bool = True) -> ImageData:
-    """scikit-learn's bundled 8×8 digits (values 0..16 → [0, 1], 17 levels), split by a fixed shuffle
-    (numpy's legacy RandomState(0) stream, frozen across versions): the first DIGITS_TRAIN for
-    training, the remaining 597 held out (the digits-FID reference)."""
-    from sklearn.datasets import load_digits as sk_digits
-
-    d = sk_digits()
-    perm = np.random.RandomState(0).permutation(len(d.target))
-    idx = perm[:DIGITS_TRAIN] if train else perm[DIGITS_TRAIN:]
-    images = torch.from_numpy(d.images[idx].astype(np.float32) / 16.0)[:, None]
-    return ImageData(images, torch.from_numpy(d.target[idx].astype(np.int64)), 17)
+    """scikit-learn's bundled 8×8 digits (values 0..16 → [0, 1], 17 levels), split by a fixed shuffle:
+    the first 1200 for training, the remaining 597 held out (the digits-FID reference); read by
+    `metrics.digits.read_digits`."""
+    images, labels = read_digits(train)
+    return ImageData(images, labels, 17)
 
 
 def prepare_batch(images: Tensor, levels: int, random_flip: bool, uniform_dequantization: bool, centered: bool,
@@ -329,17 +325,11 @@ def prepare_batch(images: Tensor, levels: int, random_flip: bool, uniform_dequan
     ((x·(L-1) + u)/L), random horizontal flips, centring to [-1, 1]."""
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     if uniform_dequantization:
-        u = torch.rand(x.shape, generator=generator, device=x.device)
-        x = (x * (levels - 1) + u) / levels
+        x = uniform_dequantize(x * (levels - 1), levels, generator)
     if random_flip:
         flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     return 2 * x - 1 if centered else x
-
-
-def to_unit_range(x: Tensor, centered: bool) -> Tensor:
-    """Model-space samples back to images in [0, 1]."""
-    return ((x + 1) / 2 if centered else x).clamp(0, 1)
 
 
 def save_image_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> None:

@@ -20,9 +20,7 @@ from torchdiffeq import odeint
 
 from .losses import prior_bpd, split_learned_variance, vlb_term
 from .schedules import DDPMSchedule, gaussian_logp
-from .utils import sum_flat
-
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
+from .utils import ScoreFn, randn_like, sum_flat
 
 
 def _divergence_exact(f: Tensor, x: Tensor) -> Tensor:
@@ -94,10 +92,19 @@ def bits_per_dim(nats: Tensor, dims: int, bin_width: float) -> Tensor:
     return -(nats + dims * math.log(bin_width)) / (dims * math.log(2))
 
 
+def uniform_dequantize(k: Tensor, levels: int, generator: torch.Generator | None = None) -> Tensor:
+    """Uniform dequantisation (k + u)/L of level indices k ∈ {0, …, L-1} (float [B, ...]) into [0, 1).
+
+    u ~ U[0, 1) of k's shape in the default dtype, from `generator`; the arithmetic is in the
+    promoted dtype of k and u (float64 for float64 k).
+    """
+    u = torch.rand(k.shape, generator=generator, device=k.device)
+    return (k + u) / levels
+
+
 def dequantize(images: Tensor, centered: bool, generator: torch.Generator | None = None) -> Tensor:
     """Uniformly dequantised 8-bit images (uint8 [B, ...]) in [0, 1] or [-1, 1]: (k + u)/256 (·2 - 1)."""
-    u = torch.rand(images.shape, generator=generator, device=images.device)
-    x = (images.double() + u.double()) / 256.0
+    x = uniform_dequantize(images.double(), 256, generator)
     return (2 * x - 1 if centered else x).float()
 
 
@@ -118,7 +125,7 @@ def ddpm_vlb(model: Callable[..., Tensor], x0: Tensor, schedule: DDPMSchedule, v
     terms = []
     for t_val in range(schedule.T):
         t = torch.full((x0.shape[0],), t_val, dtype=torch.long, device=x0.device)
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        noise = randn_like(x0, generator)
         x_t = schedule.q_sample(x0, t, noise)
         with torch.no_grad():
             out = model(x_t, t, **model_kwargs)

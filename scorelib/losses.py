@@ -13,9 +13,8 @@ import torch
 from torch import Tensor
 
 from .schedules import DDPMSchedule
-from .utils import append_dims, mean_flat, randn_like, sum_flat
+from .utils import ScoreFn, append_dims, mean_flat, randn_like, sum_flat
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
 LOG2 = math.log(2.0)
 
 

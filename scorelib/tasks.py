@@ -16,7 +16,8 @@ import torch
 
 from . import build, sharding
 from .checkpoint import CheckpointError, atomic_write_bytes, list_checkpoints, load_network
-from .data import DataError, ImageData, save_image_grid, to_unit_range
+from .data import DataError, ImageData, save_image_grid
+from .metrics.fid import to_unit_range
 from .train import Runtime, TrainingError, sample_images, setup_runtime, train
 
 USER_ERRORS = (DataError, build.ConfigError, CheckpointError, TrainingError, FileNotFoundError)
@@ -149,7 +150,8 @@ def run_sample(config: Any, workdir: Path) -> Path:
                 have += len(first[-1])
                 if have >= 256:
                     break
-            save_image_grid(to_unit_range(torch.from_numpy(np.concatenate(first)), d.centered), png)
+            value_range = (-1.0, 1.0) if d.centered else (0.0, 1.0)
+            save_image_grid(to_unit_range(torch.from_numpy(np.concatenate(first)), value_range), png)
         nfe = build.sampling_nfe(config)
         print(f"{s.n_samples} samples with {name} ({nfe if nfe > 0 else 'adaptive'} NFE) in {elapsed:.1f}s -> {out} "
               f"({_chunk_note(report, rt.world)})")

@@ -34,7 +34,8 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .data import ImageData, prepare_batch, save_image_grid, to_unit_range, toy_data
+from .data import ImageData, prepare_batch, save_image_grid, toy_data
+from .metrics.fid import to_unit_range
 from .utils import format_duration
 
 
@@ -300,8 +301,8 @@ def train(config: Any, workdir: str | Path) -> dict[str, Any]:
                 _snapshot(config, workdir, done, net, ema, opt, loss_fn, t.keep_checkpoints)
                 if t.snapshot_samples > 0 and spec.dataset != "toy" and t.target == "model":
                     imgs = sample_images(config, ema, t.snapshot_samples, rt.device, seed=t.seed)
-                    save_image_grid(to_unit_range(imgs, spec.centered), workdir / "samples" /
-                                    f"step_{done:08d}.png")
+                    value_range = (-1.0, 1.0) if spec.centered else (0.0, 1.0)
+                    save_image_grid(to_unit_range(imgs, value_range), workdir / "samples" / f"step_{done:08d}.png")
             bar.update(1)
     finally:
         bar.close()

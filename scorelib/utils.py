@@ -1,13 +1,18 @@
-"""Small shared helpers: broadcasting, σ-grid validation, the default-dtype context."""
+"""Small shared helpers: the score-model type, broadcasting, σ-grid validation, the default-dtype context."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any
 
 import torch
 from torch import Tensor
+
+# A σ-space score model: score(x [B, ...], sigma [B]) -> ∇ₓ log p_σ(x), x's shape (docs/design.md §1).
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def append_dims(v: Tensor, ndim: int) -> Tensor:
@@ -58,6 +63,11 @@ def mean_flat(x: Tensor) -> Tensor:
 def sum_flat(x: Tensor) -> Tensor:
     """Sum over all but the batch dimension: [B, ...] -> [B]."""
     return x.flatten(1).sum(1)
+
+
+def frozen(**kw: Any) -> Mapping[str, Any]:
+    """A read-only mapping of `kw` (the published constructor configurations of the networks)."""
+    return MappingProxyType(kw)
 
 
 @contextlib.contextmanager

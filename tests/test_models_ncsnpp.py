@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scorelib.models import ncsnpp
+from scorelib.models.layers import timestep_embedding
 from scorelib.models.ncsnpp import NCSNpp
 from scorelib.models.ncsnpp_layers import (
     AttnBlockpp,
@@ -21,7 +22,6 @@ from scorelib.models.ncsnpp_layers import (
     Upsample,
     downsample_2d,
     fir_kernel_2d,
-    timestep_embedding,
     upfirdn2d,
     upsample_2d,
 )

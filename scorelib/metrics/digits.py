@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,15 +25,26 @@ from torch import Tensor, nn
 from .fid import extract_features, fid_from_features, to_unit_range
 
 CHECKPOINT_NAME = "digits_cnn_v1.safetensors"  # bump the version when the architecture or training changes
+DIGITS_TRAIN = 1200  # of 1797 bundled 8×8 digits; the rest (597) is the held-out split
+
+
+def read_digits(train: bool = True) -> tuple[Tensor, Tensor]:
+    """One split of scikit-learn's bundled 8×8 digits: (images [N, 1, 8, 8] float32 in [0, 1] (0..16 / 16),
+    labels [N] int64), N = DIGITS_TRAIN for training, the remaining 597 held out. The split is a fixed
+    shuffle (numpy's legacy RandomState(0) stream, frozen across versions); `scorelib.data.load_digits`
+    gives the generative models these same images."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    perm = np.random.RandomState(0).permutation(len(d.target))
+    idx = perm[:DIGITS_TRAIN] if train else perm[DIGITS_TRAIN:]
+    images = torch.from_numpy(d.images[idx].astype(np.float32) / 16.0)[:, None]
+    return images, torch.from_numpy(d.target[idx].astype(np.int64))
 
 
 def digits_split() -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(train_x [1200, 1, 8, 8], train_y [1200], test_x [597, 1, 8, 8], test_y [597]); x in [0, 1], y int64.
-    The same split `scorelib.data.load_digits` gives the generative models."""
-    from ..data import load_digits
-
-    train, test = load_digits(train=True), load_digits(train=False)
-    return train.images, train.labels, test.images, test.labels
+    """(train_x [1200, 1, 8, 8], train_y [1200], test_x [597, 1, 8, 8], test_y [597]); x in [0, 1], y int64."""
+    return *read_digits(train=True), *read_digits(train=False)
 
 
 class DigitsClassifier(nn.Module):

@@ -27,17 +27,15 @@ kwargs of the published configurations: `ADMUNet(**ADM_IMAGENET64)`.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from types import MappingProxyType
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from scorelib.utils import append_dims
+from scorelib.models.layers import timestep_embedding
+from scorelib.utils import append_dims, frozen
 
 __all__ = [
     "ADM_CIFAR10",
@@ -62,22 +60,12 @@ __all__ = [
 
 
 def _timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding [cos | sin] of (possibly fractional) timesteps, t: [B] -> [B, dim].
+    """Sinusoidal embedding [cos | sin] of (possibly fractional) timesteps, t: [B] -> [B, dim] float32.
 
-    Transformer positional encoding (Vaswani et al. 2017, Sec. 3.5) as used by DDPM (Ho et al.
-    2020, App. B) in the improved-diffusion order (cosines first). Computed in float32 so that
-    integer and float t give the same embedding.
+    improved-diffusion's nn.py `timestep_embedding`: `layers.timestep_embedding` with ω_i =
+    max_period^(-i / (dim/2)), cosines first, in that code's float32 rounding.
     """
-    # TODO: merge with scorelib.models.layers' embedding once both exist.
-    half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half
-    )
-    args = append_dims(t.to(torch.float32), 2) * freqs  # [B, 1] * [half] -> [B, half]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = F.pad(emb, (0, 1))
-    return emb
+    return timestep_embedding(t, dim, max_period=max_period, freq_shift=0.0, cos_first=True, divide_last=True)
 
 
 class _GroupNorm32(nn.GroupNorm):
@@ -618,60 +606,56 @@ class ADMClassifier(_Encoder):
 # ----------------------------------------------------------------------------------------------
 
 
-def _frozen(**kw: Any) -> Mapping[str, Any]:
-    return MappingProxyType(kw)
-
-
 #: Improved DDPM, CIFAR-10 (Nichol & Dhariwal 2021, App. A; L_hybrid, cosine schedule, T=4000).
-IDDPM_CIFAR10 = _frozen(
+IDDPM_CIFAR10 = frozen(
     image_size=32, model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=3,
     attention_resolutions=(16, 8), dropout=0.3, num_heads=4, use_scale_shift_norm=True,
     learn_sigma=True,
 )  # fmt: skip
 #: Improved DDPM, unconditional ImageNet 64×64 (App. A, 128 channels, 3 blocks per level).
-IDDPM_IMAGENET64 = _frozen(
+IDDPM_IMAGENET64 = frozen(
     image_size=64, model_channels=128, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
     attention_resolutions=(16, 8), num_heads=4, use_scale_shift_norm=True, learn_sigma=True,
 )  # fmt: skip
 #: ADM, class-conditional ImageNet 64×64 (Dhariwal & Nichol 2021, Table 14; cosine schedule).
-ADM_IMAGENET64 = _frozen(
+ADM_IMAGENET64 = frozen(
     image_size=64, model_channels=192, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
     attention_resolutions=(32, 16, 8), dropout=0.1, num_head_channels=64, use_scale_shift_norm=True,
     resblock_updown=True, use_new_attention_order=True, learn_sigma=True, num_classes=1000,
 )  # fmt: skip
 #: ADM, class-conditional ImageNet 128×128 (the released model uses 4 heads, not 64 ch/head).
-ADM_IMAGENET128 = _frozen(
+ADM_IMAGENET128 = frozen(
     image_size=128, model_channels=256, channel_mult=(1, 1, 2, 3, 4), num_res_blocks=2,
     attention_resolutions=(32, 16, 8), num_heads=4, use_scale_shift_norm=True, resblock_updown=True,
     learn_sigma=True, num_classes=1000,
 )  # fmt: skip
 #: ADM, class-conditional ImageNet 256×256.
-ADM_IMAGENET256 = _frozen(
+ADM_IMAGENET256 = frozen(
     image_size=256, model_channels=256, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
     attention_resolutions=(32, 16, 8), num_head_channels=64, use_scale_shift_norm=True,
     resblock_updown=True, learn_sigma=True, num_classes=1000,
 )  # fmt: skip
 #: ADM, unconditional ImageNet 256×256 (same net as the LSUN models, which add dropout 0.1).
-ADM_IMAGENET256_UNCOND = _frozen(**{**ADM_IMAGENET256, "num_classes": None})
+ADM_IMAGENET256_UNCOND = frozen(**{**ADM_IMAGENET256, "num_classes": None})
 #: ADM, class-conditional ImageNet 512×512.
-ADM_IMAGENET512 = _frozen(
+ADM_IMAGENET512 = frozen(
     **{**ADM_IMAGENET256, "image_size": 512, "channel_mult": (0.5, 1, 1, 2, 2, 4, 4)}
 )
 #: Class-conditional CIFAR-10 ADM (our choice; not a published model): the improved-DDPM
 #: CIFAR-10 depth and widths with ADM's architecture changes (64 channels per head, BigGAN
 #: up/down sampling, AdaGN) plus a null label for classifier-free guidance.
-ADM_CIFAR10 = _frozen(
+ADM_CIFAR10 = frozen(
     image_size=32, model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=3,
     attention_resolutions=(16, 8), dropout=0.1, num_head_channels=64, use_scale_shift_norm=True,
     resblock_updown=True, learn_sigma=True, num_classes=10, null_label=True,
 )  # fmt: skip
 #: ADM noisy classifiers (guided-diffusion `classifier_defaults`), for 64, 128 and 256 px.
-ADM_CLASSIFIER_64 = _frozen(
+ADM_CLASSIFIER_64 = frozen(
     image_size=64, model_channels=128, num_classes=1000, channel_mult=(1, 2, 3, 4), num_res_blocks=2,
     attention_resolutions=(32, 16, 8), num_head_channels=64, use_scale_shift_norm=True,
     resblock_updown=True, pool="attention",
 )  # fmt: skip
-ADM_CLASSIFIER_128 = _frozen(**{**ADM_CLASSIFIER_64, "image_size": 128, "channel_mult": (1, 1, 2, 3, 4)})
-ADM_CLASSIFIER_256 = _frozen(
+ADM_CLASSIFIER_128 = frozen(**{**ADM_CLASSIFIER_64, "image_size": 128, "channel_mult": (1, 1, 2, 3, 4)})
+ADM_CLASSIFIER_256 = frozen(
     **{**ADM_CLASSIFIER_64, "image_size": 256, "channel_mult": (1, 1, 2, 2, 4, 4)}
 )

@@ -37,13 +37,18 @@ def timestep_embedding(
     max_period: float = 10000.0,
     freq_shift: float = 1.0,
     cos_first: bool = False,
+    divide_last: bool = False,
 ) -> Tensor:
     """Sinusoidal embedding of (possibly fractional) timesteps.
 
     Frequencies are ω_i = max_period^(-i / (dim/2 - freq_shift)), i = 0 … dim/2-1, and the
     result is [sin(t ω), cos(t ω)] (or [cos, sin] when `cos_first`), zero-padded when `dim` is odd.
-    The defaults reproduce DDPM / tensor2tensor (`freq_shift=1`, sin first); improved-diffusion
-    and ADM use `freq_shift=0, cos_first=True`.
+    The defaults reproduce DDPM / tensor2tensor (diffusion_tf/nn.py `get_timestep_embedding`) and
+    score_sde's layers.py (`freq_shift=1`, sin first); improved-diffusion's nn.py
+    `timestep_embedding` and ADM are `freq_shift=0, cos_first=True, divide_last=True`.
+    `divide_last` only sets the float32 rounding of the exponent: -log(max_period)·i / (dim/2 -
+    freq_shift) in that order (improved-diffusion), instead of i · (-log(max_period) / (dim/2 -
+    freq_shift)) with the quotient taken in float64 (DDPM).
 
     Args:
         t: [B] timesteps, integer or float (fractional timesteps embed smoothly).
@@ -58,8 +63,11 @@ def timestep_embedding(
     half = dim // 2
     if half - freq_shift <= 0:
         raise ValueError(f"embedding dim {dim} is too small for freq_shift={freq_shift}")
-    step = -math.log(max_period) / (half - freq_shift)
-    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device) * step)  # [half]
+    steps = torch.arange(half, dtype=torch.float32, device=t.device)
+    if divide_last:
+        freqs = torch.exp(-math.log(max_period) * steps / (half - freq_shift))  # [half]
+    else:
+        freqs = torch.exp(steps * (-math.log(max_period) / (half - freq_shift)))  # [half]
     args = append_dims(t.to(torch.float32), 2) * freqs  # [B, 1] * [half] -> [B, half]
     parts = (torch.cos(args), torch.sin(args)) if cos_first else (torch.sin(args), torch.cos(args))
     emb = torch.cat(parts, dim=1)
@@ -68,15 +76,23 @@ def timestep_embedding(
     return emb
 
 
-def default_init_(weight: Tensor, scale: float = 1.0) -> Tensor:
+def default_init_(weight: Tensor, scale: float = 1.0, *, tiny_at_zero: bool = False) -> Tensor:
     """DDPM initialisation, in place: variance scaling with mode "fan_avg", uniform distribution.
 
-    Bound √(3·scale / fan_avg) equals Xavier-uniform with gain √scale. `scale=0` gives exact
-    zeros (the reference uses 1e-10, i.e. zero up to rounding).
+    weight: [out, in, *kernel]; fan_avg = (in + out)·prod(kernel)/2 and the bound is
+    √(3·scale / fan_avg) (diffusion_tf/nn.py `default_init`, TF's variance_scaling; Xavier-uniform
+    with gain √scale). The reference's `scale=0` means 1e-10, i.e. zero up to rounding: by default
+    it gives exact zeros and draws nothing from the RNG (the DDPM U-Net); `tiny_at_zero` uses 1e-10
+    and draws, as score_sde's layers.py `default_init` (NCSN++). Works on the meta device.
     """
     if scale == 0.0:
-        return nn.init.zeros_(weight)
-    return nn.init.xavier_uniform_(weight, gain=math.sqrt(scale))
+        if not tiny_at_zero:
+            return nn.init.zeros_(weight)
+        scale = 1e-10
+    fan_avg = (weight.shape[0] + weight.shape[1]) * math.prod(weight.shape[2:]) / 2
+    bound = math.sqrt(3.0 * scale / fan_avg)
+    with torch.no_grad():
+        return weight.uniform_(-bound, bound)
 
 
 def conv2d(

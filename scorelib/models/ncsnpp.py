@@ -28,13 +28,13 @@ Module-level presets hold the constructor kwargs of the published CIFAR-10 confi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from scorelib.models.layers import timestep_embedding
 from scorelib.models.ncsnpp_layers import (
     SQRT_HALF,
     AttnBlockpp,
@@ -47,9 +47,8 @@ from scorelib.models.ncsnpp_layers import (
     conv3x3,
     group_norm,
     linear,
-    timestep_embedding,
 )
-from scorelib.utils import append_dims
+from scorelib.utils import append_dims, frozen
 
 __all__ = ["DDPMPP_CIFAR10", "DDPMPP_DEEP_CIFAR10", "NCSNPP_CIFAR10", "NCSNPP_DEEP_CIFAR10", "NCSNpp"]
 
@@ -449,10 +448,6 @@ class NCSNpp(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
-def _frozen(**kw: Any) -> Mapping[str, Any]:
-    return MappingProxyType(kw)
-
-
 _CIFAR10_COMMON: dict[str, Any] = dict(
     image_size=32,
     in_channels=3,
@@ -472,7 +467,7 @@ _CIFAR10_COMMON: dict[str, Any] = dict(
 )
 
 # NCSN++ (VE SDE, continuous): time_cond = σ, output = score. 62.76M parameters.
-NCSNPP_CIFAR10 = _frozen(
+NCSNPP_CIFAR10 = frozen(
     **_CIFAR10_COMMON,
     num_res_blocks=4,
     fir=True,
@@ -482,9 +477,9 @@ NCSNPP_CIFAR10 = _frozen(
     centered=False,
 )
 # NCSN++ deep (VE SDE, continuous): 107.59M parameters.
-NCSNPP_DEEP_CIFAR10 = _frozen(**{**NCSNPP_CIFAR10, "num_res_blocks": 8})
+NCSNPP_DEEP_CIFAR10 = frozen(**{**NCSNPP_CIFAR10, "num_res_blocks": 8})
 # DDPM++ (VP SDE, continuous): time_cond = 999·t, output = ε-prediction. 61.80M parameters.
-DDPMPP_CIFAR10 = _frozen(
+DDPMPP_CIFAR10 = frozen(
     **_CIFAR10_COMMON,
     num_res_blocks=4,
     fir=False,
@@ -494,4 +489,4 @@ DDPMPP_CIFAR10 = _frozen(
     centered=True,
 )
 # DDPM++ deep (VP SDE, continuous): 106.63M parameters.
-DDPMPP_DEEP_CIFAR10 = _frozen(**{**DDPMPP_CIFAR10, "num_res_blocks": 8})
+DDPMPP_DEEP_CIFAR10 = frozen(**{**DDPMPP_CIFAR10, "num_res_blocks": 8})

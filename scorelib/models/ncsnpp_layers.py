@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scorelib.models.layers import default_init_
 from scorelib.utils import append_dims
 
 SQRT_HALF = 1.0 / math.sqrt(2.0)  # the `skip_rescale` factor: keeps Var(x + h) ≈ Var(x) (App. H)
@@ -28,24 +29,10 @@ SQRT_HALF = 1.0 / math.sqrt(2.0)  # the `skip_rescale` factor: keeps Var(x + h) 
 # --------------------------------------------------------------------------------------------
 
 
-def default_init_(weight: Tensor, scale: float = 1.0) -> Tensor:
-    """DDPM initialiser, in place: variance scaling, fan-avg, uniform; `scale=0` means 1e-10.
-
-    For a weight of shape [out, in, *kernel], Var = scale / ((fan_in + fan_out) / 2) with
-    fan = channels · prod(kernel). Works on the meta device (then it does nothing).
-    """
-    scale = 1e-10 if scale == 0 else scale
-    receptive = math.prod(weight.shape[2:])
-    fan_avg = (weight.shape[0] + weight.shape[1]) * receptive / 2
-    bound = math.sqrt(3.0 * scale / fan_avg)
-    with torch.no_grad():
-        return weight.uniform_(-bound, bound)
-
-
 def conv3x3(in_ch: int, out_ch: int, init_scale: float = 1.0, stride: int = 1, padding: int = 1) -> nn.Conv2d:
     """3x3 convolution with DDPM initialisation (zero bias)."""
     conv = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=padding)
-    default_init_(conv.weight, init_scale)
+    default_init_(conv.weight, init_scale, tiny_at_zero=True)  # score_sde: scale 0 means 1e-10
     nn.init.zeros_(conv.bias)
     return conv
 
@@ -53,7 +40,7 @@ def conv3x3(in_ch: int, out_ch: int, init_scale: float = 1.0, stride: int = 1, p
 def conv1x1(in_ch: int, out_ch: int, init_scale: float = 1.0) -> nn.Conv2d:
     """1x1 convolution (score_sde's `NIN` / `conv1x1`) with DDPM initialisation (zero bias)."""
     conv = nn.Conv2d(in_ch, out_ch, 1)
-    default_init_(conv.weight, init_scale)
+    default_init_(conv.weight, init_scale, tiny_at_zero=True)  # score_sde: scale 0 means 1e-10
     nn.init.zeros_(conv.bias)
     return conv
 
@@ -274,20 +261,6 @@ class GaussianFourierProjection(nn.Module):
         """v: [B] -> [B, 2·embedding_size]."""
         proj = append_dims(v.float(), 2) * self.W.float() * (2 * math.pi)
         return torch.cat([proj.sin(), proj.cos()], dim=-1)
-
-
-def timestep_embedding(t: Tensor, dim: int, max_positions: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding of (possibly fractional) time labels, as in DDPM. [B] -> [B, dim], float32.
-
-    Frequencies max_positions^(-i / (dim/2 - 1)), i = 0 … dim/2 - 1; [sin, cos], zero-padded if dim is odd.
-    """
-    half = dim // 2
-    freqs = torch.exp(
-        torch.arange(half, dtype=torch.float32, device=t.device) * (-math.log(max_positions) / (half - 1))
-    )
-    args = append_dims(t.float(), 2) * freqs
-    emb = torch.cat([args.sin(), args.cos()], dim=1)
-    return F.pad(emb, (0, 1)) if dim % 2 == 1 else emb
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from .controllable import inpaint_langevin, inpaint_pc, interpolate, known_projector, slerp
 from .ddim import ddim, ddpm_ancestral
-from .langevin import annealed_langevin, langevin, ncsnv2_settings
+from .langevin import annealed_langevin, langevin, ncsnv2_settings, ncsnv2_step_lr
 from .ode import encode, integrate_flow, probability_flow
 from .pc import pc_sampler
 from .solvers import dpm_solver_pp, fast_sample, fast_sample_plan, heun, unipc
@@ -23,6 +23,7 @@ __all__ = [
     "known_projector",
     "langevin",
     "ncsnv2_settings",
+    "ncsnv2_step_lr",
     "pc_sampler",
     "probability_flow",
     "slerp",

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..utils import check_sigmas
+from ..adapters import score_to_denoised
+from ..utils import ScoreFn, check_sigmas
 
-ScoreFn = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[dict[str, Any]], None] | None
 Project = Callable[[Tensor, float], Tensor] | None
 
@@ -25,19 +25,15 @@ def prepare_grid(sigmas: Tensor, x: Tensor, allow_zero_last: bool = True) -> tup
     return s64, list(rows)
 
 
-def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-
-
 def add_noise(mean: Tensor, std: float, generator: torch.Generator | None) -> Tensor:
     """mean + std·z, z ~ N(0, I) of mean's shape, dtype and device: the same draws as
-    `mean + std * noise_like(mean, generator)` in one operator (the loops' per-step cost)."""
+    `mean + std * randn_like(mean, generator)` (utils) in one operator (the loops' per-step cost)."""
     return torch.normal(mean, std, generator=generator)
 
 
 def denoised(score: ScoreFn, x: Tensor, sigma_b: Tensor, sigma: float) -> Tensor:
     """Tweedie D = x + σ² s(x, σ); sigma_b: [B] batch σ, sigma: the same level as a float."""
-    return torch.add(x, score(x, sigma_b), alpha=sigma**2)
+    return score_to_denoised(x, score(x, sigma_b), sigma)
 
 
 class CountingScore:

@@ -16,7 +16,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._common import Callback, ScoreFn, add_noise, noise_like, prepare_grid
+from ..adapters import score_to_denoised
+from ..utils import randn_like
+from ._common import Callback, ScoreFn, add_noise, prepare_grid
 
 
 def ddim_coefficients(s64: Tensor, eta: float) -> tuple[Tensor, Tensor]:
@@ -37,7 +39,7 @@ def _posterior_step_loop(score: ScoreFn, x: Tensor, down: list[float], up: list[
         if up[i] > 0:
             x_next = add_noise(x_next, up[i], generator)
         if callback is not None:
-            d = torch.add(x, s, alpha=cur[i] ** 2)
+            d = score_to_denoised(x, s, cur[i])
             callback({"i": i, "sigma": sig_b[i][0], "sigma_next": sig_b[i + 1][0], "x": x_next, "denoised": d})
         x = x_next
     return x
@@ -131,7 +133,7 @@ def _ancestral_loop(score: ScoreFn, x: Tensor, s64: Tensor, sig_b: list[Tensor],
             var = torch.exp(v * log_b[i] + (1 - v) * log_bt[i])  # p_mean_variance, LEARNED_RANGE
         else:
             s, var = score(x, sig_b[i]), fixed[i]
-        d = torch.add(x, s, alpha=sigma**2)
+        d = score_to_denoised(x, s, sigma)
         if clip:
             d = d.clamp(-1, 1)
         mean = torch.lerp(d, x, ratio[i])  # D + (σ'²/σ²)(x - D): q_posterior_mean_variance
@@ -140,7 +142,7 @@ def _ancestral_loop(score: ScoreFn, x: Tensor, s64: Tensor, sig_b: list[Tensor],
         x_next = mean
         if levels[i + 1] > 0:
             std = (var * to_sigma[i]) ** 0.5
-            x_next = mean + std * noise_like(x, generator)
+            x_next = mean + std * randn_like(x, generator)
         if callback is not None:
             callback({"i": i, "sigma": sig_b[i][0], "sigma_next": sig_b[i + 1][0], "x": x_next, "denoised": d})
         x = x_next

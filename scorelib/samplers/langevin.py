@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..adapters import score_to_denoised
 from ._common import Callback, Project, ScoreFn, add_noise, prepare_grid
 
 
@@ -42,7 +43,7 @@ def annealed_langevin(score: ScoreFn, x: Tensor, sigmas: Tensor, n_steps_each: i
             if callback is not None:
                 callback({"i": i, "step": step, "sigma": sig_b[i][0], "x": x})
     if denoise:
-        x = torch.add(x, score(x, sig_b[-1]), alpha=levels[-1] ** 2)
+        x = score_to_denoised(x, score(x, sig_b[-1]), levels[-1])
         if project is not None:
             x = project(x, 0.0)
     return x
@@ -102,6 +103,25 @@ def langevin_variance_ratio(eps: float, sigma_min: float, gamma: float, n_steps:
     return (1 - e) ** (2 * n_steps) * (gamma**2 - stationary) + stationary
 
 
+def _step_lr_at_ratio(gamma: float, sigma_min: float, n_steps_each: int) -> float:
+    """step_lr = ε minimising |eq. 7 - 1| at level ratio γ and T = n_steps_each (Technique 4); bounded
+    search over ε/σ_L² ∈ [1e-8, 1] to 1e-10."""
+    from scipy import optimize
+
+    res = optimize.minimize_scalar(
+        lambda e: abs(langevin_variance_ratio(e * sigma_min**2, sigma_min, gamma, n_steps_each) - 1),
+        bounds=(1e-8, 1.0), method="bounded", options={"xatol": 1e-10})
+    return float(res.x) * sigma_min**2
+
+
+def ncsnv2_step_lr(sigma_max: float, sigma_min: float, n_levels: int, n_steps_each: int) -> float:
+    """NCSNv2's step size (Song & Ermon 2020, Technique 4) for the geometric grid of `n_levels` from
+    σ_max to σ_min and T = n_steps_each: ε minimising |eq. 7 - 1| at the grid's ratio
+    γ = (σ_max/σ_min)^(1/(L-1)) (σ_max/σ_min for L = 1). The number bench's grids use."""
+    ratio = (sigma_max / sigma_min) ** (1.0 / max(n_levels - 1, 1))
+    return _step_lr_at_ratio(ratio, sigma_min, n_steps_each)
+
+
 def ncsnv2_settings(data: Tensor, sigma_min: float = 0.01, n_steps_each: int = 5,
                     max_points: int | None = 10_000) -> dict[str, float | int]:
     """Noise levels and step size from training data (Song & Ermon 2020): σ_1 = the largest pairwise
@@ -110,16 +130,11 @@ def ncsnv2_settings(data: Tensor, sigma_min: float = 0.01, n_steps_each: int = 5
 
     Returns {"sigma_max", "sigma_min", "n_levels", "ratio", "step_lr", "n_steps_each"}.
     """
-    from scipy import optimize
-
     pts = data if max_points is None or data.shape[0] <= max_points else data[:max_points]
     sigma_max = max_pairwise_distance(pts)
     dim = int(np.prod(data.shape[1:]))
     gamma = ncsnv2_ratio(dim)
     n_levels = math.ceil(math.log(sigma_max / sigma_min) / math.log(gamma)) + 1
     grid_ratio = math.exp(math.log(sigma_max / sigma_min) / (n_levels - 1))  # ≤ γ after rounding L up
-    res = optimize.minimize_scalar(
-        lambda e: abs(langevin_variance_ratio(e * sigma_min**2, sigma_min, grid_ratio, n_steps_each) - 1),
-        bounds=(1e-8, 1.0), method="bounded", options={"xatol": 1e-10})
     return {"sigma_max": sigma_max, "sigma_min": sigma_min, "n_levels": n_levels, "ratio": grid_ratio,
-            "step_lr": float(res.x) * sigma_min**2, "n_steps_each": n_steps_each}
+            "step_lr": _step_lr_at_ratio(grid_ratio, sigma_min, n_steps_each), "n_steps_each": n_steps_each}

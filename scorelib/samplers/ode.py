@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
+from ..adapters import score_to_denoised
 from ._common import Callback, CountingScore, ScoreFn
 
 
@@ -56,7 +57,7 @@ def probability_flow(score: ScoreFn, x: Tensor, sigma_max: float, sigma_min: flo
     out, nfe = integrate_flow(score, x, sigma_max, sigma_min, method, rtol, atol, options, callback)
     if denoise:
         sig = torch.full((x.shape[0],), sigma_min, dtype=x.dtype, device=x.device)
-        out = torch.add(out, score(out, sig), alpha=sigma_min**2)
+        out = score_to_denoised(out, score(out, sig), sigma_min)
         nfe += 1
     return (out, nfe) if return_nfe else out
 

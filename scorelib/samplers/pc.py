@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import Callback, Project, ScoreFn, add_noise, noise_like, prepare_grid
+from ..utils import randn_like
+from ._common import Callback, Project, ScoreFn, add_noise, prepare_grid
 
 F64 = torch.float64
 
@@ -75,7 +76,7 @@ def corrector_step(score: ScoreFn, x: Tensor, sigma_b: Tensor, sigma: float, cor
     """One corrector update at σ with score_sde's factor α (1 - β_i for VP / sub-VP, 1 for VE).
     Returns (x, x_mean)."""
     g = score(x, sigma_b)
-    z = noise_like(x, generator)
+    z = randn_like(x, generator)
     if corrector == "langevin":
         step = 2 * alpha * (snr * _norm_mean(z) / _norm_mean(g)) ** 2
     else:  # "ald"
