@@ -91,6 +91,7 @@ def training_row(name: str, config: Any, device: torch.device, batch: int, steps
     opt = build.create_optimizer(config, net.parameters())
     loss_fn = build.create_loss(config)
     model = torch.compile(net) if settings.compile else net
+    objective = loss_fn.bind(model)  # the σ-space wrapper made once, as the training loop does
     amp = settings.amp and device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
     g = torch.Generator(device).manual_seed(0)
@@ -101,7 +102,7 @@ def training_row(name: str, config: Any, device: torch.device, batch: int, steps
 
     def step() -> None:
         with autocast:
-            loss = loss_fn(model, x, y, g).float().mean()
+            loss = objective(x, y, g).float().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), settings.grad_clip)

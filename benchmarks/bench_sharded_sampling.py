@@ -43,14 +43,13 @@ TOY_ARGS = ["--config=toy_gmm", "--config.sampling.batch_size=500"]
 PLAIN = """
 import sys, numpy as np, torch
 from pathlib import Path
-from scorelib import build, tasks
-from scorelib.defaults import merged
-from scorelib.checkpoint import load_network
+from scorelib import build
+from scorelib.sharing import load_network
 from scorelib.train import sample_images
 net, stored = load_network(sys.argv[1])
 n = int(sys.argv[2])
-config = build.with_overrides(merged(stored.to_dict()), {"sampling.batch_size": 1000})
-x = sample_images(config, net.eval(), n, torch.device("cpu"), seed=1)
+exp = build.experiment(build.with_overrides(stored, {"sampling.batch_size": 1000}), mode="sample")
+x = sample_images(exp, net.eval(), n, torch.device("cpu"), seed=1)
 np.savez(Path(sys.argv[3]), samples=x.float().numpy())
 """
 
@@ -96,9 +95,9 @@ def memory_table(tmp: Path, sizes: list[int]) -> str:
 
 def overhead_table(tmp: Path, reps: int) -> str:
     from scorelib import build, sharding, tasks
-    from scorelib.checkpoint import load_network
-    from scorelib.defaults import merged
-    from scorelib.train import Runtime, sample_images
+    from scorelib.runtime import Runtime
+    from scorelib.sharing import load_network
+    from scorelib.train import sample_images
 
     torch.set_num_threads(1)
     data = tmp / "data"
@@ -113,22 +112,21 @@ def overhead_table(tmp: Path, reps: int) -> str:
         _train(run, args)
         net, stored = load_network(run)
         net = net.eval()
-        config = build.with_overrides(merged(stored.to_dict()), {"sampling.batch_size": chunk})
+        exp = build.experiment(build.with_overrides(stored, {"sampling.batch_size": chunk}), mode="sample")
         fresh = iter(range(10**9))  # a new chunk directory per call: every call draws all chunks
 
-        def plain(config=config, net=net, n=n, run=run) -> None:
-            x = sample_images(config, net, n, rt.device, seed=1)
+        def plain(exp=exp, net=net, n=n, run=run) -> None:
+            x = sample_images(exp, net, n, rt.device, seed=1)
             np.savez(run / "plain.npz", samples=x.float().numpy())
 
-        def draws(config=config, net=net, n=n, run=run, fresh=fresh) -> tuple:
-            store, cs, _ = tasks.draw_sharded(config, net, n, 1, rt, run / f"chunks_{next(fresh)}", "sample",
+        def draws(exp=exp, net=net, n=n, run=run, fresh=fresh) -> tuple:
+            store, cs, _ = tasks.draw_sharded(exp, net, n, 1, rt, run / f"chunks_{next(fresh)}", "sample",
                                               progress=False)
             return store, cs
 
-        def assembled(config=config, n=n, run=run, draws=draws) -> None:
+        def assembled(exp=exp, n=n, run=run, draws=draws) -> None:
             store, cs = draws()
-            sharding.write_npz_streamed(run / "sharded.npz", "samples", store.iter(cs),
-                                        (n, *build.data_spec(config).shape))
+            sharding.write_npz_streamed(run / "sharded.npz", "samples", store.iter(cs), (n, *exp.data.shape))
 
         wall, _ = interleaved({"plain": plain, "draws": draws, "assembled": assembled}, reps)
         cells = [f"{statistics.median(wall['plain']):.3f}"]

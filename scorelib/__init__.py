@@ -1,9 +1,16 @@
 """scorelib: score-based generative modelling in one σ-space interface (see docs/design.md).
 
 A score model is any callable `score(x, sigma) -> ∇ₓ log p_σ(x)` with x: [B, ...], sigma: [B].
+
+`import scorelib` loads the core only (docs/design.md §4). The experiment layer's public entry points
+`load`, `save` (scorelib.sharing) and `build` are resolved on first use.
 """
 
-from . import build
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .adapters import (
     ClassifierFreeGuidance,
     ClassifierGuidance,
@@ -19,7 +26,6 @@ from .adapters import (
     score_to_eps,
 )
 from .analytic import GaussianMixture
-from .checkpoint import load, save
 from .likelihood import bits_per_dim, log_likelihood
 from .losses import dsm_loss, eps_loss, hybrid_loss, ssm_loss, vlb_loss
 from .samplers import (
@@ -90,3 +96,15 @@ __all__ = [
     "vlb_loss",
     "vp_sigmas",
 ]
+
+# name -> the experiment-layer module that defines it, imported when the name is first used
+_LAZY = {"load": "sharing", "save": "sharing", "build": "build"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'scorelib' has no attribute {name!r}")
+    module = importlib.import_module(f".{_LAZY[name]}", __name__)
+    value = module if name == _LAZY[name] else getattr(module, name)
+    globals()[name] = value
+    return value

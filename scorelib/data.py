@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from .analytic import GaussianMixture
@@ -233,8 +234,6 @@ def load_mnist(root: str | Path, train: bool = True, download: bool = True, url:
 
 
 def _load_image(path: Path, size: int, crop: int, channels: int) -> np.ndarray:
-    from PIL import Image
-
     with Image.open(path) as im:
         im = im.convert("RGB" if channels == 3 else "L")
         w, h = im.size
@@ -334,8 +333,6 @@ def prepare_batch(images: Tensor, levels: int, random_flip: bool, uniform_dequan
 
 def save_image_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> None:
     """Write [N, C, H, W] images in [0, 1] as one PNG grid (atomically), scaled up for tiny images."""
-    from PIL import Image
-
     n, c, h, w = images.shape
     nrow = nrow or max(1, int(np.ceil(np.sqrt(n))))
     ncol = int(np.ceil(n / nrow))

@@ -3,11 +3,14 @@ change what differs; stored configs (checkpoints, shared models) are read on top
 added later get their defaults. Configs hold plain values only; `scorelib.build` reads them."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from ml_collections import ConfigDict
+
+from .checkpoint import CheckpointError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # holds configs/, which the config files import
 
@@ -95,14 +98,14 @@ def base() -> ConfigDict:
     t.target = "model"  # model | classifier (the noisy classifier of classifier guidance)
 
     c.sampling = s = ConfigDict()
-    s.method = "ald"  # ald | pc | ddpm | ddim | ode | heun | dpm_solver | unipc | fast
+    s.method = "ald"  # ald | pc | ddpm | ddim | ode | euler_ancestral | heun | dpm_solver | unipc | fast
     s.init = "uniform"  # uniform (NCSN) | gaussian (σ_max · z)
     s.n_steps_each = 5
     s.step_lr = 6.2e-6
     s.denoise = True
     s.n_steps = 0  # steps / levels of the grid (0 = noise.num_scales; fast: NFE budget, 0 = 10)
     s.spacing = "uniform"  # ddpm timestep respacing: uniform | leading | trailing | quadratic
-    s.eta = 0.0
+    s.eta = 0.0  # ddim and euler_ancestral: 0 deterministic, 1 ancestral
     s.variance = "large"  # ddpm ancestral: small (β̃) | large (β) | learned (the network's Σ; model.learn_sigma)
     s.clip_denoised = False  # ddpm ancestral and the DDPM VLB: clamp x̂₀ to [-1, 1] (improved-diffusion)
     s.predictor = "reverse_diffusion"
@@ -175,6 +178,17 @@ def merged(stored: dict) -> ConfigDict:
 
     lay(out, stored)
     return out
+
+
+def config_from_json(text: str, source: str | Path) -> ConfigDict:
+    """A stored config (JSON text from `source`), laid over the current defaults (`merged`)."""
+    try:
+        stored = json.loads(text)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise CheckpointError(f"{source}: the config is not valid JSON ({e})") from e
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{source}: the config is not a JSON object")
+    return merged(stored)
 
 
 class NoGetConfig(AttributeError):

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from .losses import prior_bpd, split_learned_variance, vlb_term
+from .losses import interpolated_log_variance, prior_bpd, split_learned_variance, vlb_term
 from .schedules import DDPMSchedule, gaussian_logp
 from .utils import ScoreFn, randn_like, sum_flat
 
@@ -120,8 +120,6 @@ def ddpm_vlb(model: Callable[..., Tensor], x0: Tensor, schedule: DDPMSchedule, v
     `clip_denoised`: x̂₀ clamped to [-1, 1] in every term (improved-diffusion `calc_bpd_loop`'s default).
     Returns (total [B], terms [B, T] with terms[:, t] = L_t of timestep index t (L_0 at 0)).
     """
-    from .losses import interpolated_log_variance
-
     terms = []
     for t_val in range(schedule.T):
         t = torch.full((x0.shape[0],), t_val, dtype=torch.long, device=x0.device)

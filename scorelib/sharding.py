@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from .checkpoint import atomic_write_bytes
-from .train import Runtime, step_seed
+from .runtime import Runtime, step_seed
 from .utils import format_duration
 
 
@@ -150,8 +151,6 @@ class Progress:
         self.done, self.next_report, self.t0 = 0, every * total, time.perf_counter()
         self.bar = None
         if self.enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, desc=desc, unit=unit.rstrip("s"), dynamic_ncols=True)
 
     def line(self) -> str:

@@ -12,21 +12,19 @@ import contextlib
 import copy
 import json
 import math
-import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from tqdm import tqdm
 
-from . import build
+from .build import DataSpec, Experiment, LossFn, load_dataset
 from .checkpoint import (
     checkpoint_path,
-    config_to_json,
     list_checkpoints,
     load_newest,
     prune_checkpoints,
@@ -36,54 +34,12 @@ from .checkpoint import (
 )
 from .data import ImageData, prepare_batch, save_image_grid, toy_data
 from .metrics.fid import to_unit_range
+from .runtime import Runtime, setup_runtime, step_seed
 from .utils import format_duration
 
 
 class TrainingError(RuntimeError):
     """Training stopped (non-finite loss, bad setup); the message says why and what was kept."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Process setup
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Runtime:
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_runtime(config: Any) -> Runtime:
-    """Device and (under torchrun) the process group: gloo on CPU, nccl on GPU."""
-    settings = build.train_settings(config)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    want = settings.device
-    use_cuda = torch.cuda.is_available() if want == "auto" else want == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise TrainingError("config.device='cuda' but no CUDA device is available")
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    if settings.threads > 0:
-        torch.set_num_threads(settings.threads)
-    return Runtime(rank, world, device)
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """A 63-bit seed that depends on (seed, step, rank) only."""
-    return (seed * 1_000_003 + step * 7919 + rank * 104_729 + 12_345) % (2**63 - 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,7 +51,7 @@ class Batches:
     """The batch of step k: positions [kB, (k+1)B) of an endless sequence of per-epoch permutations
     (seeded by epoch), this rank's slice of it, prepared on the device."""
 
-    def __init__(self, spec: build.DataSpec, seed: int, batch_size: int, data: ImageData | None, rt: Runtime):
+    def __init__(self, spec: DataSpec, seed: int, batch_size: int, data: ImageData | None, rt: Runtime):
         self.spec, self.seed, self.data, self.rt = spec, seed, data, rt
         if batch_size % rt.world:
             raise TrainingError(f"training.batch_size={batch_size} is not divisible by the {rt.world} processes")
@@ -146,22 +102,20 @@ def ema_update(ema: nn.Module, model: nn.Module, rate: float) -> None:
             eb.copy_(mb)
 
 
-def sample_images(config: Any, net: nn.Module, n: int, device: torch.device, seed: int = 0,
-                  classifier: nn.Module | None = None) -> Tensor:
-    """n samples of the config's sampler from network `net` (in eval mode), model-space [n, ...], in
-    batches of sampling.batch_size. Class-conditional models get `build.sampling_labels` and the
-    configured guidance."""
-    score = build.create_score_model(config, net).eval()
-    sample = build.create_sampler(config)
-    shape_one = build.data_spec(config).shape
-    batch_size = build.sample_settings(config).batch_size
+def sample_images(exp: Experiment, net: nn.Module, n: int, device: torch.device, seed: int = 0,
+                  classifier: nn.Module | None = None, batch_size: int | None = None) -> Tensor:
+    """n samples of the experiment's sampler from network `net` (in eval mode), model-space [n, ...],
+    in batches of `batch_size` (default sampling.batch_size), all drawn from one generator seeded
+    `seed`. Class-conditional models get `exp.guidance`'s labels and guidance."""
+    score = exp.to_score(net).eval()
+    size = batch_size or exp.sample.batch_size
     g = torch.Generator(device).manual_seed(seed)
     out = []
     with torch.no_grad():
-        for start in range(0, n, batch_size):
-            b = min(batch_size, n - start)
-            y = build.sampling_labels(config, b, g, device)
-            out.append(sample(build.guided_score(config, score, y, classifier), (b, *shape_one), g, device))
+        for start in range(0, n, size):
+            b = min(size, n - start)
+            y = exp.guidance.labels(b, g, device)
+            out.append(exp.sampler(exp.guidance.guided(score, y, classifier), (b, *exp.data.shape), g, device))
     return torch.cat(out)
 
 
@@ -184,16 +138,14 @@ def _tensorboard(workdir: Path) -> Any:
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=initial, disable=not (enabled and sys.stderr.isatty()), dynamic_ncols=True,
                 desc="train")
 
 
-def _snapshot(config: Any, workdir: Path, step: int, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
-              loss_fn: build.LossFn, keep: int) -> Path:
+def _snapshot(exp: Experiment, workdir: Path, step: int, net: nn.Module, ema: nn.Module,
+              opt: torch.optim.Optimizer, loss_fn: LossFn, keep: int) -> Path:
     state: dict[str, Any] = {"model": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                             "step": step, "config": config_to_json(config), "rng": rng_state()}
+                             "step": step, "config": exp.record, "rng": rng_state()}
     if loss_fn.timesteps is not None and hasattr(loss_fn.timesteps, "state_dict"):
         state["timesteps"] = loss_fn.timesteps.state_dict()
     path = checkpoint_path(workdir / "checkpoints", step)
@@ -202,23 +154,25 @@ def _snapshot(config: Any, workdir: Path, step: int, net: nn.Module, ema: nn.Mod
     return path
 
 
-def train(config: Any, workdir: str | Path) -> dict[str, Any]:
-    """Train (or resume) the config's model in `workdir`. Returns a summary dict.
+def train(exp: Experiment, workdir: str | Path) -> dict[str, Any]:
+    """Train (or resume) the experiment's network in `workdir`. Returns a summary dict.
 
     Writes WORKDIR/checkpoints/checkpoint_<step>.pt (the last `training.keep_checkpoints`),
     WORKDIR/samples/step_<step>.png (EMA samples at every snapshot), WORKDIR/metrics.jsonl, and
     WORKDIR/config.json; only rank 0 writes.
     """
-    rt = setup_runtime(config)
+    if exp.loss is None:
+        raise TrainingError("the experiment has no training objective (build it with mode='train')")
+    t, spec = exp.train, exp.data
+    rt = setup_runtime(t.device, t.threads)
     workdir = Path(workdir)
-    t, spec = build.train_settings(config), build.data_spec(config)
-    data = build.create_dataset(config)
+    data = load_dataset(spec)
     batches = Batches(spec, t.seed, t.batch_size, data, rt)
     torch.manual_seed(t.seed)  # the same initial weights on every rank and in every run
-    net = build.create_network(config).to(rt.device)
+    net = exp.network().to(rt.device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    opt = build.create_optimizer(config, net.parameters())
-    loss_fn = build.create_loss(config)
+    opt = exp.optimizer(net.parameters())
+    loss_fn = exp.loss.fresh()
     start = 0
     resumed = load_newest(workdir / "checkpoints", map_location=rt.device)
     if resumed is not None:
@@ -231,13 +185,14 @@ def train(config: Any, workdir: str | Path) -> dict[str, Any]:
         start = int(resumed["step"])
     if rt.is_main:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config_to_json(config))
+        (workdir / "config.json").write_text(exp.record)
     train_model: nn.Module = net
     if rt.world > 1:
         train_model = nn.parallel.DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type ==
                                                           "cuda" else None)
     if t.compile:
         train_model = torch.compile(train_model)
+    objective = loss_fn.bind(train_model)  # the σ-space wrapper, made once
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if t.amp and rt.device.type == "cuda"
                 else contextlib.nullcontext())
     metrics = _metrics_writer(workdir, start) if rt.is_main else None
@@ -254,11 +209,11 @@ def train(config: Any, workdir: str | Path) -> dict[str, Any]:
             torch.manual_seed(seed)  # dropout masks depend on the step only
             g = torch.Generator(rt.device).manual_seed(seed)
             x, y = batches(step, g)
-            lr = build.learning_rate(config, step)
+            lr = exp.learning_rate(step)
             for group in opt.param_groups:
                 group["lr"] = lr
             with autocast:
-                loss = loss_fn(train_model, x, y if t.uses_labels else None, g).float().mean()
+                loss = objective(x, y if t.uses_labels else None, g).float().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip)
@@ -298,11 +253,11 @@ def train(config: Any, workdir: str | Path) -> dict[str, Any]:
                 window_loss.zero_()
                 window_start, window_steps = time.perf_counter(), 0
             if (done % t.snapshot_freq == 0 or last) and rt.is_main:
-                _snapshot(config, workdir, done, net, ema, opt, loss_fn, t.keep_checkpoints)
+                _snapshot(exp, workdir, done, net, ema, opt, loss_fn, t.keep_checkpoints)
                 if t.snapshot_samples > 0 and spec.dataset != "toy" and t.target == "model":
-                    imgs = sample_images(config, ema, t.snapshot_samples, rt.device, seed=t.seed)
-                    value_range = (-1.0, 1.0) if spec.centered else (0.0, 1.0)
-                    save_image_grid(to_unit_range(imgs, value_range), workdir / "samples" / f"step_{done:08d}.png")
+                    imgs = sample_images(exp, ema, t.snapshot_samples, rt.device, seed=t.seed)
+                    save_image_grid(to_unit_range(imgs, spec.value_range), workdir / "samples" /
+                                    f"step_{done:08d}.png")
             bar.update(1)
     finally:
         bar.close()

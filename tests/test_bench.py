@@ -16,6 +16,7 @@ import torch
 from scorelib import bench, build
 from scorelib.checkpoint import config_to_json, save_checkpoint
 from scorelib.data import toy_mixture
+from scorelib.presets import resolve_config
 from scorelib.samplers._common import CountingScore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +24,7 @@ N = 64  # samples per row: enough for the metrics, seconds for the quick grid
 
 
 def toy_config():
-    config = bench.load_config("toy_gmm")[0]
+    config = resolve_config("toy_gmm")
     config.eval.n_samples = 512  # the true samples the metrics compare with
     return config
 
@@ -42,12 +43,13 @@ def _overspends(score, x0, g):  # claims 1 evaluation, makes 2
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     config = toy_config()
-    cases = bench.default_cases(config, quick=True)
+    workdir = tmp_path_factory.mktemp("toy")
+    exp = build.experiment(config, workdir, "bench")
+    cases = bench.default_cases(exp, quick=True)
     broken = bench.Case("broken", "broken", "raises", _boom, 1, True)
     liar = bench.Case("liar", "liar", "reports 1 NFE, makes 2", _overspends, 1, True)
     cases = [*cases[:3], broken, liar, *cases[3:]]
-    workdir = tmp_path_factory.mktemp("toy")
-    report = bench.run(config, workdir, quick=True, n_samples=N, cases=cases, progress=False)
+    report = bench.run(exp, workdir, quick=True, n_samples=N, cases=cases, progress=False)
     return config, cases, workdir, report
 
 
@@ -154,7 +156,7 @@ def test_equal_nfe_accounting_with_an_independent_counting_score():
                    "k-diffusion sample_euler (Karras)": 10, "k-diffusion sample_heun (Karras)": 2 * 10 - 1,
                    "k-diffusion sample_dpmpp_2m (exponential)": 10, "diffusers EDM dpm-solver++ 2M": 10}
     seen = 0
-    for case in bench.default_cases(config, quick=True):
+    for case in bench.default_cases(build.experiment(config), quick=True):
         if case.skip:
             continue
         counting = CountingScore(gmm)
@@ -176,8 +178,10 @@ def test_a_checkpoint_in_the_workdir_is_benchmarked_instead_of_the_exact_score(t
     net = build.create_model(config)
     save_checkpoint(tmp_path / "checkpoints" / "checkpoint_00000001.pt",
                     {"model": net.state_dict(), "ema": net.state_dict(), "config": config_to_json(config), "step": 1})
-    cases = [c for c in bench.default_cases(config, quick=True, peers=False) if c.family in ("ddim η=0", "ddim η=1")]
-    report = bench.run(toy_config(), tmp_path, n_samples=32, cases=cases, progress=False, plots=False)
+    cases = [c for c in bench.default_cases(build.experiment(config), quick=True, peers=False)
+             if c.family in ("ddim η=0", "ddim η=1")]
+    report = bench.run(build.experiment(toy_config(), tmp_path, "bench"), tmp_path, n_samples=32, cases=cases,
+                       progress=False, plots=False)
     assert "checkpoint" in report.meta["model"] and "EMA" in report.meta["model"]
     assert [r["status"] for r in report.rows] == ["reference", "reference", "ok", "ok"]
     assert math.isfinite(report.rows[2]["transport_error"]) and math.isnan(report.rows[3]["transport_error"])
@@ -188,7 +192,7 @@ def test_no_checkpoint_and_no_exact_score_is_a_clear_error(tmp_path):
     with config.unlocked():
         config.data.toy = "moons"
     with pytest.raises(bench.CheckpointError, match="no checkpoints"):
-        bench.run(config, tmp_path, quick=True, progress=False)
+        bench.run(build.experiment(config, tmp_path, "bench"), tmp_path, quick=True, progress=False)
 
 
 def test_module_entry_point(tmp_path):
@@ -225,7 +229,7 @@ def test_main_mode_bench_runs_the_full_grid(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = json.loads((tmp_path / "bench" / "results.json").read_text())["rows"]
     # every case of the full grid (peer rows: those of the peers installed, or one skip row) + 2 reference rows
-    expected = len(bench.default_cases(bench.load_config("toy_gmm")[0], quick=False, peers=True)) + 2
+    expected = len(bench.default_cases(build.experiment(resolve_config("toy_gmm")), quick=False, peers=True)) + 2
     assert len(rows) == expected > 60 and all(r["status"] in ("ok", "reference", "skipped") for r in rows)
     ddim = {r["settings"] for r in rows if r["sampler"] == "ddim"}
     assert {f"{n} steps, η={eta}" for n in (10, 20, 50, 100, 1000) for eta in ("0", "0.5", "1")} <= ddim

@@ -128,7 +128,7 @@ def trained(tmp_path_factory):
     c.training.snapshot_samples, c.training.eval_at_end = 0, False
     c.sampling.n_steps_each, c.sampling.batch_size = 1, 4
     c.eval.n_samples, c.eval.batch_size = 6, 6
-    train(c, base / "run")
+    train(build.experiment(c), base / "run")
     torch.manual_seed(0)
     weights = base / "random_inception.pth"
     torch.save(ev.FIDInceptionV3().state_dict(), weights)
@@ -153,20 +153,20 @@ def test_eval_checks_everything_before_sampling(trained, tmp_path, monkeypatch):
     c = _copy(config)
     c.eval.inception_path = str(tmp_path / "missing" / ev.INCEPTION_FILENAME)
     with pytest.raises(ev.InceptionWeightsNotFoundError, match=str(tmp_path / "missing")):
-        tasks.run_eval(c, run)
+        tasks.run_eval(build.experiment(c, run, "eval"), run)
     bad = tmp_path / "bad.pth"
     torch.save({"conv.weight": torch.zeros(1)}, bad)
     c.eval.inception_path = str(bad)
     with pytest.raises(build.ConfigError, match=r"eval.inception_path: .*bad\.pth"):
-        tasks.run_eval(c, run)
+        tasks.run_eval(build.experiment(c, run, "eval"), run)
     c = _copy(config)
     c.eval.stats_path = str(tmp_path / "nowhere.npz")
     with pytest.raises(build.ConfigError, match=r"eval.stats_path: cannot read .*nowhere\.npz"):
-        tasks.run_eval(c, run)
+        tasks.run_eval(build.experiment(c, run, "eval"), run)
     c = _copy(config)
     c.data.root, c.data.download = str(tmp_path / "no_data"), False
     with pytest.raises(DataError, match="no_data"):
-        tasks.run_eval(c, run)
+        tasks.run_eval(build.experiment(c, run, "eval"), run)
     assert not (run / "eval" / "metrics.json").exists()
 
 
@@ -177,7 +177,7 @@ def test_eval_checks_the_workdir_is_writable(trained, tmp_path, monkeypatch):
     shutil.copytree(run / "checkpoints", blocked / "checkpoints")
     (blocked / "eval").write_text("a file where WORKDIR/eval should be")  # unwritable even for root
     with pytest.raises(build.ConfigError, match=r"--workdir=.*blocked is not writable"):
-        tasks.run_eval(_copy(config), blocked)
+        tasks.run_eval(build.experiment(_copy(config), blocked, "eval"), blocked)
 
 
 def test_end_of_training_eval_is_checked_before_training(trained, tmp_path, monkeypatch):
@@ -187,7 +187,7 @@ def test_end_of_training_eval_is_checked_before_training(trained, tmp_path, monk
     c.eval.inception_path = str(tmp_path / "absent.pth")
     monkeypatch.setattr(tasks, "train", lambda *a: pytest.fail("trained before the evaluation was checked"))
     with pytest.raises(ev.InceptionWeightsNotFoundError, match=r"absent\.pth"):
-        tasks.run_train(c, tmp_path / "new_run")
+        tasks.run_train(build.experiment(c), tmp_path / "new_run")
 
 
 def test_eval_cli_missing_weights_is_one_line_and_draws_nothing(trained, tmp_path):
@@ -228,7 +228,7 @@ def test_eval_records_the_protocol_and_reads_a_reference_file(trained, tmp_path,
     c.eval.metrics = ("fid", "is")
     workdir = tmp_path / "w"
     shutil.copytree(run / "checkpoints", workdir / "checkpoints")
-    out = tasks.run_eval(c, workdir)
+    out = tasks.run_eval(build.experiment(c, workdir, "eval"), workdir)
     assert batches == [6, 6, 6, 6, 2]  # eval.batch_size = 6: the samples (6), then the 20 training images
     monkeypatch.setattr(ev.FIDInceptionV3, "pool3", _informative_pool3)
     stored = json.loads((workdir / "eval" / "metrics.json").read_text())
@@ -246,14 +246,14 @@ def test_eval_records_the_protocol_and_reads_a_reference_file(trained, tmp_path,
     shutil.copytree(config.data.root, moved)
     c2 = _copy(c)
     c2.data.root = str(moved)
-    again = tasks.run_eval(c2, workdir)
+    again = tasks.run_eval(build.experiment(c2, workdir, "eval"), workdir)
     assert again["fid_reference_cache"] != stored["fid_reference_cache"]
     assert again["fid"] == pytest.approx(out["fid"], rel=1e-6)  # same images, same samples
 
     # that cache as a pytorch-fid reference file gives the same FID; the file is recorded as the source
     c3 = _copy(c)
     c3.eval.stats_path = str(cache)
-    from_file = tasks.run_eval(c3, workdir)
+    from_file = tasks.run_eval(build.experiment(c3, workdir, "eval"), workdir)
     assert from_file["fid"] == pytest.approx(out["fid"], rel=1e-9)
     assert from_file["fid_reference_file"] == str(cache) and from_file["fid_reference_format"] == "pytorch-fid"
     assert from_file["fid_reference_split"] is None
@@ -261,6 +261,6 @@ def test_eval_records_the_protocol_and_reads_a_reference_file(trained, tmp_path,
     # the test split as the reference: labelled not comparable for that reason too
     c4 = _copy(c)
     c4.eval.reference_split = "test"
-    test_ref = tasks.run_eval(c4, workdir)
+    test_ref = tasks.run_eval(build.experiment(c4, workdir, "eval"), workdir)
     assert test_ref["fid_reference_count"] == 4 and "test split" in test_ref["fid_note"]
     assert test_ref["fid"] != pytest.approx(out["fid"])

@@ -305,7 +305,7 @@ def test_classifier_guidance_takes_a_published_classifier_file(tmp_path: Path) -
     flags = {"classifier": True, "image_size": 64, "classifier_width": 64, "classifier_depth": 1}
     config = build.with_overrides(published.openai_config(flags), {
         "training.target": "model", "sampling.guidance": "classifier", "classifier.workdir": str(path)})
-    classifier = tasks.guidance_classifier(config, torch.device("cpu"))
+    classifier = tasks.guidance_classifier(build.experiment(config, mode="sample"), torch.device("cpu"))
     with torch.no_grad():
         logits = classifier(inputs()[2], torch.tensor(rec["t"]))
     torch.testing.assert_close(logits.flatten(), torch.tensor(rec["seed1"]["logits"]), atol=2e-4, rtol=1e-4)
@@ -474,7 +474,7 @@ CLI_NCSNV2 = ("--config=ncsnv2_cifar", "--config.model.nf=16", "--config.data.im
 
 def test_cli_samples_from_a_published_ncsnv2_checkpoint(tmp_path: Path) -> None:
     from scorelib import build
-    from scorelib.checkpoint import load_network
+    from scorelib.sharing import load_network
     from scorelib.sharding import chunk_seed
     from scorelib.train import sample_images
 
@@ -494,7 +494,7 @@ def test_cli_samples_from_a_published_ncsnv2_checkpoint(tmp_path: Path) -> None:
     config = build.with_overrides(config, {"data.dataset": "cifar10", "device": "cpu"})
     net, _ = load_network(path, config=config)
     # chunk 0 of the sharded CLI sampler: 4 samples, one chunk of sampling.batch_size = 4
-    expected = sample_images(config, net, 4, torch.device("cpu"), seed=chunk_seed(config.seed + 1, 0))
+    expected = sample_images(build.experiment(config, mode="sample"), net, 4, torch.device("cpu"), seed=chunk_seed(config.seed + 1, 0))
     np.testing.assert_allclose(samples, expected.float().numpy(), rtol=1e-5, atol=1e-5)
     # a config that does not fit the file, and --checkpoint with training: one line each, exit 2
     wrong = run_main("--config=ddpm_cifar", "--mode=sample", f"--checkpoint={path}", f"--workdir={tmp_path / 'w'}")

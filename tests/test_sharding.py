@@ -18,7 +18,7 @@ from cli_helpers import ROOT, run_main, run_torchrun
 
 from scorelib import sharding
 from scorelib.metrics.fid import StreamingStatistics, feature_statistics, fid_from_features, frechet_distance
-from scorelib.train import Runtime
+from scorelib.runtime import Runtime
 
 CPU1 = Runtime(0, 1, torch.device("cpu"))
 
@@ -227,7 +227,7 @@ def test_image_eval_streams_inception_features_per_chunk(tmp_path, monkeypatch):
     from cli_helpers import write_fake_cifar10
 
     from scorelib import evaluate as ev
-    from scorelib import tasks
+    from scorelib import build, tasks
     from scorelib.defaults import base
 
     data = write_fake_cifar10(tmp_path / "data", n_per_batch=6)
@@ -252,7 +252,7 @@ def test_image_eval_streams_inception_features_per_chunk(tmp_path, monkeypatch):
     config.data.root, config.sampling.n_steps_each = str(data), 1
     config.eval.n_samples, config.eval.batch_size, config.eval.inception_path = 20, 8, "inception.pth"
     config.eval.reference_split = "test"
-    out = tasks.run_eval(config, run)
+    out = tasks.run_eval(build.experiment(config, run, "eval"), run)
     assert {"fid", "kid", "kid_std", "is", "is_std"} <= set(out) and out["n_samples"] == 20
     assert loads[0] == "inception.pth"
     store_dir = run / "eval" / "chunks"
@@ -260,7 +260,7 @@ def test_image_eval_streams_inception_features_per_chunk(tmp_path, monkeypatch):
         assert f["features"].shape == (4, 2048) and f["logits"].shape == (4, 1008)
         assert np.array_equal(f["indices"], [16, 17, 18, 19])
     x = torch.from_numpy(np.concatenate([np.load(store_dir / f"chunk_{k:06d}.npz")["samples"] for k in range(3)]))
-    test = tasks.build.create_dataset(config, train=False).images
+    test = build.create_dataset(config, train=False).images
     direct = ev.evaluate_samples(x, "images", value_range=(0.0, 1.0), real=test.float() / 255)
     assert out["fid"] > 1e-3 and out["is"] > 1.0 + 1e-6  # 10 splits of 2 samples: IS > 1 unless all agree
     for key in ("fid", "kid", "is"):

@@ -10,7 +10,8 @@ import torch
 from cli_helpers import write_fake_cifar10
 
 from scorelib import build
-from scorelib.checkpoint import list_checkpoints, load_checkpoint, load_network
+from scorelib.checkpoint import list_checkpoints, load_checkpoint
+from scorelib.sharing import load_network
 from scorelib.train import sample_images, train
 
 
@@ -37,14 +38,14 @@ def tiny(name: str, root) -> object:
 def test_few_training_steps(name, tmp_path):
     data = write_fake_cifar10(tmp_path / "data", n_per_batch=4)
     c = tiny(name, data)
-    train(c, tmp_path / "run")
+    train(build.experiment(c), tmp_path / "run")
     assert [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [3]
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "checkpoint_00000003.pt")
     if c.training.timestep_sampler == "importance":
         assert "timesteps" in state and int(state["timesteps"]["counts"].sum()) == 12
     assert (tmp_path / "run" / "samples" / "step_00000003.png").exists()
     net, _ = load_network(tmp_path / "run")
-    x = sample_images(c, net, 2, torch.device("cpu"))
+    x = sample_images(build.experiment(c, mode="sample"), net, 2, torch.device("cpu"))
     assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all()
 
 
@@ -54,14 +55,14 @@ def test_noisy_classifier_training_and_classifier_guidance(tmp_path):
     c.training.target = "classifier"
     c.classifier.nf, c.classifier.ch_mult, c.classifier.num_res_blocks = 32, (1, 2), 1
     c.classifier.attn_resolutions, c.classifier.num_head_channels = (16,), 8
-    train(c, tmp_path / "clf")
+    train(build.experiment(c), tmp_path / "clf")
     clf, stored = load_network(tmp_path / "clf")
     assert stored.training.target == "classifier"
     m = tiny("adm_cifar", data)
-    train(m, tmp_path / "model")
+    train(build.experiment(m), tmp_path / "model")
     net, _ = load_network(tmp_path / "model")
     m.sampling.guidance, m.sampling.guidance_scale = "classifier", 2.0
-    x = sample_images(m, net, 2, torch.device("cpu"), classifier=clf)
+    x = sample_images(build.experiment(m, mode="sample"), net, 2, torch.device("cpu"), classifier=clf)
     assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all()
     with pytest.raises(build.ConfigError, match="classifier"):
-        sample_images(m, net, 2, torch.device("cpu"))
+        sample_images(build.experiment(m, mode="sample"), net, 2, torch.device("cpu"))

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from sklearn.datasets import load_digits as sk_digits
 from torch import Tensor, nn
 
 from .fid import extract_features, fid_from_features, to_unit_range
@@ -33,8 +35,6 @@ def read_digits(train: bool = True) -> tuple[Tensor, Tensor]:
     labels [N] int64), N = DIGITS_TRAIN for training, the remaining 597 held out. The split is a fixed
     shuffle (numpy's legacy RandomState(0) stream, frozen across versions); `scorelib.data.load_digits`
     gives the generative models these same images."""
-    from sklearn.datasets import load_digits as sk_digits
-
     d = sk_digits()
     perm = np.random.RandomState(0).permutation(len(d.target))
     idx = perm[:DIGITS_TRAIN] if train else perm[DIGITS_TRAIN:]
@@ -102,8 +102,6 @@ def digits_feature_extractor(cache_dir: str | os.PathLike | None = None,
     cache_dir defaults to `default_cache_dir()`. A missing or unreadable checkpoint is retrained
     (seconds) and rewritten atomically. Returns the model in eval mode on `device`.
     """
-    from safetensors.torch import load_file, save_file
-
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = path / CHECKPOINT_NAME
     model = DigitsClassifier()

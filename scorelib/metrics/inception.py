@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -258,8 +259,6 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     """A state_dict from a .safetensors file or a torch.save file (weights_only: never runs code)."""
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)

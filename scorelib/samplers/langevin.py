@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import torch
+from scipy import optimize
+from scipy.stats import norm
 from torch import Tensor
 
 from ..adapters import score_to_denoised
@@ -80,9 +82,6 @@ def max_pairwise_distance(data: Tensor, chunk: int = 1024) -> float:
 
 def ncsnv2_ratio(dim: int) -> float:
     """γ = σ_{i-1}/σ_i solving Φ(√(2D)(γ-1) + 3γ) - Φ(√(2D)(γ-1) - 3γ) = 0.5 (Technique 2)."""
-    from scipy import optimize  # scipy loads here, not with `import scorelib` (CLI start-up)
-    from scipy.stats import norm
-
     c = math.sqrt(2 * dim)
     if c <= 3:  # then the difference of the two Φ's stays above 1/2 for every γ > 1
         raise ValueError(f"Technique 2 needs dimension D > 4.5 (√(2D) > 3); got D = {dim}")
@@ -106,8 +105,6 @@ def langevin_variance_ratio(eps: float, sigma_min: float, gamma: float, n_steps:
 def _step_lr_at_ratio(gamma: float, sigma_min: float, n_steps_each: int) -> float:
     """step_lr = ε minimising |eq. 7 - 1| at level ratio γ and T = n_steps_each (Technique 4); bounded
     search over ε/σ_L² ∈ [1e-8, 1] to 1e-10."""
-    from scipy import optimize
-
     res = optimize.minimize_scalar(
         lambda e: abs(langevin_variance_ratio(e * sigma_min**2, sigma_min, gamma, n_steps_each) - 1),
         bounds=(1e-8, 1.0), method="bounded", options={"xatol": 1e-10})

@@ -1,0 +1,211 @@
+"""Models as files: `save` / `load` (safetensors weights + the JSON config beside them), and reading
+weights from any checkpoint scorelib knows into a network: its own training checkpoints and
+workdirs, shared models, and the reference implementations' published files (`scorelib.published`).
+
+Nothing here can execute code from a file: safetensors holds tensors only, and every `torch.save` file
+is read with `weights_only=True` (docs/design.md §6).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from ml_collections import ConfigDict
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import build, published
+from .checkpoint import CheckpointError, atomic_write_bytes, config_to_json, list_checkpoints, load_newest
+from .defaults import config_from_json
+from .presets import resolve_config, stem_preset
+
+Weights = dict[str, torch.Tensor]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading weights
+# ---------------------------------------------------------------------------------------------
+
+
+def _newest_in(path: Path, ema: bool) -> tuple[Weights, str, Path]:
+    """(weights, stored config JSON, file) of the newest readable checkpoint of a workdir or folder."""
+    directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    ckpts = list_checkpoints(directory)
+    if not ckpts:
+        raise CheckpointError(f"no checkpoint_*.pt in {directory}")
+    state = load_newest(directory)
+    if state is None:
+        raise CheckpointError(f"no readable checkpoint in {directory}")
+    return state["ema"] if ema and state.get("ema") else state["model"], state["config"], ckpts[-1][1]
+
+
+def _safetensors(path: Path) -> tuple[Weights, str, Path]:
+    """(weights, config JSON, its file) of a shared model (`save`'s format)."""
+    cfg_path = path.with_suffix(".json")
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
+    if not cfg_path.exists():
+        raise CheckpointError(f"{path}: its config {cfg_path} is missing")
+    try:
+        weights = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from e
+    return weights, cfg_path.read_text(), path
+
+
+def read_checkpoint(path: str | Path, ema: bool = True) -> tuple[Any, str | None, Path]:
+    """What a checkpoint file or folder holds: (weights, stored config JSON, source) for scorelib's own
+    formats (EMA weights when present and `ema`), or (the object as read, None, path) for a published
+    file of the reference code, whose layout `scorelib.published` tells."""
+    path = Path(path)
+    if path.is_dir() and published.is_diffusers_folder(path):
+        raise CheckpointError(f"{path} is a diffusers folder: scorelib.load gives its score model, but it has "
+                              f"no scorelib network to train, sample with the CLI or export")
+    if path.is_dir():
+        return _newest_in(path, ema)
+    if path.suffix == ".safetensors":
+        return _safetensors(path)
+    state = published.read_torch_file(path)
+    if isinstance(state, dict) and "model" in state and "config" in state:
+        return state["ema"] if ema and state.get("ema") else state["model"], state["config"], path
+    return state, None, path
+
+
+def _fit(net: nn.Module, state: Weights, source: Path) -> None:
+    """Load scorelib-format weights into `net`; a mismatch names the keys or the shapes that differ."""
+    missing, unexpected = set(net.state_dict()) - set(state), set(state) - set(net.state_dict())
+    if missing or unexpected:
+        def fmt(keys: set[str]) -> str:
+            keys_sorted = sorted(keys)
+            return ", ".join(keys_sorted[:5]) + (f" (+{len(keys_sorted) - 5} more)" if len(keys_sorted) > 5 else "")
+
+        parts = ([f"missing {fmt(missing)}"] if missing else []) + ([f"unexpected {fmt(unexpected)}"] if unexpected
+                                                                    else [])
+        raise CheckpointError(f"{source}: the weights do not match the config's network: {'; '.join(parts)}")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{source}: the weights do not match the config's network: "
+                              f"{str(e).splitlines()[-1].strip()}") from e
+
+
+def _check_family(fmt: str, family: str, path: Path) -> None:
+    if family not in published.FORMAT_MODELS[fmt]:
+        raise CheckpointError(f"{path} holds a {fmt} network, but the config describes {family!r} "
+                              f"(one of {', '.join(published.FORMAT_MODELS[fmt])} fits)")
+
+
+def fit_published(net: nn.Module, state: Any, path: Path, family: str, variant: str, ema: bool = True) -> None:
+    """Load a reference implementation's checkpoint object `state` (as read from `path`) into `net`,
+    a scorelib network of `family` (model.name or "classifier"; NCSN depth `variant`)."""
+    fmt = published.detect_format(state, path)
+    _check_family(fmt, family, path)
+    published.fit_weights(net, published.published_weights(fmt, state, net, variant, ema, path), path, fmt)
+
+
+def load_weights(net: nn.Module, path: str | Path, family: str, variant: str, ema: bool = True) -> nn.Module:
+    """`net` (a new network of `family`, e.g. `Experiment.network()`) with the weights of the checkpoint
+    at `path` (any format of `read_checkpoint`), in eval mode; a CheckpointError names the file."""
+    weights, stored, source = read_checkpoint(path, ema)
+    if stored is None:
+        fit_published(net, weights, source, family, variant, ema)
+    else:
+        _fit(net, weights, source)
+    return net.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks with their configs
+# ---------------------------------------------------------------------------------------------
+
+
+def _published_config(path: Path, state: Any, config: Any) -> ConfigDict:
+    """The config of a published checkpoint: `config` resolved (a ConfigDict, a configs/ name, a path or
+    "openai:<preset>"), or the OpenAI preset its file name tells."""
+    if config is None:
+        fmt = published.detect_format(state, path)
+        preset = stem_preset(path) if fmt.startswith("openai") else None
+        if preset is None:
+            raise CheckpointError(f"{path} is a {fmt} checkpoint, which carries no architecture: pass a config "
+                                  f"(e.g. {published.FORMAT_CONFIGS[fmt]})")
+        config = f"openai:{preset}"
+    return resolve_config(config)
+
+
+def load_network(path: str | Path, ema: bool = True, config: Any = None) -> tuple[nn.Module, ConfigDict]:
+    """(network, config) from a .safetensors file (config in the .json beside it), a training
+    checkpoint (.pt; EMA weights when present and `ema`), a workdir (its newest checkpoint), or a
+    published checkpoint of the reference code (scorelib.published: ncsn, ncsnv2, score_sde, ddim,
+    improved-/guided-diffusion), whose architecture and noise process `config` gives (a ConfigDict, a
+    configs/ name, a path or "openai:<preset>"; the released OpenAI files are also known by name)."""
+    weights, stored, source = read_checkpoint(path, ema)
+    if stored is None:
+        config = _published_config(source, weights, config)
+        try:
+            family = build.network_family(config)
+            _check_family(published.detect_format(weights, source), family, source)
+            net = build.create_network(config)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{source}: the config does not describe a known network ({e})") from e
+        fit_published(net, weights, source, family, build.network_variant(config), ema)
+        return net.eval(), config
+    config = config_from_json(stored, source.with_suffix(".json") if source.suffix == ".safetensors" else source)
+    try:
+        net = build.create_network(config)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: its config does not describe a known network ({e})") from e
+    _fit(net, weights, source)
+    return net.eval(), config
+
+
+def load(path: str | Path, config: Any = None, ema: bool = True) -> nn.Module:
+    """A ready σ-space model (eval mode) from `save`'s format, a training checkpoint, a workdir, a
+    published checkpoint of the reference code (see `load_network`) or a diffusers folder (through
+    diffusers). A noisy classifier comes back as a σ-space classifier(x, sigma) -> logits [B, K].
+    Never executes code; errors name the file. The config travels with the model
+    (`model.scorelib_config`), so `save(model, path)` exports it."""
+    if Path(path).is_dir() and published.is_diffusers_folder(Path(path)):
+        return published.load_diffusers(Path(path))
+    net, config = load_network(path, ema, config)
+    model = build.create_sigma_model(config, net).eval()
+    model.scorelib_config = config
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+
+def _network_state(model: nn.Module, config: ConfigDict) -> Weights:
+    """The state_dict of the network inside `model` (the network itself or a σ-space wrapper of it)."""
+    with torch.device("meta"):
+        want = set(build.create_network(config).state_dict())
+    for module in model.modules():
+        sd = module.state_dict()
+        if set(sd) == want:
+            return sd
+    raise CheckpointError("the model's parameters do not match the network the config describes")
+
+
+def save(model: nn.Module, path: str | Path, config: ConfigDict | None = None) -> None:
+    """Share a model: safetensors weights at `path` (…/name.safetensors) and the JSON config beside
+    them (…/name.json). `model` is the network or its σ-space score model; `config` defaults to the one
+    `load` attached (so any loaded model, published checkpoints included, exports as it is)."""
+    if config is None:
+        config = getattr(model, "scorelib_config", None)
+        if config is None:
+            raise CheckpointError("save needs the model's config (only models from scorelib.load carry one)")
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    state = {k: v.detach().contiguous().clone() for k, v in _network_state(model, config).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp), metadata={"format": "scorelib"})
+    os.replace(tmp, path)
+    atomic_write_bytes(path.with_suffix(".json"), lambda f: f.write(config_to_json(config).encode()))

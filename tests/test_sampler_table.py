@@ -1,0 +1,92 @@
+"""The sampler table (`build.sampling.SAMPLERS`): every entry's NFE is what it spends, its
+`deterministic` flag is true to its draws, it reads the fields it says; and the Euler ancestral entry
+is k-diffusion's `sample_euler_ancestral` draw for draw."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from oracles import F64, mixture
+
+from scorelib import build
+from scorelib.adapters import score_to_denoised
+from scorelib.presets import resolve_config
+from scorelib.samplers._common import CountingScore
+
+GMM = mixture(d=2, k=3, seed=1)
+
+
+def toy(method: str, **sampling) -> build.Sampler:
+    """The toy_gmm sampler of `method` with a short grid (σ 10 → 0.01)."""
+    c = resolve_config("toy_gmm")
+    overrides = {"sampling.method": method, "sampling.n_steps": 6, "sampling.n_steps_each": 2,
+                 "sampling.init": "gaussian", "sampling.rtol": 1e-3, "sampling.atol": 1e-3}
+    overrides.update({f"sampling.{k}": v for k, v in sampling.items()})
+    if method == "ald":
+        overrides["noise.num_scales"] = 6
+    return build.create_sampler(build.with_overrides(c, overrides))
+
+
+@pytest.mark.parametrize("method", list(build.SAMPLERS))
+def test_every_entry_spends_the_nfe_it_states_and_keeps_its_determinism(method):
+    sampler = toy(method, eta=0.5)
+    counting = CountingScore(GMM)
+    x = sampler(counting, (64, 2), torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert x.shape == (64, 2) and torch.isfinite(x).all()
+    if sampler.nfe > 0:
+        assert counting.nfe == sampler.nfe, (counting.nfe, sampler.nfe)
+    else:  # adaptive (the ODE): NFE -1
+        assert method == "ode" and counting.nfe > 0
+    # the same initial x, different later noise: equal iff the entry says it is deterministic
+    x0 = sampler.initial((64, 2), torch.Generator().manual_seed(0), torch.device("cpu"))
+    runs = [sampler.entry.run(sampler.options, GMM, x0.clone(), sampler.grid, torch.Generator().manual_seed(s))
+            for s in (1, 2)]
+    assert torch.equal(*runs) == sampler.deterministic, method
+
+
+@pytest.mark.parametrize("method", list(build.SAMPLERS))
+def test_every_entry_reads_the_fields_it_describes(method):
+    sampler = toy(method)
+    assert set(build.SAMPLER_FIELDS[method]) <= sampler.reads()
+    for field in build.SAMPLER_FIELDS[method]:
+        assert f"{field}=" in sampler.describe()
+
+
+def k_diffusion_euler_ancestral(score, x, sigmas, eta):
+    """k-diffusion sampling.py `sample_euler_ancestral` with `get_ancestral_step`, written out, noise from
+    `torch.randn_like` (its default noise sampler) on the global generator."""
+    for i in range(len(sigmas) - 1):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        sigma = torch.full((x.shape[0],), s, dtype=x.dtype)
+        denoised = score_to_denoised(x, score(x, sigma), sigma)
+        up = min(s_next, eta * (s_next**2 * (s**2 - s_next**2) / s**2) ** 0.5) if eta else 0.0
+        down = (s_next**2 - up**2) ** 0.5
+        x = x + (x - denoised) / s * (down - s)
+        if s_next > 0:
+            x = x + torch.randn_like(x) * up
+    return x
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.5, 0.0])
+def test_euler_ancestral_is_k_diffusions_draw_for_draw(eta):
+    sampler = toy("euler_ancestral", eta=eta, n_steps=12)
+    assert sampler.nfe == 12 and sampler.deterministic == (eta == 0)
+    got = sampler(GMM, (256, 2), torch.Generator().manual_seed(3), torch.device("cpu"))
+    torch.manual_seed(3)  # the reference: x_T = σ_max·randn, then randn_like per step
+    grid = sampler.grid.float()
+    x = float(grid[0]) * torch.randn(256, 2)
+    want = k_diffusion_euler_ancestral(GMM, x, grid, eta)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_euler_ancestral_samples_the_mixture():
+    """η = 1 with many levels samples p_data: the first two moments of the exact mixture."""
+    sampler = toy("euler_ancestral", eta=1.0, n_steps=200)
+    x = sampler(lambda x, s: GMM.score(x.double(), s.double()).to(x.dtype), (8000, 2),
+                torch.Generator().manual_seed(0), torch.device("cpu")).to(F64)
+    ref = GMM.sample(8000, generator=torch.Generator().manual_seed(1)).to(F64)
+    assert torch.allclose(x.mean(0), ref.mean(0), atol=0.1)
+    assert torch.allclose(x.std(0), ref.std(0), rtol=0.05)
+    assert math.isfinite(float(x.abs().max()))
