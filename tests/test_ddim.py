@@ -111,7 +111,7 @@ def test_ddpm_small_variance_is_ddim_eta1():
     sigmas = timesteps_to_sigmas(ABAR, respace_timesteps(1000, 30, "uniform"))
     x = sigmas[0] * torch.randn(8, 2, dtype=F64)
     a = ddim(gmm, x, sigmas, eta=1.0, generator=torch.Generator().manual_seed(3))
-    b = ddpm_ancestral(gmm, x, sigmas, "small", generator=torch.Generator().manual_seed(3))
+    b = ddpm_ancestral(gmm, x, sigmas, variance="small", generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(a, b)
 
 

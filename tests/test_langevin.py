@@ -27,8 +27,10 @@ def test_final_denoise_moves_by_sigma_L_squared_times_score():
     gmm = toy_mixture("gmm8")
     sigmas = geometric_sigmas(5.0, 0.3, 4)
     x = 5.0 * torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
-    raw = annealed_langevin(gmm, x, sigmas, 3, 0.01, denoise=False, generator=torch.Generator().manual_seed(2))
-    den = annealed_langevin(gmm, x, sigmas, 3, 0.01, denoise=True, generator=torch.Generator().manual_seed(2))
+    raw = annealed_langevin(gmm, x, sigmas, n_steps_each=3, step_lr=0.01, denoise=False,
+                            generator=torch.Generator().manual_seed(2))
+    den = annealed_langevin(gmm, x, sigmas, n_steps_each=3, step_lr=0.01, denoise=True,
+                            generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(den - raw, 0.3**2 * gmm(raw, torch.full((64,), 0.3)), rtol=1e-5, atol=1e-6)
 
 

@@ -474,8 +474,8 @@ CLI_NCSNV2 = ("--config=ncsnv2_cifar", "--config.model.nf=16", "--config.data.im
 
 def test_cli_samples_from_a_published_ncsnv2_checkpoint(tmp_path: Path) -> None:
     from scorelib import build
-    from scorelib.sharing import load_network
     from scorelib.sharding import chunk_seed
+    from scorelib.sharing import load_network
     from scorelib.train import sample_images
 
     path = tmp_path / "checkpoint_5000.pth"
@@ -494,7 +494,8 @@ def test_cli_samples_from_a_published_ncsnv2_checkpoint(tmp_path: Path) -> None:
     config = build.with_overrides(config, {"data.dataset": "cifar10", "device": "cpu"})
     net, _ = load_network(path, config=config)
     # chunk 0 of the sharded CLI sampler: 4 samples, one chunk of sampling.batch_size = 4
-    expected = sample_images(build.experiment(config, mode="sample"), net, 4, torch.device("cpu"), seed=chunk_seed(config.seed + 1, 0))
+    expected = sample_images(build.experiment(config, mode="sample"), net, 4, torch.device("cpu"),
+                             seed=chunk_seed(config.seed + 1, 0))
     np.testing.assert_allclose(samples, expected.float().numpy(), rtol=1e-5, atol=1e-5)
     # a config that does not fit the file, and --checkpoint with training: one line each, exit 2
     wrong = run_main("--config=ddpm_cifar", "--mode=sample", f"--checkpoint={path}", f"--workdir={tmp_path / 'w'}")

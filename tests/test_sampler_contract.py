@@ -26,7 +26,7 @@ SAMPLERS = {
         lambda s, x, g, **kw: annealed_langevin(s, x, g[:-1], n_steps_each=2, step_lr=1e-3, **kw), 8 * 2 + 1),
     "ddim_eta0": (lambda s, x, g, **kw: ddim(s, x, g, **kw), 8),
     "ddim_eta05": (lambda s, x, g, **kw: ddim(s, x, g, eta=0.5, **kw), 8),
-    "ddpm_large": (lambda s, x, g, **kw: ddpm_ancestral(s, x, g, "large", **kw), 8),
+    "ddpm_large": (lambda s, x, g, **kw: ddpm_ancestral(s, x, g, variance="large", **kw), 8),
     "pc": (lambda s, x, g, **kw: pc_sampler(s, x, g, **kw), 16),
     "heun": (lambda s, x, g, **kw: heun(s, x, g, **{k: v for k, v in kw.items() if k != "generator"}), 15),
     "heun_churn": (lambda s, x, g, **kw: heun(s, x, g, s_churn=5.0, **kw), 15),

@@ -226,8 +226,8 @@ class _FakeInception(torch.nn.Module):
 def test_image_eval_streams_inception_features_per_chunk(tmp_path, monkeypatch):
     from cli_helpers import write_fake_cifar10
 
-    from scorelib import evaluate as ev
     from scorelib import build, tasks
+    from scorelib import evaluate as ev
     from scorelib.defaults import base
 
     data = write_fake_cifar10(tmp_path / "data", n_per_batch=6)

@@ -100,7 +100,8 @@ def ode_case(exp: Experiment, tol: float) -> Case:
              f"--config.sampling.atol={tol:g} --config.sampling.denoise=True")
 
     def sample(score: ScoreFn, x0: Tensor, g: torch.Generator) -> tuple[Tensor, int]:
-        return probability_flow(score, x0, sigma_max, sigma_min, "dopri5", tol, tol, denoise=True, return_nfe=True)
+        return probability_flow(score, x0, sigma_max, sigma_min, method="dopri5", rtol=tol, atol=tol, denoise=True,
+                                return_nfe=True)
 
     return Case("probability_flow", "ode (dopri5)", f"rtol=atol={tol:g}", sample, None, True, flags)
 

@@ -40,15 +40,15 @@ def known_projector(known: Tensor, mask: Tensor, generator: torch.Generator | No
     return project
 
 
-def inpaint_langevin(score: ScoreFn, x: Tensor, sigmas: Tensor, known: Tensor, mask: Tensor,
+def inpaint_langevin(score: ScoreFn, x: Tensor, sigmas: Tensor, known: Tensor, mask: Tensor, *,
                      n_steps_each: int = 100, step_lr: float = 2e-5, denoise: bool = True,
                      generator: torch.Generator | None = None) -> Tensor:
     """Imputation with annealed Langevin dynamics (Song & Ermon 2019, Appendix B.3): at each level the
     known entries are set to y + σ_i z and re-imposed after every step. x: [B, ...] initial noise.
     The result carries the clean known values where mask = 1."""
     project = known_projector(known, mask, generator, once_per_level=True)
-    x = annealed_langevin(score, x, sigmas, n_steps_each, step_lr, denoise=denoise, generator=generator,
-                          project=project)
+    x = annealed_langevin(score, x, sigmas, n_steps_each=n_steps_each, step_lr=step_lr, denoise=denoise,
+                          generator=generator, project=project)
     return project(x, 0.0)
 
 

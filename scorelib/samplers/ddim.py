@@ -45,7 +45,7 @@ def _posterior_step_loop(score: ScoreFn, x: Tensor, down: list[float], up: list[
     return x
 
 
-def ddim(score: ScoreFn, x: Tensor, sigmas: Tensor, eta: float = 0.0, generator: torch.Generator | None = None,
+def ddim(score: ScoreFn, x: Tensor, sigmas: Tensor, *, eta: float = 0.0, generator: torch.Generator | None = None,
          callback: Callback = None) -> Tensor:
     """DDIM with stochasticity η ∈ [0, 1] on the σ grid `sigmas` [n] (descending; the last may be 0,
     then the result is the denoised sample). x: [B, ...] at sigmas[0]. NFE = n - 1.
@@ -76,7 +76,7 @@ def respaced_betas(s64: Tensor) -> tuple[Tensor, Tensor]:
     return beta, beta_tilde
 
 
-def ddpm_ancestral(score: ScoreFn, x: Tensor, sigmas: Tensor, variance: str = "small",
+def ddpm_ancestral(score: ScoreFn, x: Tensor, sigmas: Tensor, *, variance: str = "small",
                    generator: torch.Generator | None = None, callback: Callback = None, clip_denoised: bool = False,
                    guidance: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) on a σ grid, in σ-space.

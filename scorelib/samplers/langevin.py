@@ -15,7 +15,7 @@ from ..adapters import score_to_denoised
 from ._common import Callback, Project, ScoreFn, add_noise, prepare_grid
 
 
-def annealed_langevin(score: ScoreFn, x: Tensor, sigmas: Tensor, n_steps_each: int = 100, step_lr: float = 2e-5,
+def annealed_langevin(score: ScoreFn, x: Tensor, sigmas: Tensor, *, n_steps_each: int = 100, step_lr: float = 2e-5,
                       denoise: bool = True, generator: torch.Generator | None = None,
                       callback: Callback = None, project: Project = None) -> Tensor:
     """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1, in the reference-code convention):
@@ -51,7 +51,7 @@ def annealed_langevin(score: ScoreFn, x: Tensor, sigmas: Tensor, n_steps_each: i
     return x
 
 
-def langevin(score: ScoreFn, x: Tensor, sigma: float, n_steps: int = 1000, step_size: float = 0.05,
+def langevin(score: ScoreFn, x: Tensor, sigma: float, *, n_steps: int = 1000, step_size: float = 0.05,
              generator: torch.Generator | None = None, callback: Callback = None) -> Tensor:
     """Plain (unadjusted) Langevin dynamics at one noise level: x ← x + ε s(x, σ) + √(2ε) z. x: [B, ...]."""
     sig_b = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)

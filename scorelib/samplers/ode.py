@@ -44,7 +44,7 @@ def integrate_flow(score: ScoreFn, x: Tensor, sigma_from: float, sigma_to: float
     return out, counting.nfe
 
 
-def probability_flow(score: ScoreFn, x: Tensor, sigma_max: float, sigma_min: float, method: str = "dopri5",
+def probability_flow(score: ScoreFn, x: Tensor, sigma_max: float, sigma_min: float, *, method: str = "dopri5",
                      rtol: float = 1e-5, atol: float = 1e-5, denoise: bool = True,
                      options: dict[str, Any] | None = None, return_nfe: bool = False,
                      callback: Callback = None) -> Tensor | tuple[Tensor, int]:

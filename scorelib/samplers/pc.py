@@ -85,7 +85,7 @@ def corrector_step(score: ScoreFn, x: Tensor, sigma_b: Tensor, sigma: float, cor
     return x_mean + (2 * step).sqrt() * z, x_mean
 
 
-def pc_sampler(score: ScoreFn, x: Tensor, sigmas: Tensor, predictor: str = "reverse_diffusion",
+def pc_sampler(score: ScoreFn, x: Tensor, sigmas: Tensor, *, predictor: str = "reverse_diffusion",
                corrector: str = "langevin", snr: float = 0.16, n_corrector_steps: int = 1, denoise: bool = True,
                generator: torch.Generator | None = None, callback: Callback = None, project: Project = None,
                betas: Tensor | None = None) -> Tensor:

@@ -18,7 +18,7 @@ from ..schedules import append_zero, geometric_sigmas, karras_sigmas
 from ._common import Callback, ScoreFn, add_noise, denoised, prepare_grid
 
 
-def heun(score: ScoreFn, x: Tensor, sigmas: Tensor, s_churn: float = 0.0, s_tmin: float = 0.0,
+def heun(score: ScoreFn, x: Tensor, sigmas: Tensor, *, s_churn: float = 0.0, s_tmin: float = 0.0,
          s_tmax: float = math.inf, s_noise: float = 1.0, generator: torch.Generator | None = None,
          callback: Callback = None) -> Tensor:
     """EDM's 2nd-order Heun sampler (Karras et al. 2022, Algorithm 2; Algorithm 1 when s_churn = 0).
@@ -63,7 +63,7 @@ def _step_orders(n_steps: int, order: int, lower_order_final: bool) -> list[int]
     return orders
 
 
-def dpm_solver_pp(score: ScoreFn, x: Tensor, sigmas: Tensor, order: int = 2, lower_order_final: bool = True,
+def dpm_solver_pp(score: ScoreFn, x: Tensor, sigmas: Tensor, *, order: int = 2, lower_order_final: bool = True,
                   callback: Callback = None) -> Tensor:
     """Multistep DPM-Solver++ (Lu et al. 2022b, Algorithms 1-2) of order 1, 2 or 3 (1 = DDIM).
 
@@ -146,7 +146,7 @@ def _unipc_weights(rks: list[float], h: float, variant: str) -> tuple[list[float
     return rho_p, rho_c, b_h
 
 
-def unipc(score: ScoreFn, x: Tensor, sigmas: Tensor, order: int = 3, variant: str = "bh2",
+def unipc(score: ScoreFn, x: Tensor, sigmas: Tensor, *, order: int = 3, variant: str = "bh2",
           lower_order_final: bool = True, callback: Callback = None) -> Tensor:
     """UniPC multistep predictor-corrector (Zhao et al. 2023) with data prediction, order 1-3.
 
@@ -268,7 +268,7 @@ def fast_sample_plan(sigma_max: float, sigma_min: float, nfe: int, data_diameter
     return append_zero(torch.cat([tail.new_tensor([sigma_max]), tail])), order
 
 
-def fast_sample(score: ScoreFn, x: Tensor, sigma_max: float, sigma_min: float, nfe: int,
+def fast_sample(score: ScoreFn, x: Tensor, sigma_max: float, sigma_min: float, nfe: int, *,
                 data_diameter: float | None = None, probe: bool = True) -> Tensor:
     """The most accurate deterministic sampler of this library for a budget of `nfe` score evaluations
     (never more): the probability-flow ODE from σ_max to σ_min followed by the Tweedie step, solved by
