@@ -90,3 +90,20 @@ def test_euler_ancestral_samples_the_mixture():
     assert torch.allclose(x.mean(0), ref.mean(0), atol=0.1)
     assert torch.allclose(x.std(0), ref.std(0), rtol=0.05)
     assert math.isfinite(float(x.abs().max()))
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+def test_euler_ancestral_equals_k_diffusion_itself(eta):
+    """The optional oracle: k-diffusion's own `sample_euler_ancestral` (skipped when not installed)."""
+    from scorelib.peers import k_diffusion_sampling
+
+    k = k_diffusion_sampling()
+    if k is None:
+        pytest.skip("k-diffusion is not installed")
+    sampler = toy("euler_ancestral", eta=eta, n_steps=12)
+    got = sampler(GMM, (512, 2), torch.Generator().manual_seed(3), torch.device("cpu"))
+    torch.manual_seed(3)
+    grid = sampler.grid.float()
+    x = float(grid[0]) * torch.randn(512, 2)
+    want = k.sample_euler_ancestral(lambda x, s: score_to_denoised(x, GMM(x, s), s), x, grid, eta=eta, disable=True)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
