@@ -147,7 +147,7 @@ def main(argv: list[str]) -> None:
             config = build.with_overrides(config, {"sampling.checkpoint": FLAGS.checkpoint})
         for warning in validate.check_run(config, workdir, mode, OVERRIDDEN, FLAGS.quick):
             if os.environ.get("RANK", "0") == "0":
-                print(f"scorelib: warning: {warning}", file=sys.stderr)
+                print(f"{PROG[0]}: warning: {warning}", file=sys.stderr)
         exp = build.experiment(config, workdir, mode)
         if mode == "bench":
             bench.run(exp, workdir, quick=FLAGS.quick, n_samples=FLAGS.bench_samples or None,

@@ -53,7 +53,11 @@ def trained_network(exp: Experiment, source: Path, device: torch.device) -> torc
     """The experiment's network with the EMA weights of the newest checkpoint at `source`, in eval mode
     on `device`. `build.experiment` has already laid the checkpoint's stored architecture over the
     config; a published checkpoint of the reference code (scorelib.published) carries none."""
-    return load_weights(exp.network(), source, exp.family, exp.variant).to(device).eval()
+    try:
+        net = exp.network()
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # a stored config of an older layout
+        raise CheckpointError(f"{source}: its config does not describe a known network ({e})") from e
+    return load_weights(net, source, exp.family, exp.variant).to(device).eval()
 
 
 def guidance_classifier(exp: Experiment, device: torch.device) -> torch.nn.Module | None:

@@ -107,3 +107,16 @@ def test_euler_ancestral_equals_k_diffusion_itself(eta):
     x = float(grid[0]) * torch.randn(512, 2)
     want = k.sample_euler_ancestral(lambda x, s: score_to_denoised(x, GMM(x, s), s), x, grid, eta=eta, disable=True)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_combination_no_reference_defines_stops_sampling_not_the_experiment():
+    """build.create_sampler refuses it at once (validate reports it before a run); an Experiment keeps it
+    until it samples, so a checkpoint's stored noise process cannot stop --mode=likelihood."""
+    c = build.with_overrides(resolve_config("ddpmpp_cifar"), {"noise.kind": "subvp", "sampling.method": "pc",
+                                                              "sampling.predictor": "ancestral"})
+    with pytest.raises(build.ConfigError, match="no sub-VP form"):
+        build.create_sampler(c)
+    exp = build.experiment(c, mode="likelihood")
+    assert exp.sampler.nfe == 2 * c.noise.num_scales
+    with pytest.raises(build.ConfigError, match="no sub-VP form"):
+        exp.sampler(GMM, (2, 2), torch.Generator().manual_seed(0), torch.device("cpu"))

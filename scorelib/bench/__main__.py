@@ -46,6 +46,8 @@ def translate(argv: list[str]) -> list[str]:
                     _fail(f"{name} needs a value")
                 i, value = i + 1, argv[i + 1]
             out.append(f"{VALUED[name]}={_config_path(value) if name == '--config' else value}")
+        elif arg in ("-h", "--help"):
+            out.append("--helpshort")
         elif arg in SWITCHES:
             out.append(SWITCHES[arg])
         elif arg.startswith("--config.") and eq:

@@ -16,6 +16,7 @@ available here for scripts and tests; each reads its fields once.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import config_to_json
+from ..checkpoint import CheckpointError, config_to_json
 from ..schedules import DDPMSchedule
 from .configs import (
     checkpoint_source,
@@ -168,30 +169,43 @@ def experiment(config: Any, workdir: str | Path | None = None, mode: str = "trai
     model, noise and architecture data fields come from the checkpoint's stored config when it has
     one (sampling.checkpoint, else WORKDIR's newest; see `with_stored_model`), so the sampling and
     evaluation fields still come from `config`; a published checkpoint carries none, and `config`
-    describes it. The guidance classifier is built from its own checkpoint's stored config likewise."""
+    describes it; a stored config that describes no known network is a CheckpointError naming the
+    file. The guidance classifier is built from its own checkpoint's stored config likewise."""
     source = checkpoint_source(config, workdir) if mode in CHECKPOINT_MODES else None
     stored = stored_config(source) if source is not None and source.exists() else None
     if stored is not None:
         config = with_stored_model(config, stored)
+    try:
+        family, variant, network = network_family(config), network_variant(config), network_factory(config)
+        to_sigma, to_score = sigma_adapter(config), score_adapter(config)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        if stored is None:
+            raise
+        raise CheckpointError(f"{source}: its config does not describe a known network ({e})") from e
     sample = sample_settings(config)
     classifier = None
     if sample.guidance == "classifier":
         path = Path(sample.classifier_workdir) if sample.classifier_workdir else None
-        trained = stored_config(path) if path is not None and path.exists() else None
-        classifier = network_factory(trained) if trained is not None else classifier_factory(config)
+        classifier = functools.partial(_classifier_network, path, classifier_factory(config))
     kind = noise_kind(config)
     return Experiment(
-        record=config_to_json(config), description=describe_model(config), family=network_family(config),
-        variant=network_variant(config), network=network_factory(config), to_sigma=sigma_adapter(config),
-        to_score=score_adapter(config), optimizer=optimizer_factory(config),
+        record=config_to_json(config), description=describe_model(config), family=family, variant=variant,
+        network=network, to_sigma=to_sigma, to_score=to_score, optimizer=optimizer_factory(config),
         learning_rate=learning_rate_schedule(config), data=data_spec(config), train=train_settings(config),
-        sample=sample, eval=eval_settings(config), sampler=create_sampler(config), guidance=guidance(config),
-        sigma_range=sigma_range(config), likelihood_range=likelihood_sigma_range(config),
+        sample=sample, eval=eval_settings(config), sampler=make_sampler(sampler_options(config), strict=False),
+        guidance=guidance(config), sigma_range=sigma_range(config), likelihood_range=likelihood_sigma_range(config),
         schedule=create_schedule(config) if kind == "ddpm" else None,
         loss=create_loss(config) if mode == "train" else None, classifier=classifier,
         fingerprints={"sample": sampling_fingerprint(config, "sample"),
                       "eval": sampling_fingerprint(for_evaluation(config), "eval")})
 
+
+def _classifier_network(path: Path | None, published: Callable[[], nn.Module]) -> nn.Module:
+    """A new guidance classifier network: the one its checkpoint's stored config describes (a scorelib
+    run, read when guidance first needs it), else `published()` (a guided-diffusion file carries no
+    architecture: the config's classifier section gives it)."""
+    trained = stored_config(path) if path is not None and path.exists() else None
+    return network_factory(trained)() if trained is not None else published()
 
 __all__ = [
     "ARCHITECTURE_DATA_FIELDS", "BETA_SCHEDULES", "CHECKPOINT_MODES", "DATASETS", "DDPM_LOSSES", "DEVICES",

@@ -288,11 +288,13 @@ SAMPLER_FIELDS: dict[str, tuple[str, ...]] = {name: e.fields for name, e in SAMP
 @dataclass(frozen=True, eq=False)
 class Sampler:
     """The configured sampler: `sampler(score, shape, generator, device) -> x` draws the initial x
-    (sampling.init) and runs the table entry of `options.method` on its grid."""
+    (sampling.init) and runs the table entry of `options.method` on its grid. `problem`: why the
+    options cannot sample (a combination no reference defines), raised as a ConfigError when called."""
 
     options: SamplerOptions
     entry: SamplerEntry
     grid: Tensor
+    problem: str = ""
 
     @property
     def method(self) -> str:
@@ -331,19 +333,31 @@ class Sampler:
 
     def __call__(self, score: ScoreFn, shape: tuple[int, ...], generator: torch.Generator | None,
                  device: torch.device) -> Tensor:
+        if self.problem:
+            raise ConfigError(self.problem)
         return self.entry.run(self.options, score, self.initial(shape, generator, device), self.grid, generator)
 
 
-def make_sampler(o: SamplerOptions) -> Sampler:
-    """The sampler of `o`, its grid built once; a combination no reference defines raises ConfigError."""
-    entry = SAMPLERS.get(choice(o.method, SAMPLING_METHODS, "sampling.method"))
+def sampler_problem(o: SamplerOptions) -> str:
+    """Why the options of `o` cannot sample ("" when they can): a combination no reference defines."""
     variance = choice(o.variance, VARIANCES, "sampling.variance")
     if o.method == "ddpm" and variance == "learned" and not o.learned_variance:
-        raise ConfigError("sampling.variance='learned' needs a network with a learned variance (model.learn_sigma)")
+        return "sampling.variance='learned' needs a network with a learned variance (model.learn_sigma)"
     if o.method == "pc" and o.predictor == "ancestral" and o.kind == "subvp":
-        raise ConfigError("sampling.predictor='ancestral' has no sub-VP form (score_sde's AncestralSamplingPredictor "
-                          "supports VE and VP only)")
-    return Sampler(o, entry, entry.grid(o))
+        return ("sampling.predictor='ancestral' has no sub-VP form (score_sde's AncestralSamplingPredictor "
+                "supports VE and VP only)")
+    return ""
+
+
+def make_sampler(o: SamplerOptions, strict: bool = True) -> Sampler:
+    """The sampler of `o`, its grid built once. A combination no reference defines raises ConfigError,
+    or with `strict=False` when the sampler is called (a run that never samples, e.g. --mode=likelihood,
+    is not stopped by it)."""
+    entry = SAMPLERS[choice(o.method, SAMPLING_METHODS, "sampling.method")]
+    problem = sampler_problem(o)
+    if strict and problem:
+        raise ConfigError(problem)
+    return Sampler(o, entry, entry.grid(o), problem)
 
 
 def create_sampler(config: Any) -> Sampler:
@@ -351,33 +365,27 @@ def create_sampler(config: Any) -> Sampler:
     return make_sampler(sampler_options(config))
 
 
-def _unchecked(config: Any) -> Sampler:
-    """The config's sampler without `make_sampler`'s combination checks (its grid, NFE, description)."""
-    o = sampler_options(config)
-    entry = SAMPLERS[choice(o.method, SAMPLING_METHODS, "sampling.method")]
-    return Sampler(o, entry, entry.grid(o))
-
-
 def sampling_grid(config: Any) -> Tensor:
     """The descending σ grid of the config's sampler (float64, with a final 0 where it ends on D)."""
-    return _unchecked(config).grid
+    return make_sampler(sampler_options(config), strict=False).grid
 
 
 def sampling_nfe(config: Any) -> int:
     """Score evaluations per sample of the configured sampler (the ODE's is adaptive: -1)."""
-    return _unchecked(config).nfe
+    return make_sampler(sampler_options(config), strict=False).nfe
 
 
 def is_deterministic(config: Any) -> bool:
     """Whether the configured sampler draws no noise after its initial x (ODE solvers, DDIM with η = 0)."""
     o = sampler_options(config)
-    return SAMPLERS[choice(o.method, SAMPLING_METHODS, "sampling.method")].deterministic(o)
+    entry = SAMPLERS.get(o.method)
+    return entry is not None and entry.deterministic(o)
 
 
 def describe_sampler(config: Any) -> str:
     """The configured sampler in a few words: method, grid length and the fields it reads."""
     try:
-        return _unchecked(config).describe()
+        return make_sampler(sampler_options(config), strict=False).describe()
     except ValueError:  # a config that cannot build a grid still gets described (its row reports why)
         s = config.sampling
         return f"{s.method}, " + ", ".join(f"{k}={format_value(s[k])}" for k in SAMPLER_FIELDS.get(s.method, ()))
