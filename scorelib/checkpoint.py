@@ -82,6 +82,21 @@ def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def weights_source(path: str | Path, workdir: str | Path | None) -> Path | None:
+    """Where a run's weights come from: `path` when given, else `workdir` when WORKDIR/checkpoints holds
+    checkpoints, else None."""
+    if path:
+        return Path(path)
+    if workdir is not None and list_checkpoints(Path(workdir) / "checkpoints"):
+        return Path(workdir)
+    return None
+
+
+def unknown_network(source: str | Path, error: Exception, whose: str = "its") -> CheckpointError:
+    """The error for a checkpoint whose config (or the config given for it) builds no known network."""
+    return CheckpointError(f"{source}: {whose} config does not describe a known network ({error})")
+
+
 def load_newest(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
     """The newest readable checkpoint in `directory`; unreadable newer ones are skipped with a warning."""
     for _, path in reversed(list_checkpoints(directory)):

@@ -19,7 +19,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import build, published
-from .checkpoint import CheckpointError, atomic_write_bytes, config_to_json, list_checkpoints, load_newest
+from .checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    config_to_json,
+    list_checkpoints,
+    load_newest,
+    unknown_network,
+)
 from .defaults import config_from_json
 from .presets import resolve_config, stem_preset
 
@@ -150,14 +157,14 @@ def load_network(path: str | Path, ema: bool = True, config: Any = None) -> tupl
             _check_family(published.detect_format(weights, source), family, source)
             net = build.create_network(config)
         except (AttributeError, KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{source}: the config does not describe a known network ({e})") from e
+            raise unknown_network(source, e, "the") from e
         fit_published(net, weights, source, family, build.network_variant(config), ema)
         return net.eval(), config
     config = config_from_json(stored, source.with_suffix(".json") if source.suffix == ".safetensors" else source)
     try:
         net = build.create_network(config)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{source}: its config does not describe a known network ({e})") from e
+        raise unknown_network(source, e) from e
     _fit(net, weights, source)
     return net.eval(), config
 

@@ -16,7 +16,7 @@ import torch
 
 from . import evaluate, sharding
 from .build import ConfigError, Experiment, FidReference, evaluation_arguments, load_dataset, reference_of
-from .checkpoint import CheckpointError, atomic_write_bytes, list_checkpoints
+from .checkpoint import CheckpointError, atomic_write_bytes, unknown_network, weights_source
 from .data import DataError, ImageData, save_image_grid, toy_data
 from .likelihood import bits_per_dim, ddpm_vlb, dequantize, log_likelihood
 from .metrics.fid import to_unit_range
@@ -34,12 +34,9 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
 def checkpoint_source(exp: Experiment, workdir: Path, required: bool = True) -> Path | None:
     """sampling.checkpoint when set, else the workdir when it holds checkpoints; when there is none,
     None, or with `required` a CheckpointError that says how to get one."""
-    if path := exp.sample.checkpoint:
-        return Path(path)
-    if list_checkpoints(workdir / "checkpoints"):
-        return workdir
-    if not required:
-        return None
+    source = weights_source(exp.sample.checkpoint, workdir)
+    if source is not None or not required:
+        return source
     raise CheckpointError(f"no checkpoints in {workdir / 'checkpoints'}; train first "
                           f"(--mode=train) or set --config.sampling.checkpoint")
 
@@ -56,7 +53,7 @@ def trained_network(exp: Experiment, source: Path, device: torch.device) -> torc
     try:
         net = exp.network()
     except (AttributeError, KeyError, TypeError, ValueError) as e:  # a stored config of an older layout
-        raise CheckpointError(f"{source}: its config does not describe a known network ({e})") from e
+        raise unknown_network(source, e) from e
     return load_weights(net, source, exp.family, exp.variant).to(device).eval()
 
 

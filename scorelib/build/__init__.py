@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, config_to_json
+from ..checkpoint import config_to_json, unknown_network
 from ..schedules import DDPMSchedule
 from .configs import (
     checkpoint_source,
@@ -181,7 +181,7 @@ def experiment(config: Any, workdir: str | Path | None = None, mode: str = "trai
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         if stored is None:
             raise
-        raise CheckpointError(f"{source}: its config does not describe a known network ({e})") from e
+        raise unknown_network(source, e) from e
     sample = sample_settings(config)
     classifier = None
     if sample.guidance == "classifier":

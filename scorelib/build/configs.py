@@ -10,7 +10,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from ..checkpoint import list_checkpoints, stored_config_text
+from ..checkpoint import stored_config_text, weights_source
 from ..defaults import config_from_json
 from .names import ARCHITECTURE_DATA_FIELDS, ConfigError
 
@@ -71,8 +71,4 @@ def stored_config(source: str | Path) -> ConfigDict | None:
 def checkpoint_source(config: Any, workdir: str | Path | None) -> Path | None:
     """Where the run's weights come from: sampling.checkpoint when set, else the workdir when it holds
     checkpoints, else None."""
-    if path := config.sampling.checkpoint:
-        return Path(path)
-    if workdir is not None and list_checkpoints(Path(workdir) / "checkpoints"):
-        return Path(workdir)
-    return None
+    return weights_source(config.sampling.checkpoint, workdir)
