@@ -12,22 +12,18 @@ import importlib
 from typing import Any
 
 from .adapters import (
-    ClassifierFreeGuidance,
-    ClassifierGuidance,
-    ContinuousEpsToScore,
-    EpsToScore,
-    IndexedScore,
     ScoreToContinuousEps,
     ScoreToEps,
-    VPClassifier,
     denoised_to_score,
     eps_to_score,
     score_to_denoised,
     score_to_eps,
 )
 from .analytic import GaussianMixture
+from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .likelihood import bits_per_dim, log_likelihood
 from .losses import dsm_loss, eps_loss, hybrid_loss, ssm_loss, vlb_loss
+from .precond import ContinuousEpsToScore, EpsToScore, IndexedScore, Precond, ScorePrecond, VPClassifier
 from .samplers import (
     annealed_langevin,
     ddim,
@@ -62,6 +58,8 @@ __all__ = [
     "EpsToScore",
     "GaussianMixture",
     "IndexedScore",
+    "Precond",
+    "ScorePrecond",
     "ScoreToContinuousEps",
     "ScoreToEps",
     "SubVPSDE",

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .adapters import EpsToScore, timestep_to_sigma
+from .adapters import timestep_to_sigma
 from .checkpoint import CheckpointError
 from .models.ncsn_layers import convert_reference_state_dict
 from .models.ncsnpp_layers import (
@@ -49,6 +49,7 @@ from .models.ncsnpp_layers import (
     ResnetBlockDDPMpp,
     Upsample,
 )
+from .precond import EpsToScore
 
 # The configs these files need live in scorelib.presets; they stay importable from here.
 from .presets import OPENAI_PRESETS, openai_config, resolve_config, stem_preset  # noqa: F401

@@ -4,8 +4,6 @@ from oracles import F64, mixture
 
 from scorelib import EpsToScore, ScoreToEps, linear_betas, vp_sigmas
 from scorelib.adapters import (
-    ContinuousEpsToScore,
-    IndexedScore,
     ScoreToContinuousEps,
     denoised_to_score,
     denoised_to_v,
@@ -19,6 +17,7 @@ from scorelib.adapters import (
     v_to_score,
 )
 from scorelib.analytic import GaussianMixture
+from scorelib.precond import ContinuousEpsToScore, IndexedScore
 from scorelib.schedules import VPSDE, SubVPSDE, alphas_cumprod_from_betas, cosine_betas
 
 ABAR = alphas_cumprod_from_betas(linear_betas(1000))
@@ -89,7 +88,7 @@ def test_eps_to_score_of_exact_eps_is_exact_score(shape, dtype):
     x = (torch.randn(shape, dtype=F64) * 3).to(dtype)
     got = model(x, sigma)
     assert got.dtype == dtype and got.shape == x.shape
-    assert torch.equal(model.eps_model.seen_t.round().long(), t)
+    assert torch.equal(model.net.seen_t.round().long(), t)
     want = gmm.score(x.double(), sigma.double()).to(dtype)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(got, want, **tol)

@@ -4,8 +4,9 @@ import torch
 from oracles import F64
 
 from scorelib import EpsToScore, linear_betas
-from scorelib.adapters import ClassifierFreeGuidance, ClassifierGuidance, VPClassifier
 from scorelib.analytic import GaussianMixture
+from scorelib.guidance import ClassifierFreeGuidance, ClassifierGuidance
+from scorelib.precond import VPClassifier
 from scorelib.samplers import heun
 from scorelib.schedules import alphas_cumprod_from_betas, append_zero, karras_sigmas
 

@@ -318,7 +318,8 @@ def test_iddpm_cifar_pairs_the_hybrid_loss_with_uniform_timesteps_and_samples_wi
 @pytest.mark.parametrize("variance", ["learned", "small", "large"])
 def test_mean_guidance_matches_guided_diffusion_condition_mean(variance):
     from scorelib import EpsToScore
-    from scorelib.adapters import ClassifierGuidance, VPClassifier
+    from scorelib.guidance import ClassifierGuidance
+    from scorelib.precond import VPClassifier
     from scorelib.samplers import ddpm_ancestral
     from scorelib.schedules import DDPMSchedule, respace_timesteps, timesteps_to_sigmas
 

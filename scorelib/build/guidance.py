@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..adapters import ClassifierFreeGuidance, ClassifierGuidance, VPClassifier
+from ..guidance import ClassifierFreeGuidance, ClassifierGuidance
+from ..precond import VPClassifier
 from ..utils import ScoreFn
 from .names import GUIDANCE, GUIDANCE_CONVENTIONS, ConfigError, choice
 from .networks import is_class_conditional

@@ -13,7 +13,6 @@ from typing import Any
 
 from torch import nn
 
-from ..adapters import ContinuousEpsToScore, EpsToScore, IndexedScore, VPClassifier
 from ..models.adm import ADMClassifier, ADMUNet
 from ..models.conv import ConvScore
 from ..models.ddpm_unet import DDPMUNet
@@ -21,6 +20,7 @@ from ..models.mlp import MLPScore
 from ..models.ncsn import NCSN
 from ..models.ncsnpp import NCSNpp
 from ..models.ncsnv2 import NCSNv2
+from ..precond import ContinuousEpsToScore, EpsToScore, IndexedScore, ScorePrecond, VPClassifier
 from .names import MODEL_NAMES, NOISE_KINDS, TRAINING_TARGETS, ConfigError, choice
 from .noise import create_schedule, create_sde, create_sigmas
 
@@ -138,7 +138,7 @@ def score_adapter(config: Any) -> Callable[[nn.Module], nn.Module]:
     if name == "ncsn" or (name == "ncsnpp" and config.model.embedding_type == "positional"):
         return functools.partial(IndexedScore, sigmas=create_sigmas(config))
     if name in ("ncsnv2", "mlp", "conv", "ncsnpp"):
-        return _identity
+        return ScorePrecond
     if kind == "ddpm":
         return functools.partial(EpsToScore, alphas_cumprod=create_schedule(config).alphas_cumprod,
                                  rescale_timesteps=config.model.rescale_timesteps,

@@ -1,0 +1,225 @@
+"""One conditioning per network (docs/design.md §4a): a σ-space wrapper that owns how a network sees
+a noise level and what its output means, so training, sampling and likelihoods cannot disagree.
+
+A wrapper turns x [B, ...] at σ [B] into the network's inputs (`inputs`: the scaled x, the noise label
+and keyword arguments such as class labels) and the network's output into one of three kinds
+(`output`): the score s, the noise ε, or the denoised D. Every other quantity follows from Tweedie's
+identities (docs/design.md §1): D = x + σ² s, ε = -σ s. So
+
+    wrapper(x, sigma)           -> score, x's shape      (a score model: every sampler takes it)
+    wrapper.denoise(x, sigma)   -> D                     (EDM's D(x; σ), the EDM loss)
+    wrapper.eps(x, sigma)       -> ε                     (L_simple, the VLB)
+    wrapper.raw(x, sigma)       -> the network's output  (all channels, learned variance included)
+
+each computed from the output kind directly (ε → score is -ε/σ, never through D), so no path loses
+digits at small σ. Extra keyword arguments (class labels `y`, EDM's `augment_labels`) go to the network.
+
+The wrappers of scorelib's networks live here: `ScorePrecond` (the network takes σ and returns the
+score), `IndexedScore` (NCSN: the level index), `EpsToScore` (DDPM ε-networks on a discrete
+schedule), `ContinuousEpsToScore` (score_sde VP / sub-VP). EDM's (EDM, VP, VE, iDDPM) follow the same
+base class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .adapters import _hp, sigma_to_timestep
+from .schedules import SDE, vp_sigmas
+from .utils import append_dims, batch_sigma
+
+OUTPUT_KINDS = ("score", "eps", "denoised")
+
+
+def convert(x: Tensor, sigma: Tensor, value: Tensor, kind: str, to: str) -> Tensor:
+    """`value`, a prediction of kind `kind` for x at σ [B], as kind `to` (Tweedie: D = x + σ²s = x - σε)."""
+    if kind == to:
+        return value
+    s = append_dims(sigma, x.ndim)
+    if kind == "score":
+        return -s * value if to == "eps" else x + s**2 * value
+    if kind == "eps":
+        return -value / s if to == "score" else x - s * value
+    if kind == "denoised":
+        return (value - x) / s**2 if to == "score" else (x - value) / s
+    raise ValueError(f"unknown output kind {kind!r} (one of {', '.join(OUTPUT_KINDS)})")
+
+
+class Precond(nn.Module):
+    """The base of every network's σ-space wrapper.
+
+    Subclasses set `output` (score | eps | denoised) and implement `inputs`; `predict` turns the raw
+    output into that kind (the first C channels by default; EDM's c_skip·x + c_out·F overrides it).
+    `learned_variance`: the network returns 2C channels, the last C the interpolation fraction of the
+    improved-DDPM variance (`score_and_variance`).
+    """
+
+    output = "score"
+
+    def __init__(self, net: nn.Module | Any, learned_variance: bool = False):
+        super().__init__()
+        self.net = net
+        self.learned_variance = learned_variance
+
+    def inputs(self, x: Tensor, sigma: Tensor, **cond: Any) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """(network input, noise label, keyword arguments) for x [B, ...] at sigma [B]."""
+        raise NotImplementedError
+
+    def round_sigma(self, sigma: Tensor) -> Tensor:
+        """The nearest σ the network is defined at (EDM's `round_sigma`; the identity for continuous σ)."""
+        return sigma
+
+    def raw(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
+        """The network's raw output for x [B, ...] at sigma [B] (or a float)."""
+        x_in, label, kw = self.inputs(x, batch_sigma(sigma, x), **cond)
+        return self.net(x_in, label, **kw)
+
+    def predict(self, x: Tensor, sigma: Tensor, raw: Tensor) -> Tensor:
+        """The prediction of kind `output` from the raw output (its first C channels)."""
+        return raw[:, : x.shape[1]] if self.learned_variance else raw
+
+    def _as(self, to: str, x: Tensor, sigma: Tensor | float, cond: dict[str, Any]) -> Tensor:
+        sigma = batch_sigma(sigma, x)
+        return convert(x, sigma, self.predict(x, sigma, self.raw(x, sigma, **cond)), self.output, to)
+
+    def forward(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
+        """The score ∇ₓ log p_σ(x), x's shape."""
+        return self._as("score", x, sigma, cond)
+
+    def denoise(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
+        """D(x; σ) = E[x₀ | x], x's shape."""
+        return self._as("denoised", x, sigma, cond)
+
+    def eps(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
+        """ε(x; σ) = (x - D)/σ, x's shape."""
+        return self._as("eps", x, sigma, cond)
+
+    def prediction_and_variance(self, x: Tensor, sigma: Tensor | float, to: str,
+                                **cond: Any) -> tuple[Tensor, Tensor]:
+        """(prediction of kind `to`, v), both x's shape: v = (raw + 1)/2 weights log β against log β̃
+        (improved-diffusion gaussian_diffusion.py `p_mean_variance`, LEARNED_RANGE)."""
+        if not self.learned_variance:
+            raise ValueError(f"{type(self).__name__} has no learned variance (learned_variance=False)")
+        sigma = batch_sigma(sigma, x)
+        raw = self.raw(x, sigma, **cond)
+        c = x.shape[1]
+        return convert(x, sigma, self.predict(x, sigma, raw), self.output, to), (raw[:, c:] + 1) / 2
+
+    def score_and_variance(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> tuple[Tensor, Tensor]:
+        """(score, v) of a learned-variance network (`ddpm_ancestral(variance="learned")`)."""
+        return self.prediction_and_variance(x, sigma, "score", **cond)
+
+    def eps_and_variance(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> tuple[Tensor, Tensor]:
+        """(ε, v) of a learned-variance network (the VLB and hybrid losses)."""
+        return self.prediction_and_variance(x, sigma, "eps", **cond)
+
+
+class ScorePrecond(Precond):
+    """A network that takes σ itself and returns the score: `net(x, sigma, **cond) -> s` (NCSNv2,
+    score_sde's continuous VE NCSN++, the toy MLP and conv nets, which scale by σ inside)."""
+
+    def inputs(self, x: Tensor, sigma: Tensor, **cond: Any) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        return x, sigma, cond
+
+
+class IndexedScore(Precond):
+    """A network conditioned on a noise-level *index* (NCSN: labels into σ_1 > … > σ_L; score_sde's
+    discrete VE NCSN++): σ maps to the nearest level in log σ. `net(x, labels: int64 [B]) -> score`."""
+
+    def __init__(self, net: nn.Module | Any, sigmas: Tensor):
+        super().__init__(net)
+        self.register_buffer("sigmas", sigmas.to(torch.float64), persistent=False)
+
+    def level(self, sigma: Tensor) -> Tensor:
+        """The index [B] (int64) of the level nearest to σ [B] in log σ."""
+        s = sigma.to(_hp(sigma.device))
+        return (s.log()[:, None] - self.sigmas.to(s)[None, :].log()).abs().argmin(dim=1)
+
+    def round_sigma(self, sigma: Tensor) -> Tensor:
+        return self.sigmas.to(sigma.device)[self.level(sigma)].to(sigma.dtype)
+
+    def inputs(self, x: Tensor, sigma: Tensor, **cond: Any) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        return x, self.level(sigma), cond
+
+
+class EpsToScore(Precond):
+    """A DDPM ε-network ε(x_t, t) on a discrete schedule as a σ-space model (docs/design.md §1):
+
+        x_t = x/√(1+σ²),   label t(σ),   s(x, σ) = -ε/σ
+
+    t(σ) is the table index at table values and is interpolated in log σ between them (a float
+    tensor; `quantize=True` rounds to int64 for networks that only accept integers).
+    `rescale_timesteps=True` feeds t · 1000/T instead (T = len(alphas_cumprod)), as improved-diffusion
+    does with its default `rescale_timesteps=True` (gaussian_diffusion.py `_scale_timesteps`, in its
+    training losses, its samplers and `calc_bpd_loop` alike; respace.py `_WrappedModel`).
+    `learned_variance`: the network returns [ε, raw] with 2C channels (improved-diffusion's LEARNED_RANGE).
+    """
+
+    output = "eps"
+
+    def __init__(self, eps_model: nn.Module | Any, alphas_cumprod: Tensor, learned_variance: bool = False, *,
+                 quantize: bool = False, rescale_timesteps: bool = False):
+        super().__init__(eps_model, learned_variance)
+        self.quantize = quantize
+        self.rescale_timesteps = rescale_timesteps
+        self.register_buffer("sigmas", vp_sigmas(alphas_cumprod), persistent=False)
+
+    def timestep(self, sigma: Tensor) -> Tensor:
+        """The network's time label for σ [B]: t(σ) (rounded with `quantize`), times 1000/T with
+        `rescale_timesteps`; float in σ's dtype, or int64 when quantised and not rescaled."""
+        t = sigma_to_timestep(sigma, self.sigmas)
+        t = t.round().long() if self.quantize else t.to(sigma.dtype)
+        if self.rescale_timesteps:
+            t = t.to(sigma.dtype) * (1000.0 / self.sigmas.shape[0])
+        return t
+
+    def round_sigma(self, sigma: Tensor) -> Tensor:
+        if not self.quantize:
+            return sigma
+        t = sigma_to_timestep(sigma, self.sigmas).round().long()
+        return self.sigmas.to(sigma.device)[t].to(sigma.dtype)
+
+    def inputs(self, x: Tensor, sigma: Tensor, **cond: Any) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        return x / append_dims(1 + sigma**2, x.ndim).sqrt(), self.timestep(sigma), cond
+
+
+class ContinuousEpsToScore(Precond):
+    """A score_sde continuous-time VP / sub-VP network as a σ-space model.
+
+    score_sde evaluates `out = model(x_t, t · label_scale)` (label_scale = 999 for its continuous
+    DDPM++ / NCSN++ VP models) and the score as -out/std(t). With x_t = m(t) x_σ the σ-space score is
+    m · ∇_{x_t} log p_t = -out · m/std = -out/σ for both VP and sub-VP, with t = t(σ) from the SDE:
+    the network's output is ε.
+    """
+
+    output = "eps"
+
+    def __init__(self, model: nn.Module | Any, sde: SDE, label_scale: float = 999.0):
+        super().__init__(model)
+        self.sde = sde
+        self.label_scale = label_scale
+
+    def inputs(self, x: Tensor, sigma: Tensor, **cond: Any) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        t = self.sde.t_of_sigma(sigma.to(_hp(x.device)))
+        m = append_dims(self.sde.mean_scale(t).to(x.dtype), x.ndim)
+        return m * x, (t * self.label_scale).to(x.dtype), cond
+
+
+class VPClassifier(nn.Module):
+    """A DDPM noisy-image classifier `classifier(x_t, t) -> logits [B, K]` as a σ-space classifier(x, σ).
+
+    It sees exactly the inputs `EpsToScore` gives an ε-network on the same schedule (x_t = x/√(1+σ²) at
+    t(σ)), the one conditioning of both, so autograd gives ∇ of log p(y | x_σ) in σ-space coordinates.
+    """
+
+    def __init__(self, classifier: nn.Module | Any, alphas_cumprod: Tensor, quantize: bool = False):
+        super().__init__()
+        self.classifier = classifier
+        self.conditioning = EpsToScore(None, alphas_cumprod, quantize=quantize)
+
+    def forward(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+        x_in, t, kw = self.conditioning.inputs(x, batch_sigma(sigma, x))
+        return self.classifier(x_in, t, **kw)
