@@ -73,7 +73,7 @@ def main() -> None:
     config = score.scorelib_config
     if config.data.dataset != "digits":
         sys.exit(f"{args.workdir} is not a digits run (data.dataset={config.data.dataset!r})")
-    sigma_max, sigma_min = scorelib.build.sigma_range(config)
+    sigma_max, sigma_min = scorelib.experiment(config, mode="network").noise.sigma_range
     cache = Path(args.workdir) / "eval"
     x = sigma_max * torch.randn(args.samples, 1, 8, 8, generator=torch.Generator().manual_seed(args.seed))
     t0 = time.perf_counter()

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table
 
-from scorelib import build
+from scorelib.builder import ConfigError, experiment
 from scorelib.bench import PeakMemory
 from scorelib.likelihood import log_likelihood
 from scorelib.train import ema_update
@@ -84,33 +84,34 @@ def timed(device: torch.device, fn: Callable[[], Any], reps: int) -> tuple[float
 def training_row(name: str, config: Any, device: torch.device, batch: int, steps: int) -> list[Any]:
     """Training steps as the training loop takes them: the loss under bf16 autocast on CUDA when
     training.amp, torch.compile when training.compile, backward, clipping, Adam, EMA."""
-    settings = build.train_settings(config)
+    exp = experiment(config)
+    t = exp.f.training
     torch.manual_seed(0)
-    net = build.create_network(config).to(device)
+    net = exp.network().to(device)
     ema = copy.deepcopy(net).requires_grad_(False)
-    opt = build.create_optimizer(config, net.parameters())
-    loss_fn = build.create_loss(config)
-    model = torch.compile(net) if settings.compile else net
-    objective = loss_fn.bind(model)  # the σ-space wrapper made once, as the training loop does
-    amp = settings.amp and device.type == "cuda"
+    opt = exp.optimizer(net.parameters())
+    model = torch.compile(net) if t.compile else net
+    objective = exp.loss.fresh().bind(model)  # the σ-space wrapper made once, as the training loop does
+    amp = t.amp and device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
     g = torch.Generator(device).manual_seed(0)
-    shape = (batch, *build.data_spec(config).shape)
+    shape = (batch, *exp.data.shape)
     x = torch.rand(shape, generator=g, device=device)
-    x = 2 * x - 1 if config.data.centered else x
-    y = torch.randint(config.data.num_classes, (batch,), generator=g, device=device) if settings.uses_labels else None
+    x = 2 * x - 1 if exp.data.centered else x
+    y = torch.randint(exp.data.num_classes, (batch,), generator=g, device=device) if exp.uses_labels else None
+    clip = exp.f.optim.grad_clip if exp.f.optim.grad_clip > 0 else float("inf")
 
     def step() -> None:
         with autocast:
             loss = objective(x, y, g).float().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), settings.grad_clip)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
         opt.step()
-        ema_update(ema, net, settings.ema_rate)
+        ema_update(ema, net, exp.f.model.ema_rate)
 
     sec, peak = timed(device, step, steps)
-    flags = "+".join(f for f, on in (("bf16", amp), ("compile", settings.compile)) if on) or "fp32"
+    flags = "+".join(f for f, on in (("bf16", amp), ("compile", t.compile)) if on) or "fp32"
     return [name, "train", flags, f"{1 / sec:.2f} it/s", "", f"{peak:.0f}"]
 
 
@@ -133,20 +134,22 @@ def sampler_config(config: Any, method: str, tiny: bool) -> Any:
 def sampler_rows(name: str, config: Any, device: torch.device, batch: int, tiny: bool,
                  samplers: tuple[str, ...] = SAMPLERS) -> list[list[Any]]:
     """Every sampler on one batch of the config's (random-weight) network."""
-    net = build.create_model(config).to(device).eval()
-    score = build.create_score_model(config, net).eval()
-    shape = (batch, *build.data_spec(config).shape)
-    y = torch.zeros(batch, dtype=torch.long, device=device) if build.is_class_conditional(config) else None
+    exp = experiment(config, mode="sample")
+    net = exp.network().to(device).eval()
+    score = exp.wrap(net).eval()
+    shape = (batch, *exp.data.shape)
+    y = torch.zeros(batch, dtype=torch.long, device=device) if exp.guidance.conditional else None
     rows = []
     for method in samplers:
-        c = sampler_config(config, method, tiny)
         try:
-            sample = build.create_sampler(c)
-            guided = build.guided_score(c, score, y)
-        except build.ConfigError as err:  # a sampler this config's noise process does not have
+            c = experiment(sampler_config(config, method, tiny), mode="sample")
+            if problem := c.sampler.problem():
+                raise ConfigError(problem)
+            sample, guided = c.sampler, c.guidance.guided(score, y)
+        except ConfigError as err:  # a sampler this config's noise process does not have
             rows.append([name, f"sample {method}", "-", "n/a", str(err).split(";")[0][:60], ""])
             continue
-        nfe = build.sampling_nfe(c)
+        nfe = sample.nfe
 
         def run(sample: Callable[..., torch.Tensor] = sample, guided: Any = guided) -> torch.Tensor:
             with torch.no_grad():
@@ -160,14 +163,14 @@ def sampler_rows(name: str, config: Any, device: torch.device, batch: int, tiny:
 
 def likelihood_row(name: str, config: Any, device: torch.device, batch: int, tiny: bool) -> list[Any]:
     """The probability-flow log-likelihood (Hutchinson, dopri5) of one batch."""
-    net = build.create_model(config).to(device).eval()
-    score = build.create_score_model(config, net).eval()
-    if build.is_class_conditional(config):
+    exp = experiment(config, mode="likelihood")
+    net = exp.network().to(device).eval()
+    score = exp.wrap(net).eval()
+    if exp.guidance.conditional:
         base, labels = score, torch.zeros(batch, dtype=torch.long, device=device)
         score = lambda x, s: base(x, s, y=labels)  # noqa: E731
-    sigma_max, sigma_min = build.likelihood_sigma_range(config)
-    x = torch.rand((batch, *build.data_spec(config).shape), generator=torch.Generator(device).manual_seed(0),
-                   device=device)
+    sigma_max, sigma_min = exp.noise.likelihood_range
+    x = torch.rand((batch, *exp.data.shape), generator=torch.Generator(device).manual_seed(0), device=device)
     tol = 1e-2 if tiny else 1e-3
     nfe = 0
 

@@ -1,13 +1,13 @@
-"""Sharded, resumable sampling (scorelib.sharding): peak memory against the number of samples, and the
+"""Sharded, resumable sampling (scorelib.sampling): peak memory against the number of samples, and the
 cost of the reproducible chunked draws against the plain batched loop.
 
 1. Peak RSS: `main.py --mode=sample` (chunks of sampling.batch_size written to disk, the .npz assembled
    piece by piece) for n_samples = 2,000 and 20,000 image-shaped samples (3×32×32 from an MLP score
    trained two steps on a fake CIFAR-10, DDIM with 2 steps so that the network costs little), beside the
-   plain loop that holds every sample in one tensor (`train.sample_images` + `np.savez`, in its own
+   plain loop that holds every sample in one tensor (`sampling.sample_images` + `np.savez`, in its own
    process). Each run is a fresh process; its peak RSS comes from `os.wait4`.
-2. Overhead: wall time of `tasks.draw_sharded` (per-chunk generators, one atomic .npz per chunk, the
-   completeness check of every chunk) plus the streamed assembly, against `train.sample_images` (one
+2. Overhead: wall time of `sampling.draw` (per-chunk generators, one atomic .npz per chunk, the
+   completeness check of every chunk) plus the streamed assembly, against `sampling.sample_images` (one
    generator for all batches) plus one `np.savez`, interleaved over rounds (benchmarks/_common.py);
    the table gives the median ratio and its quartiles over rounds. Cases: toy_gmm with its annealed
    Langevin (401 NFE) and the image MLP with DDIM at 2 NFE (where file writing weighs the most).
@@ -43,12 +43,13 @@ TOY_ARGS = ["--config=toy_gmm", "--config.sampling.batch_size=500"]
 PLAIN = """
 import sys, numpy as np, torch
 from pathlib import Path
-from scorelib import build
+from scorelib.builder import experiment
+from scorelib.builder.configs import with_overrides
+from scorelib.sampling import sample_images
 from scorelib.sharing import load_network
-from scorelib.train import sample_images
-net, stored = load_network(sys.argv[1])
+net, stored, _ = load_network(sys.argv[1])
 n = int(sys.argv[2])
-exp = build.experiment(build.with_overrides(stored, {"sampling.batch_size": 1000}), mode="sample")
+exp = experiment(with_overrides(stored, {"sampling.batch_size": 1000}), mode="sample")
 x = sample_images(exp, net.eval(), n, torch.device("cpu"), seed=1)
 np.savez(Path(sys.argv[3]), samples=x.float().numpy())
 """
@@ -94,10 +95,12 @@ def memory_table(tmp: Path, sizes: list[int]) -> str:
 
 
 def overhead_table(tmp: Path, reps: int) -> str:
-    from scorelib import build, sharding, tasks
+    from scorelib import sampling
+    from scorelib.builder import experiment
+    from scorelib.builder.configs import with_overrides
     from scorelib.runtime import Runtime
+    from scorelib.sampling import sample_images
     from scorelib.sharing import load_network
-    from scorelib.train import sample_images
 
     torch.set_num_threads(1)
     data = tmp / "data"
@@ -110,9 +113,9 @@ def overhead_table(tmp: Path, reps: int) -> str:
     for name, (args, n, chunk) in cases.items():
         run = tmp / f"ov_{abs(hash(name))}"
         _train(run, args)
-        net, stored = load_network(run)
+        net, stored, _ = load_network(run)
         net = net.eval()
-        exp = build.experiment(build.with_overrides(stored, {"sampling.batch_size": chunk}), mode="sample")
+        exp = experiment(with_overrides(stored, {"sampling.batch_size": chunk}), mode="sample")
         fresh = iter(range(10**9))  # a new chunk directory per call: every call draws all chunks
 
         def plain(exp=exp, net=net, n=n, run=run) -> None:
@@ -120,13 +123,13 @@ def overhead_table(tmp: Path, reps: int) -> str:
             np.savez(run / "plain.npz", samples=x.float().numpy())
 
         def draws(exp=exp, net=net, n=n, run=run, fresh=fresh) -> tuple:
-            store, cs, _ = tasks.draw_sharded(exp, net, n, 1, rt, run / f"chunks_{next(fresh)}", "sample",
-                                              progress=False)
-            return store, cs
+            drawn, cs, _ = sampling.draw(exp, (net, None), n, 1, rt, run / f"chunks_{next(fresh)}", "sample",
+                                         progress=False)
+            return drawn.store, cs
 
         def assembled(exp=exp, n=n, run=run, draws=draws) -> None:
             store, cs = draws()
-            sharding.write_npz_streamed(run / "sharded.npz", "samples", store.iter(cs), (n, *exp.data.shape))
+            sampling.write_npz_streamed(run / "sharded.npz", "samples", store.iter(cs), (n, *exp.data.shape))
 
         wall, _ = interleaved({"plain": plain, "draws": draws, "assembled": assembled}, reps)
         cells = [f"{statistics.median(wall['plain']):.3f}"]

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ensure_passive_omp, markdown_table
 
-from scorelib import build
+from scorelib.builder import experiment
 from scorelib.train import ema_update
 
 CONFIGS = ("ncsn_cifar", "ncsnv2_cifar", "ddpm_cifar", "iddpm_cifar", "adm_cifar", "ncsnpp_cifar", "ddpmpp_cifar")
@@ -30,20 +30,21 @@ CONFIGS = ("ncsn_cifar", "ncsnv2_cifar", "ddpm_cifar", "iddpm_cifar", "adm_cifar
 def measure(name: str, batch: int, steps: int, device: torch.device) -> tuple[int, float]:
     """(parameters, median seconds per training step)."""
     config = importlib.import_module(f"configs.{name}").get_config()
+    exp = experiment(config)
     torch.manual_seed(0)
-    net = build.create_network(config).to(device)
+    net = exp.network().to(device)
     ema = copy.deepcopy(net).requires_grad_(False)
-    opt = build.create_optimizer(config, net.parameters())
-    loss_fn = build.create_loss(config)
+    opt = exp.optimizer(net.parameters())
+    loss_fn = exp.loss.fresh().bind(net)
     g = torch.Generator(device).manual_seed(0)
     x = torch.rand(batch, 3, 32, 32, generator=g, device=device)
     x = 2 * x - 1 if config.data.centered else x
-    y = torch.randint(10, (batch,), generator=g, device=device) if build.uses_labels(config) else None
+    y = torch.randint(10, (batch,), generator=g, device=device) if exp.uses_labels else None
     clip = config.optim.grad_clip if config.optim.grad_clip > 0 else float("inf")
     times = []
     for i in range(steps + 1):
         t0 = time.perf_counter()
-        loss = loss_fn(net, x, y, g).mean()
+        loss = loss_fn(x, y, g).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), clip)

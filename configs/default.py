@@ -1,5 +1,5 @@
 """The base config every experiment starts from (its fields are documented in scorelib.defaults)."""
 
-from scorelib.defaults import base
+from scorelib.builder.fields import base
 
 __all__ = ["base"]

@@ -1,8 +1,8 @@
 """The released improved-diffusion / guided-diffusion models, by file stem: `--config=openai:cifar10_uncond`
-(see scorelib.published.OPENAI_PRESETS for the names and the README flags each one encodes). Sample from a
+(see scorelib.presets.OPENAI_PRESETS for the names and the README flags each one encodes). Sample from a
 downloaded file with `--mode=sample --checkpoint=cifar10_uncond_50M_500K.pt`; DDIM 50 steps by default."""
 
-from scorelib.published import OPENAI_PRESETS, openai_config
+from scorelib.presets import OPENAI_PRESETS, openai_config
 
 
 def get_config(preset: str = "cifar10_uncond"):

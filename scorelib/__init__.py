@@ -3,7 +3,7 @@
 A score model is any callable `score(x, sigma) -> ∇ₓ log p_σ(x)` with x: [B, ...], sigma: [B].
 
 `import scorelib` loads the core only (docs/design.md §4). The experiment layer's public entry points
-`load`, `save` (scorelib.sharing) and `build` are resolved on first use.
+`load`, `save` (scorelib.sharing) and `experiment` (scorelib.builder) are resolved on first use.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ __all__ = [
     "ContinuousEpsToScore",
     "DDPMSchedule",
     "EpsToScore",
+    "Experiment",
     "GaussianMixture",
     "IndexedScore",
     "Precond",
@@ -67,7 +68,6 @@ __all__ = [
     "annealed_langevin",
     "append_zero",
     "bits_per_dim",
-    "build",
     "cosine_betas",
     "ddim",
     "ddpm_ancestral",
@@ -76,6 +76,7 @@ __all__ = [
     "dsm_loss",
     "eps_loss",
     "eps_to_score",
+    "experiment",
     "fast_sample",
     "geometric_sigmas",
     "heun",
@@ -96,7 +97,7 @@ __all__ = [
 ]
 
 # name -> the experiment-layer module that defines it, imported when the name is first used
-_LAZY = {"load": "sharing", "save": "sharing", "build": "build"}
+_LAZY = {"load": "sharing", "save": "sharing", "experiment": "builder", "Experiment": "builder"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,6 @@
-"""scorelib command line (`python main.py`): train, sample, evaluate, compute likelihoods and
-benchmark samplers. Every mode builds the config's `build.Experiment` once and hands it down.
+"""scorelib command line (`python main.py`): train, sample, evaluate, compute likelihoods and benchmark
+samplers. The config file is run once, every mode builds its `builder.Experiment` once (which validates
+it) and hands it down.
 
     python main.py --config=ncsn_digits --workdir=runs/digits            # train + sample + evaluate
     python main.py --config=ncsn_cifar --config.training.batch_size=64   # any config field can be overridden
@@ -19,27 +20,27 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
-from . import bench, build, tasks, validate
-from .defaults import REPO_ROOT, NoGetConfig, run_config_file
+from . import bench, tasks, validate
+from .builder import MODES, experiment
+from .builder.configs import REPO_ROOT, NoGetConfig, run_config_file, with_overrides
+from .builder.fields import unknown_field_error
+from .runtime import workdir_lock
+from .train import TrainingInterrupted
 
-ROOT = REPO_ROOT  # holds configs/
-MODES = ("train", "sample", "eval", "likelihood", "bench")
 TASKS = {"train": tasks.run_train, "sample": tasks.run_sample, "eval": tasks.run_eval,
          "likelihood": tasks.run_likelihood}
-
 HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpfull", "-helpfull", "--helpshort", "-helpshort", "--helpxml")
 
 
 def known_configs() -> list[str]:
-    return sorted(p.stem for p in (ROOT / "configs").glob("*.py") if not p.stem.startswith("_") and p.stem != "default")
+    return sorted(p.stem for p in (REPO_ROOT / "configs").glob("*.py")
+                  if not p.stem.startswith("_") and p.stem != "default")
 
 
-config_flags.DEFINE_config_file(
-    "config", None, f"experiment config: a name from configs/ ({', '.join(known_configs())}) or a path to a "
-    "config file; --config.SECTION.FIELD=VALUE overrides a field (all fields: scorelib/defaults.py)",
-    lock_config=True)
 flags.DEFINE_string("workdir", None, "run directory (default: runs/<config name>)")
 flags.DEFINE_enum("mode", "train", MODES, "what to do")
+flags.DEFINE_bool("overwrite", False, "with --mode=sample|eval: draw this setting's samples again (other settings' "
+                  "samples are never touched)")
 flags.DEFINE_bool("quick", False, "with --mode=bench: the small sampler grid")
 flags.DEFINE_integer("bench_samples", 0, "with --mode=bench: samples per row (0: 256 with --quick, else "
                      "eval.n_samples)")
@@ -52,6 +53,8 @@ flags.DEFINE_string("checkpoint", None, "with --mode=sample|eval|likelihood|benc
                     "sampling.checkpoint): scorelib's own, or a published one of ncsn, ncsnv2, score_sde, ddim, "
                     "improved-/guided-diffusion, whose architecture --config gives")
 FLAGS = flags.FLAGS
+CONFIG_HELP = (f"experiment config: a name from configs/ ({', '.join(known_configs())}) or a path to a config file; "
+               "--config.SECTION.FIELD=VALUE overrides a field (all fields: docs/fields.md)")
 OVERRIDDEN: list[str] = []  # the config fields given on the command line (--config.KEY=VALUE)
 PROG = ["scorelib"]  # the name user mistakes are reported under (`python -m scorelib.bench` sets its own)
 
@@ -79,85 +82,110 @@ def _load_config_file(path: Path, arg: str | None = None) -> ConfigDict:
     return config
 
 
-def _resolve_config_arg(argv: list[str]) -> tuple[list[str], str]:
-    """Turn --config=NAME into the path of configs/NAME.py and check every --config.key override."""
-    out, name, path = [], None, None
-    i = 0
+def _config_path(value: str) -> tuple[Path, str]:
+    """The config file and run name of --config=VALUE (a configs/ name or a .py path)."""
+    candidate = Path(value)
+    if candidate.suffix == ".py" and candidate.is_file():
+        return candidate, candidate.stem
+    if (REPO_ROOT / "configs" / f"{value}.py").is_file() and value != "default":
+        return REPO_ROOT / "configs" / f"{value}.py", value
+    if candidate.suffix == ".py":
+        fail(f"--config: {value} does not exist (a config file, or a name from configs/)")
+    fail(f"--config: unknown config {value!r} (one of: {', '.join(known_configs())}; or a .py path)")
+    raise AssertionError
+
+
+def _split_config_arg(argv: list[str]) -> tuple[list[str], str | None]:
+    """argv without --config=VALUE (or --config VALUE), and VALUE."""
+    out, value, i = [], None, 0
     while i < len(argv):
         arg = argv[i]
         if arg == "--config" and i + 1 < len(argv):
-            arg = f"--config={argv[i + 1]}"
-            i += 1
+            value, i = argv[i + 1], i + 2
+            continue
         if arg.startswith("--config="):
             value = arg.split("=", 1)[1]
-            value, colon, config_arg = value.partition(":")
-            candidate = Path(value)
-            if candidate.suffix == ".py" and candidate.is_file():
-                path, name = candidate, candidate.stem
-            elif (ROOT / "configs" / f"{value}.py").is_file() and value != "default":
-                path, name = ROOT / "configs" / f"{value}.py", value
-            elif candidate.suffix == ".py":
-                fail(f"--config: {value} does not exist (a config file, or a name from configs/)")
-            else:
-                fail(f"--config: unknown config {value!r} (one of: {', '.join(known_configs())}; or a .py path)")
-            arg = f"--config={path}{colon}{config_arg}"
-            name = f"{name}_{config_arg}" if colon else name
-        out.append(arg)
+        else:
+            out.append(arg)
         i += 1
-    if path is None:
-        if any(a.split("=", 1)[0] in HELP_FLAGS for a in argv[1:]):
-            return out, ""  # absl prints the help and exits
-        fail(f"--config: required (a name from configs/: {', '.join(known_configs())}; or a path)")
-    config = _load_config_file(path, config_arg if colon else None)
-    for arg in out:
+    return out, value
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """Run the config file once and define the --config flag over its ConfigDict (so absl parses the
+    --config.KEY=VALUE overrides against it); every override must name a declared field."""
+    argv, value = _split_config_arg(argv)
+    asks_help = any(a.split("=", 1)[0] in HELP_FLAGS for a in argv[1:])
+    if value is None:
+        if not asks_help:
+            fail(f"--config: required (a name from configs/: {', '.join(known_configs())}; or a path)")
+        flags.DEFINE_string("config", None, CONFIG_HELP)
+        return _parse(argv, asks_help)
+    name, _, config_arg = value.partition(":")
+    path, stem = _config_path(name)
+    config = _load_config_file(path, config_arg or None)
+    for arg in argv:
         if arg.startswith("--config."):
             key = arg[len("--config."):].split("=", 1)[0]
             node = config
             for part in key.split("."):
                 if not hasattr(node, "keys") or part not in node:
-                    fail(str(validate.unknown_field_error(key, node.keys() if hasattr(node, "keys") else ())))
+                    fail(str(unknown_field_error(key, node.keys() if hasattr(node, "keys") else ())))
                 node = node[part]
             OVERRIDDEN.append(key)
-    return out, name
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    argv, name = _resolve_config_arg(argv)
-    try:
-        rest = FLAGS(argv)
-    except flags.Error as e:
-        fail(" ".join(str(e).split()))
-    except SystemExit as e:  # absl exits 1 after printing the help it was asked for
-        sys.exit(0 if any(a.split("=", 1)[0] in HELP_FLAGS for a in argv[1:]) else e.code)
+    config_flags.DEFINE_config_dict("config", config, CONFIG_HELP, lock_config=True, sys_argv=argv)
+    rest = _parse(argv, asks_help)
     if FLAGS.workdir is None:
-        FLAGS.workdir = str(Path("runs") / name)
+        FLAGS.workdir = str(Path("runs") / (f"{stem}_{config_arg}" if config_arg else stem))
     return rest
 
 
+def _parse(argv: list[str], asks_help: bool) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        fail(" ".join(str(e).split()))
+    except SystemExit as e:  # absl exits 1 after printing the help it was asked for
+        sys.exit(0 if asks_help else e.code)
+    raise AssertionError
+
+
+def _run(exp: object, workdir: Path) -> None:
+    if FLAGS.mode == "bench":
+        bench.run(exp, workdir, quick=FLAGS.quick, n_samples=FLAGS.bench_samples or None,
+                  batch_size=FLAGS.bench_batch_size or None, peers=FLAGS.peers,
+                  reference=None if FLAGS.reference == "auto" else FLAGS.reference == "yes", progress=FLAGS.progress)
+    elif FLAGS.mode in ("sample", "eval"):
+        TASKS[FLAGS.mode](exp, workdir, overwrite=FLAGS.overwrite)
+    else:
+        TASKS[FLAGS.mode](exp, workdir)
+
+
 def main(argv: list[str]) -> None:
-    """Check the run (one line and exit status 2 for a mistake), build its experiment once, run the mode."""
+    """Build the run's experiment once (a mistake is one line and exit status 2), check its paths, take
+    the workdir's lock, run the mode."""
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.workdir:
+        fail("--workdir: empty (a directory path)")
     config, workdir, mode = FLAGS.config, Path(FLAGS.workdir), FLAGS.mode
     try:
         if FLAGS.checkpoint:
             if mode == "train":
                 fail("--checkpoint: for --mode=sample, eval, likelihood or bench (training resumes from "
                      "WORKDIR/checkpoints)")
-            config = build.with_overrides(config, {"sampling.checkpoint": FLAGS.checkpoint})
-        for warning in validate.check_run(config, workdir, mode, OVERRIDDEN, FLAGS.quick):
+            config = with_overrides(config, {"sampling.checkpoint": FLAGS.checkpoint})
+        exp = experiment(config, workdir, mode)
+        for warning in validate.check(exp, config, workdir, OVERRIDDEN, FLAGS.quick):
             if os.environ.get("RANK", "0") == "0":
                 print(f"{PROG[0]}: warning: {warning}", file=sys.stderr)
-        exp = build.experiment(config, workdir, mode)
-        if mode == "bench":
-            bench.run(exp, workdir, quick=FLAGS.quick, n_samples=FLAGS.bench_samples or None,
-                      batch_size=FLAGS.bench_batch_size or None, peers=FLAGS.peers,
-                      reference=None if FLAGS.reference == "auto" else FLAGS.reference == "yes",
-                      progress=FLAGS.progress)
-        else:
-            TASKS[mode](exp, workdir)
+        with workdir_lock(workdir):
+            _run(exp, workdir)
     except tasks.USER_ERRORS as e:
         fail(str(e))
+    except TrainingInterrupted as e:
+        print(f"{PROG[0]}: {e}", file=sys.stderr)
+        sys.exit(130)
     except KeyboardInterrupt:
         fail("interrupted; rerun the same command to resume (training from the newest checkpoint, sampling from "
              "the finished chunks)")

@@ -12,15 +12,15 @@ Chen et al. 2018), the divergence exact (D backward passes) or Hutchinson–Skil
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from .losses import interpolated_log_variance, prior_bpd, split_learned_variance, vlb_term
+from .losses import interpolated_log_variance, predicted_eps, prior_bpd, vlb_term
 from .schedules import DDPMSchedule, gaussian_logp
-from .utils import ScoreFn, randn_like, sum_flat
+from .utils import ScoreFn, append_dims, randn_like, sum_flat
 
 
 def _divergence_exact(f: Tensor, x: Tensor) -> Tensor:
@@ -108,37 +108,39 @@ def dequantize(images: Tensor, centered: bool, generator: torch.Generator | None
     return (2 * x - 1 if centered else x).float()
 
 
-def ddpm_vlb(model: Callable[..., Tensor], x0: Tensor, schedule: DDPMSchedule, variance: str = "learned",
+def ddpm_vlb(model: Any, x0: Tensor, schedule: DDPMSchedule, variance: str = "learned",
              generator: torch.Generator | None = None, clip_denoised: bool = False,
-             **model_kwargs: Tensor) -> tuple[Tensor, Tensor]:
-    """The full variational bound of a DDPM ε-model on data x0 ∈ [-1, 1] (8-bit bins), in bits/dim:
+             **cond: Tensor) -> tuple[Tensor, Tensor]:
+    """The full variational bound of a DDPM model on data x0 ∈ [-1, 1] (8-bit bins), in bits/dim:
 
         L = L_T + Σ_{t≥1} L_{t-1} + L_0     (Ho et al. 2020, eq. 5; improved DDPM's calc_bpd_loop)
 
-    variance: "learned" (2C-channel output, Σ = exp(v log β + (1-v) log β̃)), "small" (β̃) or "large"
+    model: the network's σ-space wrapper (`EpsToScore`), evaluated at x_σ = x₀ + σ_t ε, so the network sees
+    the labels it was trained and is sampled with (improved-diffusion feeds t·1000/T here too).
+    variance: "learned" (Σ = exp(v log β + (1-v) log β̃) from the wrapper), "small" (β̃) or "large"
     (β, with β̃_1 at t = 0 as in Ho et al.). One network evaluation per timestep (T in all).
     `clip_denoised`: x̂₀ clamped to [-1, 1] in every term (improved-diffusion `calc_bpd_loop`'s default).
     Returns (total [B], terms [B, T] with terms[:, t] = L_t of timestep index t (L_0 at 0)).
     """
+    if variance not in ("learned", "small", "large"):
+        raise ValueError(f"variance must be learned, small or large, got {variance!r}")
+    sigmas = schedule.sigmas.to(x0.device)
     terms = []
     for t_val in range(schedule.T):
         t = torch.full((x0.shape[0],), t_val, dtype=torch.long, device=x0.device)
         noise = randn_like(x0, generator)
         x_t = schedule.q_sample(x0, t, noise)
+        sigma = sigmas[t].to(x0.dtype)
+        x = x0 + append_dims(sigma, x0.ndim) * noise
         with torch.no_grad():
-            out = model(x_t, t, **model_kwargs)
-        if variance == "learned":
-            eps, v = split_learned_variance(out, x0.shape[1])
-            log_var = interpolated_log_variance(v, schedule, t)
-        else:
-            eps = out[:, : x0.shape[1]]
-            if variance == "small":
-                table = schedule.posterior_log_variance_clipped
-            elif variance == "large":
-                table = torch.log(torch.cat([schedule.posterior_variance[1:2], schedule.betas[1:]]))
+            if variance == "learned":
+                eps, v = model.eps_and_variance(x, sigma, **cond)
+                log_var = interpolated_log_variance(v, schedule, t)
             else:
-                raise ValueError(f"variance must be learned, small or large, got {variance!r}")
-            log_var = schedule.gather(table, t, x0).expand_as(x0)
+                eps = predicted_eps(model, x, sigma, **cond)
+                table = (schedule.posterior_log_variance_clipped if variance == "small" else
+                         torch.log(torch.cat([schedule.posterior_variance[1:2], schedule.betas[1:]])))
+                log_var = schedule.gather(table, t, x0).expand_as(x0)
         terms.append(vlb_term(schedule, x0, x_t, t, eps, log_var, clip_denoised))
     per_t = torch.stack(terms, dim=1)
     return per_t.sum(1) + prior_bpd(schedule, x0), per_t

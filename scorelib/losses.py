@@ -1,13 +1,16 @@
 """Training objectives. Every loss returns one value per example, shape [B]; the trainer reduces.
 
-Score-model losses (DSM, sliced score matching) take a σ-space score model `score(x, sigma)`;
-DDPM losses (L_simple, VLB, hybrid) take an ε-network `model(x_t, t)` and a `DDPMSchedule`.
+Every loss takes the network's σ-space wrapper (`scorelib.precond`, docs/design.md §4a), never the raw
+network, so the network sees in training exactly the inputs it sees in sampling and in likelihoods.
+Score-model losses (DSM, sliced score matching) need only `score(x, sigma)`; the DDPM losses (L_simple,
+VLB, hybrid) draw x_σ = x₀ + σ_t ε at the timesteps t of a `DDPMSchedule` and read ε (and the learned
+variance) from the wrapper.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -104,14 +107,20 @@ def ssm_loss(score_model: ScoreFn, x: Tensor, sigmas: Tensor, n_projections: int
 # ---------------------------------------------------------------------------------------------
 
 
-def eps_loss(eps_model: Callable[..., Tensor], x0: Tensor, schedule: DDPMSchedule, t: Tensor,
-             noise: Tensor, **model_kwargs) -> Tensor:
-    """L_simple (Ho et al. 2020, eq. 14): mean over dims of ‖ε - ε_θ(√ᾱ x₀ + √(1-ᾱ) ε, t)‖². Returns [B].
+def predicted_eps(model: ScoreFn, x: Tensor, sigma: Tensor, **cond: Tensor) -> Tensor:
+    """ε̂(x, σ) of a σ-space model: its `eps` when it has one (a `Precond` returns an ε-network's output
+    exactly), else -σ·s(x, σ)."""
+    eps = getattr(model, "eps", None)
+    return eps(x, sigma, **cond) if eps is not None else -append_dims(sigma, x.ndim) * model(x, sigma, **cond)
 
-    If the network outputs 2C channels (learned variance) only the first C (ε) enter.
+
+def eps_loss(model: ScoreFn, x0: Tensor, schedule: DDPMSchedule, t: Tensor, noise: Tensor, **cond: Tensor) -> Tensor:
+    """L_simple (Ho et al. 2020, eq. 14) in σ-space: mean over dims of ‖ε - ε̂(x₀ + σ_t ε, σ_t)‖² = ‖ε + σ_t s‖²,
+    the same numbers as in x_t coordinates. model: a σ-space wrapper (`EpsToScore`); t: int64 [B]. Returns [B].
     """
-    out = eps_model(schedule.q_sample(x0, t, noise), t, **model_kwargs)
-    return mean_flat((noise - out[:, : x0.shape[1]]) ** 2)
+    sigma = schedule.sigmas.to(x0.device)[t].to(x0.dtype)
+    x = x0 + append_dims(sigma, x0.ndim) * noise
+    return mean_flat((noise - predicted_eps(model, x, sigma, **cond)) ** 2)
 
 
 def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
@@ -154,12 +163,6 @@ def interpolated_log_variance(v: Tensor, schedule: DDPMSchedule, t: Tensor) -> T
     return v * log_beta + (1 - v) * log_beta_tilde
 
 
-def split_learned_variance(out: Tensor, channels: int) -> tuple[Tensor, Tensor]:
-    """Split a 2C-channel improved-DDPM output into ε and the coefficient v = (raw + 1)/2."""
-    eps, raw = out[:, :channels], out[:, channels:]
-    return eps, (raw + 1) / 2
-
-
 def vlb_term(schedule: DDPMSchedule, x0: Tensor, x_t: Tensor, t: Tensor, eps: Tensor,
              log_var: Tensor, clip_denoised: bool = False) -> Tensor:
     """One term of the variational bound in bits/dim, per example [B] (Ho et al. 2020, eq. 5):
@@ -187,31 +190,36 @@ def prior_bpd(schedule: DDPMSchedule, x0: Tensor) -> Tensor:
     return mean_flat(kl) / LOG2
 
 
-def vlb_loss(model: Callable[..., Tensor], x0: Tensor, schedule: DDPMSchedule, t: Tensor, noise: Tensor,
-             **model_kwargs) -> Tensor:
-    """L_vlb for a learned-variance network (2C output channels) estimated from the term at t as
-    T·L_t, bits/dim [B]: improved-diffusion's RESCALED_KL (gaussian_diffusion.py `training_losses`:
+def _eps_and_log_variance(model: Any, x0: Tensor, schedule: DDPMSchedule, t: Tensor, noise: Tensor,
+                          cond: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """(x_t, ε̂, learned log Σ) of a learned-variance wrapper at timesteps t for x_σ = x₀ + σ_t ε."""
+    sigma = schedule.sigmas.to(x0.device)[t].to(x0.dtype)
+    eps, v = model.eps_and_variance(x0 + append_dims(sigma, x0.ndim) * noise, sigma, **cond)
+    return schedule.q_sample(x0, t, noise), eps, interpolated_log_variance(v, schedule, t)
+
+
+def vlb_loss(model: Any, x0: Tensor, schedule: DDPMSchedule, t: Tensor, noise: Tensor, **cond: Tensor) -> Tensor:
+    """L_vlb for a learned-variance wrapper (`EpsToScore(..., learned_variance=True)`) estimated from the term
+    at t as T·L_t, bits/dim [B]: improved-diffusion's RESCALED_KL (gaussian_diffusion.py `training_losses`:
     `terms["loss"] *= self.num_timesteps`), the sum over t in expectation under uniform t.
 
     Gradient reaches both the mean and the variance (the pure VLB objective of improved DDPM).
     """
-    x_t = schedule.q_sample(x0, t, noise)
-    eps, v = split_learned_variance(model(x_t, t, **model_kwargs), x0.shape[1])
-    return schedule.T * vlb_term(schedule, x0, x_t, t, eps, interpolated_log_variance(v, schedule, t))
+    x_t, eps, log_var = _eps_and_log_variance(model, x0, schedule, t, noise, cond)
+    return schedule.T * vlb_term(schedule, x0, x_t, t, eps, log_var)
 
 
-def hybrid_loss(model: Callable[..., Tensor], x0: Tensor, schedule: DDPMSchedule, t: Tensor, noise: Tensor,
-                lambda_vlb: float = 0.001, **model_kwargs) -> Tensor:
-    """L_hybrid = L_simple + λ L_vlb (Nichol & Dhariwal 2021, eq. 16), per example [B].
+def hybrid_loss(model: Any, x0: Tensor, schedule: DDPMSchedule, t: Tensor, noise: Tensor, lambda_vlb: float = 0.001,
+                **cond: Tensor) -> Tensor:
+    """L_hybrid = L_simple + λ L_vlb (Nichol & Dhariwal 2021, eq. 16), per example [B], for a learned-variance
+    wrapper.
 
     L_vlb = Σ_t L_t is estimated from the sampled term as T·L_t; the stop-gradient on the mean
     inside L_vlb means the VLB trains only the variance, L_simple only the mean.
     """
-    x_t = schedule.q_sample(x0, t, noise)
-    eps, v = split_learned_variance(model(x_t, t, **model_kwargs), x0.shape[1])
+    x_t, eps, log_var = _eps_and_log_variance(model, x0, schedule, t, noise, cond)
     mse = mean_flat((noise - eps) ** 2)
-    vlb = vlb_term(schedule, x0, x_t, t, eps.detach(), interpolated_log_variance(v, schedule, t))
-    return mse + lambda_vlb * schedule.T * vlb
+    return mse + lambda_vlb * schedule.T * vlb_term(schedule, x0, x_t, t, eps.detach(), log_var)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Configs for published checkpoints (docs/design.md §4), which carry no architecture: the flags of the
 improved-/guided-diffusion releases (OPENAI_PRESETS, by file stem), the scorelib config those flags
 imply (`openai_config`), and `resolve_config`, which turns `scorelib.load`'s config argument (a
-ConfigDict, a configs/ name, a config file or "openai:<preset>") into a ConfigDict. `scorelib.published`
-reads the files themselves and re-exports these names.
+ConfigDict, a configs/ name, a config file or "openai:<preset>") into a ConfigDict. `scorelib.formats`
+reads the files themselves.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
+from .builder.configs import REPO_ROOT, run_config_file
+from .builder.fields import base
 from .checkpoint import CheckpointError
-from .defaults import REPO_ROOT, base, run_config_file
 
 # ---------------------------------------------------------------------------------------------
 # improved-diffusion / guided-diffusion presets: the flags their READMEs give for each released file

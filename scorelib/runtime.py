@@ -1,9 +1,15 @@
-"""The process a run executes in: its device and, under torchrun, its rank in the process group."""
+"""The process a run executes in: its device, under torchrun its rank in the process group, and the
+lock that makes it the one writer of its workdir."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -50,3 +56,40 @@ def setup_runtime(device: str = "auto", threads: int = 0) -> Runtime:
 def step_seed(seed: int, step: int, rank: int) -> int:
     """A 63-bit seed that depends on (seed, step, rank) only."""
     return (seed * 1_000_003 + step * 7919 + rank * 104_729 + 12_345) % (2**63 - 1)
+
+
+class WorkdirLocked(Exception):
+    """Another live run holds the workdir's lock; the message names the workdir and the holder."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on WORKDIR/.lock while the run writes there (`flock`: the OS releases it when
+    the process dies, also by SIGKILL). Under torchrun rank 0 holds it for every rank. A second run on the
+    same workdir raises WorkdirLocked naming the holder's PID and host."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    workdir = Path(workdir)
+    created = not workdir.exists()
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = path.read_text().strip() or "a process"
+        os.close(fd)
+        raise WorkdirLocked(f"{workdir}: another run is writing here ({holder}); wait for it to finish, or use "
+                            "another --workdir") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        yield
+    except BaseException:
+        if created and [p.name for p in workdir.iterdir()] == [".lock"]:  # a run that wrote nothing leaves nothing
+            path.unlink()
+            workdir.rmdir()
+        raise
+    finally:
+        os.close(fd)

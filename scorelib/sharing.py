@@ -1,6 +1,6 @@
 """Models as files: `save` / `load` (safetensors weights + the JSON config beside them), and reading
 weights from any checkpoint scorelib knows into a network: its own training checkpoints and
-workdirs, shared models, and the reference implementations' published files (`scorelib.published`).
+workdirs, shared models, and the reference implementations' published files (`scorelib.formats`).
 
 Nothing here can execute code from a file: safetensors holds tensors only, and every `torch.save` file
 is read with `weights_only=True` (docs/design.md §6).
@@ -18,7 +18,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import build, published
+from . import formats
+from .builder import Experiment, experiment
+from .builder.configs import config_from_json
+from .builder.declare import ConfigError
+from .builder.networks import NETWORKS
 from .checkpoint import (
     CheckpointError,
     atomic_write_bytes,
@@ -27,10 +31,13 @@ from .checkpoint import (
     load_newest,
     unknown_network,
 )
-from .defaults import config_from_json
 from .presets import resolve_config, stem_preset
 
 Weights = dict[str, torch.Tensor]
+# Example configs to name in errors when a published checkpoint comes without one
+FORMAT_CONFIGS = {"ncsn": "ncsn_cifar", "ncsnv2": "ncsnv2_cifar", "score_sde": "ncsnpp_cifar or ddpmpp_cifar",
+                  "ddim": "ddpm_cifar", "openai": "openai:cifar10_uncond (see scorelib.presets.OPENAI_PRESETS)",
+                  "openai_classifier": "openai:64x64_classifier"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,16 +74,16 @@ def _safetensors(path: Path) -> tuple[Weights, str, Path]:
 def read_checkpoint(path: str | Path, ema: bool = True) -> tuple[Any, str | None, Path]:
     """What a checkpoint file or folder holds: (weights, stored config JSON, source) for scorelib's own
     formats (EMA weights when present and `ema`), or (the object as read, None, path) for a published
-    file of the reference code, whose layout `scorelib.published` tells."""
+    file of the reference code, whose layout `scorelib.formats` tells."""
     path = Path(path)
-    if path.is_dir() and published.is_diffusers_folder(path):
+    if path.is_dir() and formats.is_diffusers_folder(path):
         raise CheckpointError(f"{path} is a diffusers folder: scorelib.load gives its score model, but it has "
                               f"no scorelib network to train, sample with the CLI or export")
     if path.is_dir():
         return _newest_in(path, ema)
     if path.suffix == ".safetensors":
         return _safetensors(path)
-    state = published.read_torch_file(path)
+    state = formats.read_torch_file(path)
     if isinstance(state, dict) and "model" in state and "config" in state:
         return state["ema"] if ema and state.get("ema") else state["model"], state["config"], path
     return state, None, path
@@ -100,29 +107,32 @@ def _fit(net: nn.Module, state: Weights, source: Path) -> None:
                               f"{str(e).splitlines()[-1].strip()}") from e
 
 
-def _check_family(fmt: str, family: str, path: Path) -> None:
-    if family not in published.FORMAT_MODELS[fmt]:
+def _check_format(fmt: str, accepts: tuple[str, ...], family: str, path: Path) -> None:
+    """The network table says whether a network reads a published layout."""
+    if fmt not in accepts:
+        fits = [k for k, e in NETWORKS.items() if fmt in e.formats] or ["classifier"]
         raise CheckpointError(f"{path} holds a {fmt} network, but the config describes {family!r} "
-                              f"(one of {', '.join(published.FORMAT_MODELS[fmt])} fits)")
+                              f"(one of {', '.join(fits)} fits)")
 
 
-def fit_published(net: nn.Module, state: Any, path: Path, family: str, variant: str, ema: bool = True) -> None:
-    """Load a reference implementation's checkpoint object `state` (as read from `path`) into `net`,
-    a scorelib network of `family` (model.name or "classifier"; NCSN depth `variant`)."""
-    fmt = published.detect_format(state, path)
-    _check_family(fmt, family, path)
-    published.fit_weights(net, published.published_weights(fmt, state, net, variant, ema, path), path, fmt)
-
-
-def load_weights(net: nn.Module, path: str | Path, family: str, variant: str, ema: bool = True) -> nn.Module:
-    """`net` (a new network of `family`, e.g. `Experiment.network()`) with the weights of the checkpoint
-    at `path` (any format of `read_checkpoint`), in eval mode; a CheckpointError names the file."""
+def load_weights(net: nn.Module, path: str | Path, formats_: tuple[str, ...] = (), family: str = "",
+                 variant: str = "base", ema: bool = True) -> nn.Module:
+    """`net` (a new network, e.g. `Experiment.network()`) with the weights of the checkpoint at `path` (any
+    format of `read_checkpoint`), in eval mode; a published file must be of a layout in `formats_` (the
+    network table's `formats` of `family`; NCSN depth `variant`). A CheckpointError names the file."""
     weights, stored, source = read_checkpoint(path, ema)
     if stored is None:
-        fit_published(net, weights, source, family, variant, ema)
+        fmt = formats.detect_format(weights, source)
+        _check_format(fmt, formats_, family, source)
+        formats.fit_weights(net, formats.published_weights(fmt, weights, net, variant, ema, source), source, fmt)
     else:
         _fit(net, weights, source)
     return net.eval()
+
+
+def load_experiment_weights(exp: Experiment, net: nn.Module, path: str | Path, ema: bool = True) -> nn.Module:
+    """`load_weights` for a new network of the experiment."""
+    return load_weights(net, path, exp.formats, exp.family, exp.f.model.variant, ema)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,51 +144,52 @@ def _published_config(path: Path, state: Any, config: Any) -> ConfigDict:
     """The config of a published checkpoint: `config` resolved (a ConfigDict, a configs/ name, a path or
     "openai:<preset>"), or the OpenAI preset its file name tells."""
     if config is None:
-        fmt = published.detect_format(state, path)
+        fmt = formats.detect_format(state, path)
         preset = stem_preset(path) if fmt.startswith("openai") else None
         if preset is None:
             raise CheckpointError(f"{path} is a {fmt} checkpoint, which carries no architecture: pass a config "
-                                  f"(e.g. {published.FORMAT_CONFIGS[fmt]})")
+                                  f"(e.g. {FORMAT_CONFIGS[fmt]})")
         config = f"openai:{preset}"
     return resolve_config(config)
 
 
-def load_network(path: str | Path, ema: bool = True, config: Any = None) -> tuple[nn.Module, ConfigDict]:
-    """(network, config) from a .safetensors file (config in the .json beside it), a training
+def _experiment(config: Any, source: Path, whose: str) -> Experiment:
+    try:
+        return experiment(config, mode="network")
+    except (ConfigError, AttributeError, KeyError, TypeError, ValueError) as e:
+        raise unknown_network(source, e, whose) from e
+
+
+def load_network(path: str | Path, ema: bool = True, config: Any = None) -> tuple[nn.Module, ConfigDict, Experiment]:
+    """(network, config, its experiment) from a .safetensors file (config in the .json beside it), a training
     checkpoint (.pt; EMA weights when present and `ema`), a workdir (its newest checkpoint), or a
-    published checkpoint of the reference code (scorelib.published: ncsn, ncsnv2, score_sde, ddim,
+    published checkpoint of the reference code (scorelib.formats: ncsn, ncsnv2, score_sde, ddim,
     improved-/guided-diffusion), whose architecture and noise process `config` gives (a ConfigDict, a
     configs/ name, a path or "openai:<preset>"; the released OpenAI files are also known by name)."""
     weights, stored, source = read_checkpoint(path, ema)
     if stored is None:
         config = _published_config(source, weights, config)
-        try:
-            family = build.network_family(config)
-            _check_family(published.detect_format(weights, source), family, source)
-            net = build.create_network(config)
-        except (AttributeError, KeyError, TypeError, ValueError) as e:
-            raise unknown_network(source, e, "the") from e
-        fit_published(net, weights, source, family, build.network_variant(config), ema)
-        return net.eval(), config
+        exp = _experiment(config, source, "the")
+        _check_format(formats.detect_format(weights, source), exp.formats, exp.family, source)
+        net = load_experiment_weights(exp, exp.network(), source, ema)
+        return net.eval(), config, exp
     config = config_from_json(stored, source.with_suffix(".json") if source.suffix == ".safetensors" else source)
-    try:
-        net = build.create_network(config)
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        raise unknown_network(source, e) from e
+    exp = _experiment(config, source, "its")
+    net = exp.network()
     _fit(net, weights, source)
-    return net.eval(), config
+    return net.eval(), config, exp
 
 
 def load(path: str | Path, config: Any = None, ema: bool = True) -> nn.Module:
     """A ready σ-space model (eval mode) from `save`'s format, a training checkpoint, a workdir, a
     published checkpoint of the reference code (see `load_network`) or a diffusers folder (through
-    diffusers). A noisy classifier comes back as a σ-space classifier(x, sigma) -> logits [B, K].
-    Never executes code; errors name the file. The config travels with the model
-    (`model.scorelib_config`), so `save(model, path)` exports it."""
-    if Path(path).is_dir() and published.is_diffusers_folder(Path(path)):
-        return published.load_diffusers(Path(path))
-    net, config = load_network(path, ema, config)
-    model = build.create_sigma_model(config, net).eval()
+    diffusers): the network in its one conditioning wrapper (`scorelib.precond`). A noisy classifier comes
+    back as a σ-space classifier(x, sigma) -> logits [B, K]. Never executes code; errors name the file.
+    The config travels with the model (`model.scorelib_config`), so `save(model, path)` exports it."""
+    if Path(path).is_dir() and formats.is_diffusers_folder(Path(path)):
+        return formats.load_diffusers(Path(path))
+    net, config, exp = load_network(path, ema, config)
+    model = exp.wrap(net).eval()
     model.scorelib_config = config
     return model
 
@@ -191,7 +202,7 @@ def load(path: str | Path, config: Any = None, ema: bool = True) -> nn.Module:
 def _network_state(model: nn.Module, config: ConfigDict) -> Weights:
     """The state_dict of the network inside `model` (the network itself or a σ-space wrapper of it)."""
     with torch.device("meta"):
-        want = set(build.create_network(config).state_dict())
+        want = set(experiment(config, mode="network").network().state_dict())
     for module in model.modules():
         sd = module.state_dict()
         if set(sd) == want:

@@ -4,6 +4,10 @@ data-parallel training under torchrun, atomic checkpoints and exact resume.
 Determinism: the batch, the noise and the dropout masks of step k are functions of (seed, k, rank)
 alone, and checkpoints hold model, EMA, optimizer, timestep-sampler and RNG states, so a resumed
 run on the CPU ends with the same weights as an uninterrupted one.
+
+Nothing is lost: besides every `training.snapshot_freq` steps, a checkpoint is written every
+`training.checkpoint_minutes` of wall time and when SIGTERM or SIGINT arrives (SLURM and Kubernetes send
+SIGTERM before they kill), after the step in flight; the run then stops with `TrainingInterrupted`.
 """
 
 from __future__ import annotations
@@ -12,8 +16,11 @@ import contextlib
 import copy
 import json
 import math
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +29,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .build import DataSpec, Experiment, LossFn, load_dataset
+from .builder import Experiment
+from .builder.objectives import LossFn
 from .checkpoint import (
     checkpoint_path,
     list_checkpoints,
@@ -32,14 +40,19 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .data import ImageData, prepare_batch, save_image_grid, toy_data
+from .data import ImageData, load_dataset, prepare_batch, save_image_grid, toy_data
 from .metrics.fid import to_unit_range
 from .runtime import Runtime, setup_runtime, step_seed
+from .sampling import sample_images
 from .utils import format_duration
 
 
 class TrainingError(RuntimeError):
     """Training stopped (non-finite loss, bad setup); the message says why and what was kept."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM or SIGINT arrived; a checkpoint of the step reached was written first."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,7 +64,7 @@ class Batches:
     """The batch of step k: positions [kB, (k+1)B) of an endless sequence of per-epoch permutations
     (seeded by epoch), this rank's slice of it, prepared on the device."""
 
-    def __init__(self, spec: DataSpec, seed: int, batch_size: int, data: ImageData | None, rt: Runtime):
+    def __init__(self, spec: Any, seed: int, batch_size: int, data: ImageData | None, rt: Runtime):
         self.spec, self.seed, self.data, self.rt = spec, seed, data, rt
         if batch_size % rt.world:
             raise TrainingError(f"training.batch_size={batch_size} is not divisible by the {rt.world} processes")
@@ -86,10 +99,18 @@ class Batches:
 # ---------------------------------------------------------------------------------------------
 
 
-def ema_rate_at(rate: float, step: int) -> float:
-    """The EMA rate after `step` updates, warmed up as min(rate, (1 + n)/(10 + n)) (TensorFlow's
+def ema_rate_at(f: Any, step: int) -> float:
+    """The EMA rate of update `step` for the config records `f`:
+    with training.ema_halflife_kimg > 0, EDM's half-life in images, 0.5^(B / h) with h at most
+    ema_rampup_ratio × the images seen (EDM training_loop.py); else min(rate, (1 + n)/(10 + n)) (TensorFlow's
     ExponentialMovingAverage with num_updates), so short runs do not keep the initial weights."""
-    return min(rate, (1 + step) / (10 + step))
+    t = f.training
+    if t.ema_halflife_kimg > 0:
+        half = t.ema_halflife_kimg * 1000
+        if t.ema_rampup_ratio > 0:
+            half = min(half, (step + 1) * t.batch_size * t.ema_rampup_ratio)
+        return 0.5 ** (t.batch_size / max(half, 1e-8))
+    return min(f.model.ema_rate, (1 + step) / (10 + step))
 
 
 def ema_update(ema: nn.Module, model: nn.Module, rate: float) -> None:
@@ -100,23 +121,6 @@ def ema_update(ema: nn.Module, model: nn.Module, rate: float) -> None:
         torch._foreach_lerp_(e_params, m_params, 1.0 - rate)
         for eb, mb in zip(ema.buffers(), model.buffers(), strict=True):
             eb.copy_(mb)
-
-
-def sample_images(exp: Experiment, net: nn.Module, n: int, device: torch.device, seed: int = 0,
-                  classifier: nn.Module | None = None, batch_size: int | None = None) -> Tensor:
-    """n samples of the experiment's sampler from network `net` (in eval mode), model-space [n, ...],
-    in batches of `batch_size` (default sampling.batch_size), all drawn from one generator seeded
-    `seed`. Class-conditional models get `exp.guidance`'s labels and guidance."""
-    score = exp.to_score(net).eval()
-    size = batch_size or exp.sample.batch_size
-    g = torch.Generator(device).manual_seed(seed)
-    out = []
-    with torch.no_grad():
-        for start in range(0, n, size):
-            b = min(size, n - start)
-            y = exp.guidance.labels(b, g, device)
-            out.append(exp.sampler(exp.guidance.guided(score, y, classifier), (b, *exp.data.shape), g, device))
-    return torch.cat(out)
 
 
 def _metrics_writer(workdir: Path, resume_step: int) -> Any:
@@ -142,16 +146,136 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
                 desc="train")
 
 
-def _snapshot(exp: Experiment, workdir: Path, step: int, net: nn.Module, ema: nn.Module,
-              opt: torch.optim.Optimizer, loss_fn: LossFn, keep: int) -> Path:
-    state: dict[str, Any] = {"model": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                             "step": step, "config": exp.record, "rng": rng_state()}
-    if loss_fn.timesteps is not None and hasattr(loss_fn.timesteps, "state_dict"):
-        state["timesteps"] = loss_fn.timesteps.state_dict()
+@dataclass
+class Run:
+    """What a training run holds: the network, its EMA, the optimiser, the objective (with its timestep
+    sampler's state) and the step it starts from."""
+
+    net: nn.Module
+    ema: nn.Module
+    opt: torch.optim.Optimizer
+    loss_fn: LossFn
+    start: int = 0
+    last_loss: Tensor | None = None
+
+    def state(self, exp: Experiment, step: int) -> dict[str, Any]:
+        """The checkpoint of step `step`: model, EMA, optimiser, timestep sampler and RNG states, the config."""
+        state: dict[str, Any] = {"model": self.net.state_dict(), "ema": self.ema.state_dict(),
+                                 "optimizer": self.opt.state_dict(), "step": step, "config": exp.record,
+                                 "rng": rng_state()}
+        if self.loss_fn.timesteps is not None and hasattr(self.loss_fn.timesteps, "state_dict"):
+            state["timesteps"] = self.loss_fn.timesteps.state_dict()
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint `state` (see `state`)."""
+        self.net.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        if "timesteps" in state and hasattr(self.loss_fn.timesteps, "load_state_dict"):
+            self.loss_fn.timesteps.load_state_dict(state["timesteps"])
+        set_rng_state(state["rng"])
+        self.start = int(state["step"])
+
+
+def _new_run(exp: Experiment, workdir: Path, rt: Runtime) -> Run:
+    torch.manual_seed(exp.f.seed)  # the same initial weights on every rank and in every run
+    net = exp.network().to(rt.device)
+    run = Run(net, copy.deepcopy(net).eval().requires_grad_(False), exp.optimizer(net.parameters()), exp.loss.fresh())
+    resumed = load_newest(workdir / "checkpoints", map_location=rt.device)
+    if resumed is not None:
+        run.restore(resumed)
+    return run
+
+
+def _save(exp: Experiment, workdir: Path, run: Run, step: int) -> Path:
     path = checkpoint_path(workdir / "checkpoints", step)
-    save_checkpoint(path, state)
-    prune_checkpoints(workdir / "checkpoints", keep)
+    save_checkpoint(path, run.state(exp, step))
+    prune_checkpoints(workdir / "checkpoints", exp.f.training.keep_checkpoints)
     return path
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[list[int]]:
+    """While training, SIGTERM and SIGINT set a flag (the signal number) instead of killing the process,
+    so the loop can checkpoint the step it reached; the previous handlers come back afterwards."""
+    caught: list[int] = []
+    handler = lambda signum, frame: caught.append(signum)  # noqa: E731
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield caught
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _stop_requested(caught: list[int], rt: Runtime) -> bool:
+    """Whether any process caught a stop signal (all processes agree, so they stop at the same step)."""
+    flag = torch.tensor([float(bool(caught))], device=rt.device)
+    if rt.world > 1:
+        dist.all_reduce(flag)
+    return bool(flag.item() > 0)
+
+
+class _Log:
+    """The loss window between log lines: metrics.jsonl, tensorboard, the bar or plain progress lines."""
+
+    def __init__(self, workdir: Path, t: Any, start: int, rt: Runtime):
+        self.t, self.rt, self.start = t, rt, start
+        self.metrics = _metrics_writer(workdir, start) if rt.is_main else None
+        self.board = _tensorboard(workdir) if rt.is_main else None
+        self.bar = _progress(t.n_iters, start, rt.is_main)
+        self.plain = rt.is_main and not sys.stderr.isatty()
+        self.loss = torch.zeros((), device=rt.device, dtype=torch.float64)
+        self.steps, self.last_good = 0, start
+        self.t0 = self.window_start = time.perf_counter()
+
+    def step(self, loss: Tensor) -> None:
+        self.loss += loss.detach()
+        self.steps += 1
+        self.bar.update(1)
+
+    def write(self, done: int, lr: float, grad_norm: Tensor, workdir: Path) -> None:
+        total = self.loss.clone()
+        if self.rt.world > 1:
+            dist.all_reduce(total)
+            total /= self.rt.world
+        mean = float(total) / self.steps
+        if not math.isfinite(mean):
+            kept = list_checkpoints(workdir / "checkpoints")
+            raise TrainingError(
+                f"the loss became {mean} between steps {self.last_good} and {done}; stopped without saving. "
+                + (f"The last good checkpoint is {kept[-1][1]}." if kept else "No checkpoint was written."))
+        self.last_good = done
+        record = {"step": done, "loss": mean, "lr": lr, "grad_norm": float(grad_norm),
+                  "it_per_s": self.steps / max(time.perf_counter() - self.window_start, 1e-9)}
+        if self.metrics is not None:
+            self.metrics.write(json.dumps(record) + "\n")
+        if self.board is not None:
+            for k, v in record.items():
+                if k != "step":
+                    self.board.add_scalar(k, v, done)
+        self.bar.set_postfix(loss=f"{mean:.4g}")
+        if self.plain:  # no terminal for the bar (a log file, a batch job): one line per log_freq
+            n = self.t.n_iters
+            rate = (done - self.start) / max(time.perf_counter() - self.t0, 1e-9)
+            print(f"train: step {done}/{n} ({100 * done / n:.0f}%), loss {mean:.4g}, {record['it_per_s']:.3g} it/s, "
+                  f"ETA {format_duration((n - done) / rate)}", file=sys.stderr, flush=True)
+        self.loss.zero_()
+        self.window_start, self.steps = time.perf_counter(), 0
+
+    def close(self) -> None:
+        self.bar.close()
+        for h in (self.metrics, self.board):
+            if h is not None:
+                h.close()
+
+
+def _snapshot_samples(exp: Experiment, workdir: Path, run: Run, done: int, rt: Runtime) -> None:
+    t = exp.f.training
+    if t.snapshot_samples > 0 and exp.data.dataset != "toy" and t.target == "model":
+        imgs = sample_images(exp, run.ema, t.snapshot_samples, rt.device, seed=exp.f.seed)
+        save_image_grid(to_unit_range(imgs, exp.data.value_range), workdir / "samples" / f"step_{done:08d}.png")
 
 
 def train(exp: Experiment, workdir: str | Path) -> dict[str, Any]:
@@ -163,108 +287,65 @@ def train(exp: Experiment, workdir: str | Path) -> dict[str, Any]:
     """
     if exp.loss is None:
         raise TrainingError("the experiment has no training objective (build it with mode='train')")
-    t, spec = exp.train, exp.data
-    rt = setup_runtime(t.device, t.threads)
-    workdir = Path(workdir)
-    data = load_dataset(spec)
-    batches = Batches(spec, t.seed, t.batch_size, data, rt)
-    torch.manual_seed(t.seed)  # the same initial weights on every rank and in every run
-    net = exp.network().to(rt.device)
-    ema = copy.deepcopy(net).eval().requires_grad_(False)
-    opt = exp.optimizer(net.parameters())
-    loss_fn = exp.loss.fresh()
-    start = 0
-    resumed = load_newest(workdir / "checkpoints", map_location=rt.device)
-    if resumed is not None:
-        net.load_state_dict(resumed["model"])
-        ema.load_state_dict(resumed["ema"])
-        opt.load_state_dict(resumed["optimizer"])
-        if "timesteps" in resumed and hasattr(loss_fn.timesteps, "load_state_dict"):
-            loss_fn.timesteps.load_state_dict(resumed["timesteps"])
-        set_rng_state(resumed["rng"])
-        start = int(resumed["step"])
+    t, workdir = exp.f.training, Path(workdir)
+    rt = setup_runtime(exp.f.device, t.threads)
+    batches = Batches(exp.data, exp.f.seed, t.batch_size, load_dataset(exp.data), rt)
+    run = _new_run(exp, workdir, rt)
     if rt.is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(exp.record)
-    train_model: nn.Module = net
+    model: nn.Module = run.net
     if rt.world > 1:
-        train_model = nn.parallel.DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type ==
-                                                          "cuda" else None)
-    if t.compile:
-        train_model = torch.compile(train_model)
-    objective = loss_fn.bind(train_model)  # the σ-space wrapper, made once
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if t.amp and rt.device.type == "cuda"
-                else contextlib.nullcontext())
-    metrics = _metrics_writer(workdir, start) if rt.is_main else None
-    board = _tensorboard(workdir) if rt.is_main else None
-    bar = _progress(t.n_iters, start, rt.is_main)
-    window_loss = torch.zeros((), device=rt.device, dtype=torch.float64)
-    window_start, window_steps, last_good = time.perf_counter(), 0, start
-    run_start, plain_progress = window_start, rt.is_main and not sys.stderr.isatty()
-    grad_norm = torch.zeros((), device=rt.device)
-    net.train()
+        model = nn.parallel.DistributedDataParallel(run.net, device_ids=[rt.device.index] if rt.device.type ==
+                                                    "cuda" else None)
+    objective = run.loss_fn.bind(torch.compile(model) if t.compile else model)  # the σ-space wrapper, made once
+    log = _Log(workdir, t, run.start, rt)
+    saved_at = time.monotonic()
     try:
-        for step in range(start, t.n_iters):
-            seed = step_seed(t.seed, step, rt.rank)
-            torch.manual_seed(seed)  # dropout masks depend on the step only
-            g = torch.Generator(rt.device).manual_seed(seed)
-            x, y = batches(step, g)
-            lr = exp.learning_rate(step)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            with autocast:
-                loss = objective(x, y if t.uses_labels else None, g).float().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip)
-            opt.step()
-            ema_update(ema, net, ema_rate_at(t.ema_rate, step))
-            window_loss += loss.detach()
-            window_steps += 1
-            done = step + 1
-            last = done == t.n_iters
-            if done % t.log_freq == 0 or done % t.snapshot_freq == 0 or last:
-                total = window_loss.clone()
-                if rt.world > 1:
-                    dist.all_reduce(total)
-                    total /= rt.world
-                mean_loss = float(total) / window_steps
-                if not math.isfinite(mean_loss):
-                    kept = list_checkpoints(workdir / "checkpoints")
-                    raise TrainingError(
-                        f"the loss became {mean_loss} between steps {last_good} and {done}; stopped without saving. "
-                        + (f"The last good checkpoint is {kept[-1][1]}." if kept else "No checkpoint was written."))
-                last_good = done
-                elapsed = time.perf_counter() - window_start
-                record = {"step": done, "loss": mean_loss, "lr": lr, "grad_norm": float(grad_norm),
-                          "it_per_s": window_steps / max(elapsed, 1e-9)}
-                if metrics is not None:
-                    metrics.write(json.dumps(record) + "\n")
-                if board is not None:
-                    for k, v in record.items():
-                        if k != "step":
-                            board.add_scalar(k, v, done)
-                bar.set_postfix(loss=f"{mean_loss:.4g}")
-                if plain_progress:  # no terminal for the bar (a log file, a batch job): one line per log_freq
-                    rate = (done - start) / max(time.perf_counter() - run_start, 1e-9)
-                    print(f"train: step {done}/{t.n_iters} ({100 * done / t.n_iters:.0f}%), loss {mean_loss:.4g}, "
-                          f"{record['it_per_s']:.3g} it/s, ETA {format_duration((t.n_iters - done) / rate)}",
-                          file=sys.stderr, flush=True)
-                window_loss.zero_()
-                window_start, window_steps = time.perf_counter(), 0
-            if (done % t.snapshot_freq == 0 or last) and rt.is_main:
-                _snapshot(exp, workdir, done, net, ema, opt, loss_fn, t.keep_checkpoints)
-                if t.snapshot_samples > 0 and spec.dataset != "toy" and t.target == "model":
-                    imgs = sample_images(exp, ema, t.snapshot_samples, rt.device, seed=t.seed)
-                    save_image_grid(to_unit_range(imgs, spec.value_range), workdir / "samples" /
-                                    f"step_{done:08d}.png")
-            bar.update(1)
+        with _stop_signals() as caught:
+            for step in range(run.start, t.n_iters):
+                lr, grad_norm = _train_step(exp, run, objective, batches, step, rt)
+                log.step(run.last_loss)
+                done = step + 1
+                if done % t.log_freq == 0 or done % t.snapshot_freq == 0 or done == t.n_iters:
+                    log.write(done, lr, grad_norm, workdir)
+                stop = _stop_requested(caught, rt)
+                due = t.checkpoint_minutes > 0 and time.monotonic() - saved_at > 60 * t.checkpoint_minutes
+                if rt.is_main and (done % t.snapshot_freq == 0 or done == t.n_iters or stop or due):
+                    _save(exp, workdir, run, done)
+                    saved_at = time.monotonic()
+                    if not stop and not due:
+                        _snapshot_samples(exp, workdir, run, done, rt)
+                if stop:
+                    raise TrainingInterrupted(f"interrupted by signal {caught[0] if caught else '?'} at step {done}; "
+                                              f"the checkpoint of step {done} is in {workdir / 'checkpoints'}: "
+                                              "rerun the same command to resume")
     finally:
-        bar.close()
-        if metrics is not None:
-            metrics.close()
-        if board is not None:
-            board.close()
+        log.close()
     if rt.world > 1:
         dist.barrier()
-    return {"steps": t.n_iters, "resumed_from": start, "workdir": str(workdir)}
+    return {"steps": t.n_iters, "resumed_from": run.start, "workdir": str(workdir)}
+
+
+def _train_step(exp: Experiment, run: Run, objective: Any, batches: Batches, step: int,
+                rt: Runtime) -> tuple[float, Tensor]:
+    """One optimiser step: the batch and noise of `step`, the learning rate, AMP, clipping, the EMA."""
+    t, f = exp.f.training, exp.f
+    seed = step_seed(f.seed, step, rt.rank)
+    torch.manual_seed(seed)  # dropout masks depend on the step only
+    g = torch.Generator(rt.device).manual_seed(seed)
+    x, y = batches(step, g)
+    lr = exp.learning_rate(step)
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+    amp = t.amp and rt.device.type == "cuda"
+    with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
+        loss = objective(x, y if exp.uses_labels else None, g).float().mean()
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    clip = f.optim.grad_clip if f.optim.grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.net.parameters(), clip)
+    run.opt.step()
+    ema_update(run.ema, run.net, ema_rate_at(f, step))
+    run.last_loss = loss.detach()
+    return lr, grad_norm

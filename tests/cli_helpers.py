@@ -50,3 +50,17 @@ def write_fake_cifar10(root: Path, n_per_batch: int = 16, seed: int = 0) -> Path
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [b"c%d" % i for i in range(10)], b"num_vis": 3072}, f, protocol=2)
     return root
+
+
+def sample_file(workdir: Path, method: str, n: int | None = None, suffix: str = ".npz") -> Path:
+    """The one output of `--mode=sample` with `method` in WORKDIR/samples (named <method>-<nfe>-<setting>-n<N>)."""
+    found = sorted((Path(workdir) / "samples").glob(f"{method}-*-n{n if n is not None else '*'}{suffix}"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def chunk_dir(workdir: Path, method: str, where: str = "samples") -> Path:
+    """The one chunk store of `method` in WORKDIR/samples (or WORKDIR/eval)."""
+    found = [p for p in (Path(workdir) / where).glob(f"{method}-*") if p.is_dir()]
+    assert len(found) == 1, found
+    return found[0]

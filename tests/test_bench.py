@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from builds import exp_of, network
 
-from scorelib import bench, build
+from scorelib import bench
+from scorelib.builder import experiment
 from scorelib.checkpoint import config_to_json, save_checkpoint
 from scorelib.data import toy_mixture
 from scorelib.presets import resolve_config
@@ -44,7 +46,7 @@ def _overspends(score, x0, g):  # claims 1 evaluation, makes 2
 def toy_run(tmp_path_factory):
     config = toy_config()
     workdir = tmp_path_factory.mktemp("toy")
-    exp = build.experiment(config, workdir, "bench")
+    exp = experiment(config, workdir, "bench")
     cases = bench.default_cases(exp, quick=True)
     broken = bench.Case("broken", "broken", "raises", _boom, 1, True)
     liar = bench.Case("liar", "liar", "reports 1 NFE, makes 2", _overspends, 1, True)
@@ -147,7 +149,7 @@ def test_equal_nfe_accounting_with_an_independent_counting_score():
     match the closed forms of each method."""
     config = toy_config()
     gmm = toy_mixture("gmm8")
-    sigma_max, _ = build.sigma_range(config)
+    sigma_max, _ = exp_of(config).noise.sigma_range
     x0 = sigma_max * torch.randn(16, 2, generator=torch.Generator().manual_seed(5))
     closed_form = {"ald (NCSN: 100 steps/level)": 5 * 100, "ald (NCSNv2: 5 steps/level + denoise)": 10 * 5 + 1,
                    "pc (reverse diffusion + Langevin)": 2 * 10, "ddpm ancestral (small variance)": 10,
@@ -156,7 +158,7 @@ def test_equal_nfe_accounting_with_an_independent_counting_score():
                    "k-diffusion sample_euler (Karras)": 10, "k-diffusion sample_heun (Karras)": 2 * 10 - 1,
                    "k-diffusion sample_dpmpp_2m (exponential)": 10, "diffusers EDM dpm-solver++ 2M": 10}
     seen = 0
-    for case in bench.default_cases(build.experiment(config), quick=True):
+    for case in bench.default_cases(experiment(config), quick=True):
         if case.skip:
             continue
         counting = CountingScore(gmm)
@@ -175,12 +177,12 @@ def test_a_checkpoint_in_the_workdir_is_benchmarked_instead_of_the_exact_score(t
     config = toy_config()
     with config.unlocked():
         config.model.nf, config.model.num_res_blocks = 16, 1
-    net = build.create_model(config)
+    net = network(config)
     save_checkpoint(tmp_path / "checkpoints" / "checkpoint_00000001.pt",
                     {"model": net.state_dict(), "ema": net.state_dict(), "config": config_to_json(config), "step": 1})
-    cases = [c for c in bench.default_cases(build.experiment(config), quick=True, peers=False)
+    cases = [c for c in bench.default_cases(experiment(config), quick=True, peers=False)
              if c.family in ("ddim η=0", "ddim η=1")]
-    report = bench.run(build.experiment(toy_config(), tmp_path, "bench"), tmp_path, n_samples=32, cases=cases,
+    report = bench.run(experiment(toy_config(), tmp_path, "bench"), tmp_path, n_samples=32, cases=cases,
                        progress=False, plots=False)
     assert "checkpoint" in report.meta["model"] and "EMA" in report.meta["model"]
     assert [r["status"] for r in report.rows] == ["reference", "reference", "ok", "ok"]
@@ -192,7 +194,7 @@ def test_no_checkpoint_and_no_exact_score_is_a_clear_error(tmp_path):
     with config.unlocked():
         config.data.toy = "moons"
     with pytest.raises(bench.CheckpointError, match="no checkpoints"):
-        bench.run(build.experiment(config, tmp_path, "bench"), tmp_path, quick=True, progress=False)
+        bench.run(experiment(config, tmp_path, "bench"), tmp_path, quick=True, progress=False)
 
 
 def test_module_entry_point(tmp_path):
@@ -229,7 +231,7 @@ def test_main_mode_bench_runs_the_full_grid(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = json.loads((tmp_path / "bench" / "results.json").read_text())["rows"]
     # every case of the full grid (peer rows: those of the peers installed, or one skip row) + 2 reference rows
-    expected = len(bench.default_cases(build.experiment(resolve_config("toy_gmm")), quick=False, peers=True)) + 2
+    expected = len(bench.default_cases(experiment(resolve_config("toy_gmm")), quick=False, peers=True)) + 2
     assert len(rows) == expected > 60 and all(r["status"] in ("ok", "reference", "skipped") for r in rows)
     ddim = {r["settings"] for r in rows if r["sampler"] == "ddim"}
     assert {f"{n} steps, η={eta}" for n in (10, 20, 50, 100, 1000) for eta in ("0", "0.5", "1")} <= ddim

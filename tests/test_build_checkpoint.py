@@ -8,10 +8,10 @@ import pickle
 
 import pytest
 import torch
+from builds import exp_of, network, wrapped
 from ml_collections import ConfigDict
 
 import scorelib
-from scorelib import build
 from scorelib.checkpoint import CheckpointError, save_checkpoint
 
 # parameter counts of the reference implementations (see README)
@@ -35,7 +35,7 @@ def config(name: str) -> ConfigDict:
 @pytest.mark.parametrize("name", sorted(REFERENCE_COUNTS))
 def test_configs_build_the_reference_networks(name):
     with torch.device("meta"):
-        net = build.create_model(config(name))
+        net = network(config(name))
     assert sum(p.numel() for p in net.parameters()) == REFERENCE_COUNTS[name]
 
 
@@ -56,15 +56,15 @@ def tiny(name: str) -> ConfigDict:
 def test_score_models_of_every_config(name):
     c = tiny(name) if name not in ("ncsn_digits", "toy_gmm") else config(name)
     torch.manual_seed(0)
-    net = build.create_model(c)
+    net = network(c)
     with torch.no_grad():  # reference inits zero the output layers: perturb so outputs depend on inputs
         for p in net.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    score = build.create_score_model(c, net)
+    score = wrapped(c, net)
     shape = (3, c.data.channels) if c.data.dataset == "toy" else (3, c.data.channels, c.data.image_size,
                                                                      c.data.image_size)
     x = torch.randn(shape)
-    kw = {"y": torch.tensor([1, 2, 3])} if build.is_class_conditional(c) else {}
+    kw = {"y": torch.tensor([1, 2, 3])} if exp_of(c).guidance.conditional else {}
     s1 = score(x, torch.full((3,), 0.5), **kw)
     s2 = score(x, torch.full((3,), 2.0), **kw)
     assert s1.shape == x.shape and torch.isfinite(s1).all()
@@ -74,13 +74,13 @@ def test_score_models_of_every_config(name):
 def test_ddpm_score_model_is_eps_consistent():
     c = tiny("iddpm_cifar")  # learned variance: the score uses the ε channels only
     torch.manual_seed(0)
-    net = build.create_model(c)
+    net = network(c)
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.01 * torch.randn_like(p))
     net.eval()  # dropout off
-    score = build.create_score_model(c, net)
-    abar = build.create_schedule(c).alphas_cumprod
+    score = wrapped(c, net)
+    abar = exp_of(c).noise.schedule.alphas_cumprod
     eps = scorelib.ScoreToEps(score, abar)
     x_t = torch.randn(2, 3, 16, 16)
     t = torch.tensor([10, 3000])
@@ -92,11 +92,11 @@ def test_ddpm_score_model_is_eps_consistent():
 def test_save_load_round_trip(tmp_path):
     c = tiny("ddpm_cifar")
     torch.manual_seed(0)
-    net = build.create_model(c)
+    net = network(c)
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    score = build.create_score_model(c, net).eval()
+    score = wrapped(c, net).eval()
     scorelib.save(score, tmp_path / "m.safetensors", c)  # the wrapper or the network both work
     assert (tmp_path / "m.json").exists()
     loaded = scorelib.load(tmp_path / "m.safetensors")
@@ -108,8 +108,8 @@ def test_save_load_round_trip(tmp_path):
 
 def test_load_from_a_training_checkpoint_prefers_ema(tmp_path):
     c = config("toy_gmm")
-    net = build.create_model(c)
-    ema = build.create_model(c)
+    net = network(c)
+    ema = network(c)
     save_checkpoint(tmp_path / "checkpoints" / "checkpoint_00000010.pt",
                     {"model": net.state_dict(), "ema": ema.state_dict(), "step": 10,
                      "config": scorelib.checkpoint.config_to_json(c)})
@@ -121,7 +121,7 @@ def test_load_from_a_training_checkpoint_prefers_ema(tmp_path):
 
 def test_load_errors_name_the_file(tmp_path):
     c = config("toy_gmm")
-    net = build.create_model(c)
+    net = network(c)
     scorelib.save(net, tmp_path / "ok.safetensors", c)
     with pytest.raises(CheckpointError, match=r"missing\.safetensors"):
         scorelib.load(tmp_path / "missing.safetensors")

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from cli_helpers import ROOT, run_main, run_torchrun, write_fake_cifar10
+from cli_helpers import ROOT, run_main, run_torchrun, sample_file, write_fake_cifar10
 
 from scorelib.checkpoint import list_checkpoints, load_checkpoint
 
@@ -32,7 +32,7 @@ def test_toy_config_trains_and_writes_checkpoints_and_metrics(tmp_path):
     assert state["step"] == 60 and {"model", "ema", "optimizer", "rng", "config"} <= set(state)
     r = run_main("--config=toy_gmm", f"--workdir={tmp_path}", "--mode=sample", "--config.sampling.n_samples=100")
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "samples" / "ald.png").exists() and (tmp_path / "samples" / "ald.npz").exists()
+    assert sample_file(tmp_path, "ald", 100, ".png").exists() and sample_file(tmp_path, "ald", 100).exists()
 
 
 def test_fake_cifar10_end_to_end(tmp_path):

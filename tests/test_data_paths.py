@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import run_main, write_fake_cifar10
+from cli_helpers import run_main, sample_file, write_fake_cifar10
 from PIL import Image
 
 from scorelib import data as data_mod
@@ -187,7 +187,7 @@ def test_ncsn_mnist_end_to_end_on_fake_mnist(tmp_path):
     assert Image.open(tmp_path / "run" / "samples" / "step_00000002.png").mode == "L"
     r = run_main(*common, "--mode=sample", "--config.sampling.n_samples=4")
     assert r.returncode == 0, r.stderr
-    samples = np.load(tmp_path / "run" / "samples" / "ald.npz")["samples"]
+    samples = np.load(sample_file(tmp_path / "run", "ald"))["samples"]
     assert samples.shape == (4, 1, 28, 28) and np.isfinite(samples).all()
 
 

@@ -12,12 +12,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from builds import exp_of
 from cli_helpers import run_main, write_fake_cifar10
 from PIL import Image
 
-from scorelib import build, tasks
 from scorelib import evaluate as ev
-from scorelib.data import DataError, in_test_split, load_image_folder
+from scorelib import sampling, tasks
+from scorelib.builder import ConfigError, experiment
+from scorelib.builder.configs import with_overrides
+from scorelib.data import DataError, in_test_split, load_dataset, load_image_folder
 from scorelib.train import train
 
 # --- dataset=folder: a deterministic train/test split -------------------------------------------
@@ -61,11 +64,11 @@ def test_folder_split_through_the_config_and_its_errors(tmp_path):
     _write_images(tmp_path / "imgs", [f"{k}.png" for k in range(30)])
     c = importlib.import_module("configs.ncsnv2_celeba").get_config()
     c.data.root, c.data.image_size, c.data.crop, c.data.test_fraction = str(tmp_path / "imgs"), 4, 0, 0.3
-    tr, te = build.create_dataset(c, train=True), build.create_dataset(c, train=False)
+    tr, te = load_dataset(exp_of(c).data, train=True), load_dataset(exp_of(c).data, train=False)
     assert len(tr) + len(te) == 30 and not set(_values(tr)) & set(_values(te)) and len(te) > 0
     c.data.test_fraction = 0.0
-    with pytest.raises(build.ConfigError, match=r"data\.test_fraction=0\.0"):
-        build.create_dataset(c, train=False)
+    with pytest.raises(ConfigError, match=r"data\.test_fraction: 0 is not allowed"):
+        load_dataset(exp_of(c).data, train=False)
     with pytest.raises(DataError, match="none of its 2 images fall in the test split"):
         _write_images(tmp_path / "few", ["a.png", "b.png"])
         load_image_folder(tmp_path / "few", 4, split="test", test_fraction=1e-9)
@@ -82,33 +85,37 @@ def _cifar_config(root, **eval_fields):
     return c
 
 
+def fid_reference(config, workdir):
+    return tasks.reference_of(exp_of(config), workdir)
+
+
 def test_cache_key_changes_with_root_split_count_and_size(tmp_path):
-    base = build.fid_reference(_cifar_config(tmp_path / "a"), tmp_path)
+    base = fid_reference(_cifar_config(tmp_path / "a"), tmp_path)
     assert base.split == "train" and base.count == 0 and base.full and base.cache.parent == tmp_path / "eval"
     assert "all of the train split of cifar10" in base.description
-    same = build.fid_reference(_cifar_config(os.path.relpath(tmp_path / "a")), tmp_path)  # the same root spelt apart
+    same = fid_reference(_cifar_config(os.path.relpath(tmp_path / "a")), tmp_path)  # the same root spelt apart
     assert same.cache == base.cache
-    assert build.fid_reference(_cifar_config(tmp_path / "b"), tmp_path).cache != base.cache
-    for changed in (build.fid_reference(_cifar_config(tmp_path / "a", reference_split="test"), tmp_path),
-                    build.fid_reference(_cifar_config(tmp_path / "a", reference_count=1000), tmp_path)):
+    assert fid_reference(_cifar_config(tmp_path / "b"), tmp_path).cache != base.cache
+    for changed in (fid_reference(_cifar_config(tmp_path / "a", reference_split="test"), tmp_path),
+                    fid_reference(_cifar_config(tmp_path / "a", reference_count=1000), tmp_path)):
         assert changed.cache != base.cache and not changed.full
     c = _cifar_config(tmp_path / "a")
     c.data.image_size = 64
-    assert build.fid_reference(c, tmp_path).cache != base.cache
-    f = build.fid_reference(_cifar_config(tmp_path / "a", stats_path="/x/cifar10_stats.npz"), tmp_path)
+    assert fid_reference(c, tmp_path).cache != base.cache
+    f = fid_reference(_cifar_config(tmp_path / "a", stats_path="/x/cifar10_stats.npz"), tmp_path)
     assert f.file == "/x/cifar10_stats.npz" and f.cache is None and f.full
-    with pytest.raises(build.ConfigError, match=r"eval\.reference_split"):
-        build.fid_reference(_cifar_config(tmp_path, reference_split="val"), tmp_path)
+    with pytest.raises(ConfigError, match=r"eval\.reference_split"):
+        fid_reference(_cifar_config(tmp_path, reference_split="val"), tmp_path)
 
 
 def test_evaluation_kwargs_device_batch_size_count_and_file(tmp_path):
     real = torch.zeros(10, 3, 32, 32, dtype=torch.uint8)
-    kw = build.evaluation_kwargs(_cifar_config(tmp_path, batch_size=7, reference_count=4), tmp_path, real,
-                                 split="train", device="cpu")
+    kw = tasks.evaluation_arguments(exp_of(_cifar_config(tmp_path, batch_size=7, reference_count=4)), tmp_path,
+                                    real, split="train", device="cpu")
     assert kw["batch_size"] == 7 and kw["device"] == "cpu" and kw["real"].shape == (4, 3, 32, 32)
     assert kw["reference_path"] is None and "_train_" in kw["stats_path"].name
     assert kw["real"].dtype == torch.uint8 and kw["real_value_range"] == (0.0, 255.0)  # scaled batch by batch
-    kw = build.evaluation_kwargs(_cifar_config(tmp_path, stats_path="ref.npz"), tmp_path, real)
+    kw = tasks.evaluation_arguments(exp_of(_cifar_config(tmp_path, stats_path="ref.npz")), tmp_path, real)
     assert kw["reference_path"] == "ref.npz" and kw["stats_path"] is None and kw["real"] is None
 
 
@@ -128,7 +135,7 @@ def trained(tmp_path_factory):
     c.training.snapshot_samples, c.training.eval_at_end = 0, False
     c.sampling.n_steps_each, c.sampling.batch_size = 1, 4
     c.eval.n_samples, c.eval.batch_size = 6, 6
-    train(build.experiment(c), base / "run")
+    train(experiment(c), base / "run")
     torch.manual_seed(0)
     weights = base / "random_inception.pth"
     torch.save(ev.FIDInceptionV3().state_dict(), weights)
@@ -137,14 +144,14 @@ def trained(tmp_path_factory):
 
 
 def _copy(config):
-    return build.with_overrides(config, {})
+    return with_overrides(config, {})
 
 
 def _no_sampling(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("sampled before the evaluation's inputs were checked")
 
-    monkeypatch.setattr(tasks, "sample_images", refuse)
+    monkeypatch.setattr(sampling, "sample_images", refuse)
 
 
 def test_eval_checks_everything_before_sampling(trained, tmp_path, monkeypatch):
@@ -153,20 +160,20 @@ def test_eval_checks_everything_before_sampling(trained, tmp_path, monkeypatch):
     c = _copy(config)
     c.eval.inception_path = str(tmp_path / "missing" / ev.INCEPTION_FILENAME)
     with pytest.raises(ev.InceptionWeightsNotFoundError, match=str(tmp_path / "missing")):
-        tasks.run_eval(build.experiment(c, run, "eval"), run)
+        tasks.run_eval(experiment(c, run, "eval"), run)
     bad = tmp_path / "bad.pth"
     torch.save({"conv.weight": torch.zeros(1)}, bad)
     c.eval.inception_path = str(bad)
-    with pytest.raises(build.ConfigError, match=r"eval.inception_path: .*bad\.pth"):
-        tasks.run_eval(build.experiment(c, run, "eval"), run)
+    with pytest.raises(ConfigError, match=r"eval.inception_path: .*bad\.pth"):
+        tasks.run_eval(experiment(c, run, "eval"), run)
     c = _copy(config)
     c.eval.stats_path = str(tmp_path / "nowhere.npz")
-    with pytest.raises(build.ConfigError, match=r"eval.stats_path: cannot read .*nowhere\.npz"):
-        tasks.run_eval(build.experiment(c, run, "eval"), run)
+    with pytest.raises(ConfigError, match=r"eval.stats_path: cannot read .*nowhere\.npz"):
+        tasks.run_eval(experiment(c, run, "eval"), run)
     c = _copy(config)
     c.data.root, c.data.download = str(tmp_path / "no_data"), False
     with pytest.raises(DataError, match="no_data"):
-        tasks.run_eval(build.experiment(c, run, "eval"), run)
+        tasks.run_eval(experiment(c, run, "eval"), run)
     assert not (run / "eval" / "metrics.json").exists()
 
 
@@ -176,8 +183,8 @@ def test_eval_checks_the_workdir_is_writable(trained, tmp_path, monkeypatch):
     blocked = tmp_path / "blocked"
     shutil.copytree(run / "checkpoints", blocked / "checkpoints")
     (blocked / "eval").write_text("a file where WORKDIR/eval should be")  # unwritable even for root
-    with pytest.raises(build.ConfigError, match=r"--workdir=.*blocked is not writable"):
-        tasks.run_eval(build.experiment(_copy(config), blocked, "eval"), blocked)
+    with pytest.raises(ConfigError, match=r"--workdir=.*blocked is not writable"):
+        tasks.run_eval(experiment(_copy(config), blocked, "eval"), blocked)
 
 
 def test_end_of_training_eval_is_checked_before_training(trained, tmp_path, monkeypatch):
@@ -187,7 +194,7 @@ def test_end_of_training_eval_is_checked_before_training(trained, tmp_path, monk
     c.eval.inception_path = str(tmp_path / "absent.pth")
     monkeypatch.setattr(tasks, "train", lambda *a: pytest.fail("trained before the evaluation was checked"))
     with pytest.raises(ev.InceptionWeightsNotFoundError, match=r"absent\.pth"):
-        tasks.run_train(build.experiment(c), tmp_path / "new_run")
+        tasks.run_train(experiment(c), tmp_path / "new_run")
 
 
 def test_eval_cli_missing_weights_is_one_line_and_draws_nothing(trained, tmp_path):
@@ -228,7 +235,7 @@ def test_eval_records_the_protocol_and_reads_a_reference_file(trained, tmp_path,
     c.eval.metrics = ("fid", "is")
     workdir = tmp_path / "w"
     shutil.copytree(run / "checkpoints", workdir / "checkpoints")
-    out = tasks.run_eval(build.experiment(c, workdir, "eval"), workdir)
+    out = tasks.run_eval(experiment(c, workdir, "eval"), workdir)
     assert batches == [6, 6, 6, 6, 2]  # eval.batch_size = 6: the samples (6), then the 20 training images
     monkeypatch.setattr(ev.FIDInceptionV3, "pool3", _informative_pool3)
     stored = json.loads((workdir / "eval" / "metrics.json").read_text())
@@ -246,14 +253,14 @@ def test_eval_records_the_protocol_and_reads_a_reference_file(trained, tmp_path,
     shutil.copytree(config.data.root, moved)
     c2 = _copy(c)
     c2.data.root = str(moved)
-    again = tasks.run_eval(build.experiment(c2, workdir, "eval"), workdir)
+    again = tasks.run_eval(experiment(c2, workdir, "eval"), workdir)
     assert again["fid_reference_cache"] != stored["fid_reference_cache"]
     assert again["fid"] == pytest.approx(out["fid"], rel=1e-6)  # same images, same samples
 
     # that cache as a pytorch-fid reference file gives the same FID; the file is recorded as the source
     c3 = _copy(c)
     c3.eval.stats_path = str(cache)
-    from_file = tasks.run_eval(build.experiment(c3, workdir, "eval"), workdir)
+    from_file = tasks.run_eval(experiment(c3, workdir, "eval"), workdir)
     assert from_file["fid"] == pytest.approx(out["fid"], rel=1e-9)
     assert from_file["fid_reference_file"] == str(cache) and from_file["fid_reference_format"] == "pytorch-fid"
     assert from_file["fid_reference_split"] is None
@@ -261,6 +268,6 @@ def test_eval_records_the_protocol_and_reads_a_reference_file(trained, tmp_path,
     # the test split as the reference: labelled not comparable for that reason too
     c4 = _copy(c)
     c4.eval.reference_split = "test"
-    test_ref = tasks.run_eval(build.experiment(c4, workdir, "eval"), workdir)
+    test_ref = tasks.run_eval(experiment(c4, workdir, "eval"), workdir)
     assert test_ref["fid_reference_count"] == 4 and "test split" in test_ref["fid_note"]
     assert test_ref["fid"] != pytest.approx(out["fid"])

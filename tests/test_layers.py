@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "scorelib"
-EXPERIMENT = {"defaults", "build", "validate", "rules", "data", "runtime", "train", "tasks", "sharding", "bench",
-              "sharing", "published", "presets", "peers", "cli"}
+EXPERIMENT = {"builder", "validate", "data", "runtime", "train", "tasks", "sampling", "bench", "sharing", "presets",
+              "peers", "cli"}
 
 
 def _module_name(path: Path) -> str:
@@ -55,15 +55,15 @@ def test_the_core_never_imports_the_experiment_layer():
     assert not crossings, sorted(crossings)
 
 
-def test_import_scorelib_loads_the_core_only_and_resolves_load_save_build_on_use():
+def test_import_scorelib_loads_the_core_only_and_resolves_load_save_experiment_on_use():
     code = ("import sys, scorelib; core = sorted(m for m in sys.modules if m.startswith('scorelib.')); "
-            "from scorelib import build, load, save; "
-            "print(' '.join(core)); print(load.__module__, save.__module__, build.__name__)")
+            "from scorelib import experiment, load, save; "
+            "print(' '.join(core)); print(load.__module__, save.__module__, experiment.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, check=True)
     loaded, lazy = out.stdout.splitlines()
     experiment = [m for m in loaded.split() if _is_experiment(m.removeprefix("scorelib."))]
     assert loaded and not experiment, experiment
-    assert lazy == "scorelib.sharing scorelib.sharing scorelib.build"
+    assert lazy == "scorelib.sharing scorelib.sharing scorelib.builder"
 
 
 def test_imports_form_no_circle():

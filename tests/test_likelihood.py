@@ -5,6 +5,7 @@ import torch
 from oracles import F64, gaussian, mixture
 
 from scorelib.likelihood import bits_per_dim, ddpm_vlb, dequantize, log_likelihood
+from scorelib.precond import EpsToScore
 from scorelib.schedules import DDPMSchedule
 
 
@@ -67,7 +68,8 @@ def test_discrete_vlb_of_a_1d_gaussian_matches_a_direct_computation():
     def model(x_t, t):
         return g.eps(x_t, t, abar)
 
-    total, terms = ddpm_vlb(model, x0, sched, variance="small", generator=torch.Generator().manual_seed(0))
+    wrapped = EpsToScore(model, abar, quantize=True)  # the network sees int t
+    total, terms = ddpm_vlb(wrapped, x0, sched, variance="small", generator=torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(0)
     for t in range(sched.T):
         noise = torch.randn(x0.shape, generator=gen, dtype=F64)  # the same draws as ddpm_vlb's loop

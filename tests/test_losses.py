@@ -22,6 +22,7 @@ from scorelib.losses import (
     vlb_loss,
     vlb_term,
 )
+from scorelib.precond import EpsToScore
 from scorelib.schedules import DDPMSchedule
 
 
@@ -116,7 +117,8 @@ def test_eps_loss_at_exact_eps_is_irreducible():
         x0 = g.sample(n, generator=gen, dtype=F64)
         t = torch.full((n,), t_val)
         noise = torch.randn(n, 3, generator=gen, dtype=F64)
-        loss = eps_loss(lambda xt, tt: g.eps(xt, tt, abar), x0, sched, t, noise)
+        model = EpsToScore(lambda xt, tt: g.eps(xt, tt, abar), abar, quantize=True)  # the network sees int t
+        loss = eps_loss(model, x0, sched, t, noise)
         a = abar[t_val]
         c = a * g.covs[0] + (1 - a) * torch.eye(3, dtype=F64)
         want = (3 - (1 - a) * torch.linalg.inv(c).trace()).item() / 3
@@ -208,18 +210,19 @@ class SplitNet(torch.nn.Module):
 
 def test_hybrid_loss_routes_no_vlb_gradient_into_the_mean():
     sched = DDPMSchedule.cosine(100)
-    net = SplitNet().double()
+    raw = SplitNet().double()
+    net = EpsToScore(raw, sched.alphas_cumprod, learned_variance=True)
     x0 = torch.rand(32, 2, 3, 3, dtype=F64) * 2 - 1
     t = torch.randint(0, 100, (32,))
     noise = torch.randn_like(x0)
     hybrid = hybrid_loss(net, x0, sched, t, noise, lambda_vlb=0.001).mean()
-    g_eps, g_v = torch.autograd.grad(hybrid, [net.eps_w, net.v_w])
+    g_eps, g_v = torch.autograd.grad(hybrid, [raw.eps_w, raw.v_w])
     simple = eps_loss(net, x0, sched, t, noise).mean()
-    (g_eps_simple,) = torch.autograd.grad(simple, [net.eps_w])
+    (g_eps_simple,) = torch.autograd.grad(simple, [raw.eps_w])
     torch.testing.assert_close(g_eps, g_eps_simple, rtol=1e-12, atol=1e-14)
     assert g_v.abs() > 0
     # and the pure VLB objective does train the mean
-    (g_eps_vlb,) = torch.autograd.grad(vlb_loss(net, x0, sched, t, noise).mean(), [net.eps_w])
+    (g_eps_vlb,) = torch.autograd.grad(vlb_loss(net, x0, sched, t, noise).mean(), [raw.eps_w])
     assert g_eps_vlb.abs() > 0
 
 

@@ -21,12 +21,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import run_main
+from builds import network
+from cli_helpers import run_main, sample_file
+from ml_collections import ConfigDict
 
 import scorelib
-from scorelib import published
+from scorelib import formats, presets
+from scorelib.builder.configs import with_overrides
+from scorelib.builder.fields import base
 from scorelib.checkpoint import CheckpointError
-from scorelib.defaults import base
 
 GOLD = json.loads((Path(__file__).parent / "data" / "published_golden.json").read_text())
 
@@ -66,7 +69,7 @@ def optimizer_state() -> dict:
 # ------------------------------------------------------------------------------ score_sde_pytorch
 
 
-def _score_sde_config(case: str) -> scorelib.build.ConfigDict:
+def _score_sde_config(case: str) -> ConfigDict:
     c = base()
     c.data.image_size, c.data.channels = 16, 3
     m = c.model
@@ -149,8 +152,8 @@ def test_score_sde_discrete_checkpoints_use_level_and_timestep_labels(case: str,
 
 def test_score_sde_names_cover_the_network_in_reference_order() -> None:
     for case, rec in GOLD["score_sde"].items():
-        net = scorelib.build.create_network(_score_sde_config(case))
-        names = published.ncsnpp_reference_names(net)
+        net = network(_score_sde_config(case))
+        names = formats.ncsnpp_reference_names(net)
         assert [ref for ref, _, _ in names] == [k for k, _ in rec["keys"] if k != "sigmas"], case
         ours = {o for _, o, _ in names}
         assert {n for n, _ in net.named_parameters()} <= ours
@@ -159,7 +162,7 @@ def test_score_sde_names_cover_the_network_in_reference_order() -> None:
 # ------------------------------------------------------------------------------ ncsn / ncsnv2
 
 
-def _ncsnv2_config() -> scorelib.build.ConfigDict:
+def _ncsnv2_config() -> ConfigDict:
     c = base()
     c.data.image_size, c.data.centered = 16, False
     c.model.name, c.model.nf = "ncsnv2", 16
@@ -207,7 +210,7 @@ def test_ncsn_checkpoint_maps_sigma_to_its_level(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ ddim / DDPM
 
 
-def _ddpm_config() -> scorelib.build.ConfigDict:
+def _ddpm_config() -> ConfigDict:
     c = base()
     c.data.image_size, c.data.centered = 16, True
     c.model.name, c.model.nf, c.model.ch_mult, c.model.num_res_blocks = "ddpm", 32, (1, 2), 1
@@ -262,7 +265,7 @@ def test_improved_diffusion_rescales_timesteps_on_the_respaced_grid(tmp_path: Pa
     rec = GOLD["improved"]
     path = tmp_path / "model.pt"
     torch.save(reference_weights(rec["keys"], 1), path)
-    config = published.openai_config(rec["flags"])
+    config = presets.openai_config(rec["flags"])
     assert config.model.rescale_timesteps and config.model.learn_sigma
     score = scorelib.load(path, config=config)
     original = [rec["timestep_map"][k] for k in rec["t_respaced"]]  # respace.py: the original timestep
@@ -274,7 +277,7 @@ def test_guided_diffusion_class_conditional_unet(tmp_path: Path) -> None:
     rec = GOLD["guided"]
     path = tmp_path / "model.pt"
     torch.save(reference_weights(rec["keys"], 1), path)
-    score = scorelib.load(path, config=published.openai_config(rec["flags"]))
+    score = scorelib.load(path, config=presets.openai_config(rec["flags"]))
     assert score.scorelib_config.model.rescale_timesteps is False  # guided-diffusion's default
     original = [rec["timestep_map"][k] for k in rec["t_respaced"]]
     sigma = _vp_sigma(_cosine_alphas_cumprod(1000), original)
@@ -287,7 +290,7 @@ def test_guided_diffusion_noisy_classifier(tmp_path: Path) -> None:
     torch.save(reference_weights(rec["keys"], 1), path)
     flags = {"classifier": True, **{k: v for k, v in rec["flags"].items() if k.startswith("classifier")},
              "image_size": rec["flags"]["image_size"], "diffusion_steps": 1000, "noise_schedule": "linear"}
-    classifier = scorelib.load(path, config=published.openai_config(flags))
+    classifier = scorelib.load(path, config=presets.openai_config(flags))
     betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
     sigma = _vp_sigma(np.cumprod(1 - betas), rec["t"])
     x = inputs()[2] * (1 + sigma**2).sqrt().float()[:, None, None, None]
@@ -297,20 +300,22 @@ def test_guided_diffusion_noisy_classifier(tmp_path: Path) -> None:
 
 
 def test_classifier_guidance_takes_a_published_classifier_file(tmp_path: Path) -> None:
-    from scorelib import build, tasks
+    from scorelib import tasks
+    from scorelib.builder import experiment
 
     rec = GOLD["guided_classifier"]
     path = tmp_path / "64x64_classifier.pt"
     torch.save(reference_weights(rec["keys"], 1), path)
     flags = {"classifier": True, "image_size": 64, "classifier_width": 64, "classifier_depth": 1}
-    config = build.with_overrides(published.openai_config(flags), {
-        "training.target": "model", "sampling.guidance": "classifier", "classifier.workdir": str(path)})
-    classifier = tasks.guidance_classifier(build.experiment(config, mode="sample"), torch.device("cpu"))
+    config = with_overrides(presets.openai_config(flags), {
+        "training.target": "model", "model.name": "ddpm", "sampling.guidance": "classifier",
+        "classifier.workdir": str(path)})
+    classifier = tasks.guidance_classifier(experiment(config, mode="sample"), torch.device("cpu"))
     with torch.no_grad():
         logits = classifier(inputs()[2], torch.tensor(rec["t"]))
     torch.testing.assert_close(logits.flatten(), torch.tensor(rec["seed1"]["logits"]), atol=2e-4, rtol=1e-4)
     # a diffusion preset carries the classifier its README samples with (64 px: depth 4)
-    c = published.resolve_config("openai:64x64_diffusion").classifier
+    c = presets.resolve_config("openai:64x64_diffusion").classifier
     assert (c.nf, c.num_res_blocks, c.attn_resolutions, c.ch_mult) == (128, 4, (32, 16, 8), (1, 2, 3, 4))
 
 
@@ -324,16 +329,16 @@ PRESET_COUNTS = {"cifar10_uncond": 52_546_438, "imagenet64_uncond": 121_063_942,
 @pytest.mark.parametrize("name", sorted(PRESET_COUNTS))
 def test_openai_presets_build_the_released_networks(name: str) -> None:
     with torch.device("meta"):
-        net = scorelib.build.create_network(published.resolve_config(f"openai:{name}"))
+        net = network(presets.resolve_config(f"openai:{name}"))
     assert sum(p.numel() for p in net.parameters()) == PRESET_COUNTS[name]
 
 
 def test_released_file_names_pick_their_preset() -> None:
-    assert published.stem_preset(Path("cifar10_uncond_50M_500K.pt")) == "cifar10_uncond"
-    assert published.stem_preset(Path("lsun_uncond_100M_2400K_bs64.pt")) == "lsun_uncond"
-    assert published.stem_preset(Path("imagenet64_cond_270M_250K.pt")) == "imagenet64_cond"
-    assert published.stem_preset(Path("256x256_diffusion_uncond.pt")) == "256x256_diffusion_uncond"
-    assert published.stem_preset(Path("my_model.pt")) is None
+    assert presets.stem_preset(Path("cifar10_uncond_50M_500K.pt")) == "cifar10_uncond"
+    assert presets.stem_preset(Path("lsun_uncond_100M_2400K_bs64.pt")) == "lsun_uncond"
+    assert presets.stem_preset(Path("imagenet64_cond_270M_250K.pt")) == "imagenet64_cond"
+    assert presets.stem_preset(Path("256x256_diffusion_uncond.pt")) == "256x256_diffusion_uncond"
+    assert presets.stem_preset(Path("my_model.pt")) is None
 
 
 # ------------------------------------------------------------------------------ diffusers
@@ -439,7 +444,7 @@ def test_any_loaded_model_exports_to_safetensors(tmp_path: Path) -> None:
     cpath = tmp_path / "classifier.pt"
     torch.save(reference_weights(clf["keys"], 1), cpath)
     flags = {"classifier": True, "image_size": 64, "classifier_width": 64, "classifier_depth": 1}
-    classifier = scorelib.load(cpath, config=published.openai_config(flags))
+    classifier = scorelib.load(cpath, config=presets.openai_config(flags))
     scorelib.save(classifier, tmp_path / "clf.safetensors")
     x64, s = torch.randn(1, 3, 64, 64), torch.tensor([1.0])
     with torch.no_grad():
@@ -473,10 +478,9 @@ CLI_NCSNV2 = ("--config=ncsnv2_cifar", "--config.model.nf=16", "--config.data.im
 
 
 def test_cli_samples_from_a_published_ncsnv2_checkpoint(tmp_path: Path) -> None:
-    from scorelib import build
-    from scorelib.sharding import chunk_seed
+    from scorelib.builder import experiment
+    from scorelib.sampling import chunk_seed, sample_images
     from scorelib.sharing import load_network
-    from scorelib.train import sample_images
 
     path = tmp_path / "checkpoint_5000.pth"
     rec = GOLD["ncsnv2"]
@@ -486,15 +490,15 @@ def test_cli_samples_from_a_published_ncsnv2_checkpoint(tmp_path: Path) -> None:
     torch.save([{f"module.{k}": v for k, v in raw.items()}, optimizer_state(), 3, 5000, shadow], path)
     result = run_main(*CLI_NCSNV2, "--mode=sample", f"--checkpoint={path}", f"--workdir={tmp_path / 'run'}")
     assert result.returncode == 0, result.stderr[-2000:]
-    samples = np.load(tmp_path / "run" / "samples" / "ald.npz")["samples"]
+    samples = np.load(sample_file(tmp_path / "run", "ald"))["samples"]
     assert samples.shape == (4, 3, 16, 16) and np.isfinite(samples).all()
     # the same draws as the library's sampler on the EMA network of that file with the config's settings
-    config = build.with_overrides(_ncsnv2_config(), {"sampling.n_steps_each": 2, "sampling.n_samples": 4,
+    config = with_overrides(_ncsnv2_config(), {"sampling.n_steps_each": 2, "sampling.n_samples": 4,
                                                      "sampling.batch_size": 4})
-    config = build.with_overrides(config, {"data.dataset": "cifar10", "device": "cpu"})
-    net, _ = load_network(path, config=config)
+    config = with_overrides(config, {"data.dataset": "cifar10", "device": "cpu"})
+    net, _, _ = load_network(path, config=config)
     # chunk 0 of the sharded CLI sampler: 4 samples, one chunk of sampling.batch_size = 4
-    expected = sample_images(build.experiment(config, mode="sample"), net, 4, torch.device("cpu"),
+    expected = sample_images(experiment(config, mode="sample"), net, 4, torch.device("cpu"),
                              seed=chunk_seed(config.seed + 1, 0))
     np.testing.assert_allclose(samples, expected.float().numpy(), rtol=1e-5, atol=1e-5)
     # a config that does not fit the file, and --checkpoint with training: one line each, exit 2
@@ -508,12 +512,12 @@ def test_cli_samples_from_a_published_ncsnv2_checkpoint(tmp_path: Path) -> None:
 
 
 def test_config_names_paths_and_presets_resolve() -> None:
-    assert published.resolve_config("ncsnv2_cifar").model.name == "ncsnv2"
+    assert presets.resolve_config("ncsnv2_cifar").model.name == "ncsnv2"
     root = Path(__file__).resolve().parents[1]
-    assert published.resolve_config(root / "configs" / "ddpm_cifar.py").model.name == "ddpm"
-    c = published.resolve_config("openai:cifar10_uncond")
+    assert presets.resolve_config(root / "configs" / "ddpm_cifar.py").model.name == "ddpm"
+    c = presets.resolve_config("openai:cifar10_uncond")
     assert (c.model.name, c.noise.num_scales, c.noise.beta_schedule, c.model.rescale_timesteps) == \
         ("iddpm", 4000, "cosine", True)
-    assert published.resolve_config("openai:64x64_classifier").training.target == "classifier"
+    assert presets.resolve_config("openai:64x64_classifier").training.target == "classifier"
     with pytest.raises(CheckpointError, match="unknown config 'nope'"):
-        published.resolve_config("nope")
+        presets.resolve_config("nope")

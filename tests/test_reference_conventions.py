@@ -9,10 +9,12 @@ import math
 
 import pytest
 import torch
+from builds import exp_of
 from oracles import mixture
 
-from scorelib import build
 from scorelib.analytic import GaussianMixture
+from scorelib.builder import ConfigError, experiment
+from scorelib.builder.samplers import discrete_betas
 from scorelib.samplers import pc_sampler
 from scorelib.schedules import VPSDE, append_zero, geometric_sigmas
 
@@ -57,7 +59,7 @@ def test_vp_pc_grid_is_uniform_in_t_as_score_sde(kind):
     """score_sde sampling.py get_pc_sampler: timesteps = linspace(T, eps=1e-3, N), then the Tweedie step."""
     c = get_config("ddpmpp_cifar")
     c.noise.kind = kind
-    grid = build.sampling_grid(c)
+    grid = exp_of(c).sampler.grid
     t = torch.linspace(1.0, 1e-3, 1000, dtype=F64)
     m = _vp_m(t)
     want = ((1 - m**2) / m) if kind == "subvp" else (1 / m**2 - 1).sqrt()
@@ -70,7 +72,7 @@ def test_vp_pc_grid_is_uniform_in_t_as_score_sde(kind):
 def test_pc_betas_are_score_sde_discrete_betas():
     """score_sde sde_lib.VPSDE: discrete_betas = linspace(β_min/N, β_max/N, N), indexed by (t(N-1)).long()
     on the descending grid: level i gets β_{N-1-i}."""
-    betas = build.pc_betas(get_config("ddpmpp_cifar"))
+    betas = discrete_betas(exp_of(get_config("ddpmpp_cifar")).sampler)
     torch.testing.assert_close(betas, torch.linspace(1e-4, 0.02, 1000, dtype=F64).flip(0), rtol=1e-12, atol=0)
 
 
@@ -81,9 +83,10 @@ def test_vp_trains_and_computes_likelihoods_from_1e5_and_samples_from_1e3():
     c = get_config("ddpmpp_cifar")
     sde = VPSDE(0.1, 20.0)
     sig = lambda t: float(sde.sigma(torch.tensor(t, dtype=F64)))  # noqa: E731
-    assert build.sigma_range(c) == (sig(1.0), sig(1e-3))
-    assert build.likelihood_sigma_range(c) == (sig(1.0), sig(1e-5))
-    draw = build.create_sigma_sampler(c)(4096, torch.Generator().manual_seed(0), torch.device("cpu"), F64)
+    noise = exp_of(c).noise
+    assert noise.sigma_range == (sig(1.0), sig(1e-3))
+    assert noise.likelihood_range == (sig(1.0), sig(1e-5))
+    draw = noise.sample_sigma(4096, torch.Generator().manual_seed(0), torch.device("cpu"), F64)
     t = torch.rand(4096, generator=torch.Generator().manual_seed(0), dtype=F64) * (1 - 1e-5) + 1e-5
     torch.testing.assert_close(draw, sde.sigma(t))
 
@@ -108,10 +111,10 @@ def test_vp_loss_reduction_follows_score_sde(reduce_mean):
     c = get_config("ddpmpp_cifar")
     c.training.reduce_mean = reduce_mean
     c.model.name, c.data.dataset, c.data.channels = "mlp", "toy", 6
-    loss = build.create_loss(c)
+    loss = experiment(c).loss
     x0 = g.sample(64, generator=torch.Generator().manual_seed(2)).double()
     model = _MixtureScore(g, 0.3)
-    got = loss(model, x0, None, torch.Generator().manual_seed(5))
+    got = loss.bind(model)(x0, None, torch.Generator().manual_seed(5))
     # reference, with the same draws: t first, then z
     gen = torch.Generator().manual_seed(5)
     t = torch.rand(64, generator=gen, dtype=F64) * (1 - 1e-5) + 1e-5
@@ -285,10 +288,12 @@ def test_vlb_loss_is_rescaled_kl():
     """Golden numbers from improved-diffusion `GaussianDiffusion.training_losses` (LossType.RESCALED_KL,
     LEARNED_RANGE, cosine T = 50), run in a scratch copy with this network, x₀, noise and t (t ≥ 1, where
     its tanh-approximated decoder CDF does not enter)."""
+    from scorelib import EpsToScore
     from scorelib.losses import vlb_loss
 
     sched, net, x0, noise = _golden_vlb_problem()
-    got = vlb_loss(lambda x, t: net(x, t.double()), x0, sched, torch.tensor([1, 7, 23, 49]), noise)
+    model = EpsToScore(lambda x, t: net(x, t.double()), sched.alphas_cumprod, learned_variance=True)
+    got = vlb_loss(model, x0, sched, torch.tensor([1, 7, 23, 49]), noise)
     want = torch.tensor([21.77993275444799, 24.054425840057167, 2.408745249445904, 0.0064469054452821984], dtype=F64)
     torch.testing.assert_close(got, want, rtol=2e-6, atol=2e-7)  # the reference casts its tables to float32
 
@@ -302,13 +307,14 @@ def test_iddpm_cifar_pairs_the_hybrid_loss_with_uniform_timesteps_and_samples_wi
     assert c.model.rescale_timesteps  # script_util.py model_and_diffusion_defaults: rescale_timesteps=True
     c.model.nf, c.model.num_res_blocks, c.model.attn_resolutions, c.noise.num_scales = 32, 1, (), 100
     c.sampling.n_steps = 4
-    net = build.create_model(c).eval()
-    score = build.create_score_model(c, net)
+    exp = exp_of(c)
+    net = exp.network().eval()
+    score = exp.wrap(net)
     calls = []
     orig = score.score_and_variance
     score.score_and_variance = lambda x, s: calls.append(1) or orig(x, s)
     with torch.no_grad():
-        out = build.create_sampler(c)(score, (2, 3, 32, 32), torch.Generator().manual_seed(0), torch.device("cpu"))
+        out = exp.sampler(score, (2, 3, 32, 32), torch.Generator().manual_seed(0), torch.device("cpu"))
     assert len(calls) == 4 and out.abs().max() <= 1.0
 
 
@@ -359,12 +365,13 @@ def test_mean_guidance_matches_guided_diffusion_condition_mean(variance):
 
 def test_guidance_convention_is_guided_diffusions_pairing():
     c = get_config("adm_cifar")
-    assert build.guidance_convention(c) == "score"  # ddim: condition_score
+    c.sampling.guidance, c.classifier.workdir = "classifier", "clf"
+    assert exp_of(c).guidance.convention == "score"  # ddim: condition_score
     c.sampling.method = "ddpm"
-    assert build.guidance_convention(c) == "mean"  # p_sample: condition_mean
+    assert exp_of(c).guidance.convention == "mean"  # p_sample: condition_mean
     c.sampling.method, c.sampling.guidance_convention = "ddim", "mean"
-    with pytest.raises(build.ConfigError, match="guidance_convention"):
-        build.guidance_convention(c)
+    with pytest.raises(ConfigError, match="guidance_convention"):
+        exp_of(c)
 
 
 # --- defect 7: timestep draws happen where the generator lives ----------------------------------------
@@ -465,7 +472,7 @@ def test_ncsn_v1_dequantises_as_its_reference(name):
     ToTensor images X = k/255, i.e. (k + u)/256."""
     from scorelib.data import prepare_batch
 
-    d = build.data_spec(get_config(name))
+    d = exp_of(get_config(name)).data
     assert d.uniform_dequantization and not d.centered
     k = torch.randint(0, 256, (8, d.channels, 4, 4), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
     got = prepare_batch(k, 256, False, d.uniform_dequantization, d.centered, torch.Generator().manual_seed(1))
@@ -493,12 +500,13 @@ def test_hutchinson_probes_are_rademacher_by_default():
 def test_vlb_terms_with_clipped_x0_match_improved_diffusion():
     """Golden numbers from improved-diffusion `_vb_terms_bpd(clip_denoised=True / False)` (the NLL
     script's default is True), LEARNED_RANGE, cosine T = 50, same network, x₀, noise and t."""
-    from scorelib.losses import interpolated_log_variance, split_learned_variance, vlb_term
+    from scorelib.losses import interpolated_log_variance, vlb_term
 
     sched, net, x0, noise = _golden_vlb_problem()
     t = torch.tensor([1, 7, 23, 49])
     x_t = sched.q_sample(x0, t, noise)
-    eps, v = split_learned_variance(net(x_t, t.double()), 3)
+    out = net(x_t, t.double())
+    eps, v = out[:, :3], (out[:, 3:] + 1) / 2  # LEARNED_RANGE
     log_var = interpolated_log_variance(v, sched, t)
     golden = {True: [0.43559865508895984, 0.4796814452084998, 0.048174904988918084, 0.00012893810890564396],
               False: [0.43559865508895984, 0.48108851680114334, 0.048174904988918084, 0.00012893810890564396]}

@@ -1,4 +1,4 @@
-"""The sampler table (`build.sampling.SAMPLERS`): every entry's NFE is what it spends, its
+"""The sampler table (`builder.samplers.SAMPLERS`): every entry's NFE is what it spends, its
 `deterministic` flag is true to its draws, it reads the fields it says; and the Euler ancestral entry
 is k-diffusion's `sample_euler_ancestral` draw for draw."""
 
@@ -8,17 +8,21 @@ import math
 
 import pytest
 import torch
+from builds import exp_of
 from oracles import F64, mixture
 
-from scorelib import build, validate
+from scorelib import validate
 from scorelib.adapters import score_to_denoised
+from scorelib.builder import ConfigError, experiment
+from scorelib.builder.configs import with_overrides
+from scorelib.builder.samplers import METHOD_FIELDS, SAMPLERS, Sampler
 from scorelib.presets import resolve_config
 from scorelib.samplers._common import CountingScore
 
 GMM = mixture(d=2, k=3, seed=1)
 
 
-def toy(method: str, **sampling) -> build.Sampler:
+def toy(method: str, **sampling) -> Sampler:
     """The toy_gmm sampler of `method` with a short grid (σ 10 → 0.01)."""
     c = resolve_config("toy_gmm")
     overrides = {"sampling.method": method, "sampling.n_steps": 6, "sampling.n_steps_each": 2,
@@ -26,10 +30,10 @@ def toy(method: str, **sampling) -> build.Sampler:
     overrides.update({f"sampling.{k}": v for k, v in sampling.items()})
     if method == "ald":
         overrides["noise.num_scales"] = 6
-    return build.create_sampler(build.with_overrides(c, overrides))
+    return exp_of(with_overrides(c, overrides)).sampler
 
 
-@pytest.mark.parametrize("method", list(build.SAMPLERS))
+@pytest.mark.parametrize("method", list(SAMPLERS))
 def test_every_entry_spends_the_nfe_it_states_and_keeps_its_determinism(method):
     sampler = toy(method, eta=0.5)
     counting = CountingScore(GMM)
@@ -41,19 +45,19 @@ def test_every_entry_spends_the_nfe_it_states_and_keeps_its_determinism(method):
         assert method == "ode" and counting.nfe > 0
     # the same initial x, different later noise: equal iff the entry says it is deterministic
     x0 = sampler.initial((64, 2), torch.Generator().manual_seed(0), torch.device("cpu"))
-    runs = [sampler.entry.run(sampler.options, GMM, x0.clone(), sampler.grid, torch.Generator().manual_seed(s))
+    runs = [sampler.entry.run(sampler, GMM, x0.clone(), sampler.grid, torch.Generator().manual_seed(s))
             for s in (1, 2)]
     assert torch.equal(*runs) == sampler.deterministic, method
 
 
-@pytest.mark.parametrize("method", list(build.SAMPLERS))
+@pytest.mark.parametrize("method", list(SAMPLERS))
 def test_the_ignored_field_warnings_follow_each_entry(method):
     """A method field set on the command line warns exactly when the method's entry does not read it."""
-    c = build.with_overrides(resolve_config("toy_gmm"), {"sampling.method": method})
-    reads = build.create_sampler(c).reads()
-    assert set(build.SAMPLER_FIELDS[method]) <= reads
-    for field in sorted(validate.SAMPLER_SPECIFIC):
-        warned = validate.ignored_fields(c, "sample", [f"sampling.{field}"])
+    c = with_overrides(resolve_config("toy_gmm"), {"sampling.method": method})
+    reads = exp_of(c).sampler.reads()
+    assert set(SAMPLERS[method].options) <= reads
+    for field in sorted(METHOD_FIELDS):
+        warned = validate.ignored_fields(experiment(c, mode="sample"), [f"sampling.{field}"])
         assert bool(warned) == (field not in reads), (method, field, warned)
 
 
@@ -113,15 +117,16 @@ def test_euler_ancestral_equals_k_diffusion_itself(eta):
 
 
 def test_a_combination_no_reference_defines_stops_sampling_not_the_experiment():
-    """build.create_sampler refuses it at once (validate reports it before a run); an Experiment keeps it
-    until it samples, so a checkpoint's stored noise process cannot stop --mode=likelihood."""
-    c = build.with_overrides(resolve_config("ddpmpp_cifar"), {"noise.kind": "subvp", "sampling.method": "pc",
-                                                              "sampling.predictor": "ancestral"})
-    with pytest.raises(build.ConfigError, match="no sub-VP form"):
-        build.create_sampler(c)
-    exp = build.experiment(c, mode="likelihood")
-    assert exp.sampler.nfe == 2 * c.noise.num_scales
-    with pytest.raises(build.ConfigError, match="no sub-VP form"):
+    """The validator refuses it before a run that samples; an Experiment keeps it until it samples, so a
+    checkpoint's stored noise process cannot stop --mode=likelihood."""
+    c = with_overrides(resolve_config("ddpmpp_cifar"), {"noise.kind": "subvp", "sampling.method": "pc",
+                                                        "sampling.predictor": "ancestral"})
+    with pytest.raises(ConfigError, match="no sub-VP form"):
+        validate.check_buildable(experiment(c, mode="sample"))
+    exp = experiment(c, mode="likelihood")
+    validate.check_buildable(exp)
+    assert exp.sampler.nfe == c.noise.num_scales  # corrector 'none' (ddpmpp_cifar's): one call per step
+    with pytest.raises(ConfigError, match="no sub-VP form"):
         exp.sampler(GMM, (2, 2), torch.Generator().manual_seed(0), torch.device("cpu"))
 
 
@@ -140,8 +145,8 @@ READS["ddpm"] = {m: r | ({"spacing"} if m in ("pc", "ddpm", "ddim") else set()) 
 
 
 @pytest.mark.parametrize("kind", ["ve", "ddpm"])
-@pytest.mark.parametrize("method", list(build.SAMPLERS))
+@pytest.mark.parametrize("method", list(SAMPLERS))
 def test_each_entry_reads_what_its_method_reads(kind, method):
     c = resolve_config("toy_gmm" if kind == "ve" else "ddpm_cifar")
-    c = build.with_overrides(c, {"sampling.method": method, "sampling.variance": "large"})
-    assert build.create_sampler(c).reads() == READS[kind][method]
+    c = with_overrides(c, {"sampling.method": method, "sampling.variance": "large"})
+    assert exp_of(c).sampler.reads() == READS[kind][method]

@@ -14,9 +14,9 @@ import time
 import numpy as np
 import pytest
 import torch
-from cli_helpers import ROOT, run_main, run_torchrun
+from cli_helpers import ROOT, chunk_dir, run_main, run_torchrun, sample_file
 
-from scorelib import sharding
+from scorelib import sampling
 from scorelib.metrics.fid import StreamingStatistics, feature_statistics, fid_from_features, frechet_distance
 from scorelib.runtime import Runtime
 
@@ -71,29 +71,30 @@ def test_streamed_statistics_add_up_over_processes():
 
 
 def test_chunks_cover_indices_and_seeds_depend_on_seed_and_index_only():
-    cs = sharding.chunks(10, 4)
+    cs = sampling.chunks(10, 4)
     assert [(c.k, c.start, c.stop) for c in cs] == [(0, 0, 4), (1, 4, 8), (2, 8, 10)]
-    assert sharding.chunks(8, 4) == cs[:2]  # a longer run shares its first chunks with a shorter one
-    seeds = {sharding.chunk_seed(s, k) for s in range(3) for k in range(100)}
-    assert len(seeds) == 300 and sharding.chunk_seed(1, 5) == sharding.chunk_seed(1, 5)
+    assert sampling.chunks(8, 4) == cs[:2]  # a longer run shares its first chunks with a shorter one
+    seeds = {sampling.chunk_seed(s, k) for s in range(3) for k in range(100)}
+    assert len(seeds) == 300 and sampling.chunk_seed(1, 5) == sampling.chunk_seed(1, 5)
 
 
 def test_chunk_store_accepts_only_its_own_complete_chunks(tmp_path):
-    store = sharding.ChunkStore(tmp_path / "c", "fp-a")
+    store = sampling.ChunkStore(tmp_path / "c", "fp-a")
     store.prepare(CPU1)
-    c0, c1 = sharding.chunks(7, 4)
+    c0, c1 = sampling.chunks(7, 4)
     assert not store.is_complete(c0)
     store.write(c0, {"samples": np.ones((4, 2), np.float32)})
     assert store.is_complete(c0) and not store.is_complete(c0, ("samples", "features"))
     store.path(c1).write_bytes(b"truncated")  # unreadable: drawn again
     assert not store.is_complete(c1)
-    longer = sharding.chunks(9, 4)[1]  # chunk 1 of a run with more samples holds other indices
+    longer = sampling.chunks(9, 4)[1]  # chunk 1 of a run with more samples holds other indices
     store.write(longer, {"samples": np.zeros((4, 2), np.float32)})
     assert not store.is_complete(c1) and store.is_complete(longer)
-    other = sharding.ChunkStore(tmp_path / "c", "fp-b")
+    other = sampling.ChunkStore(tmp_path / "c", "fp-b")
     assert not other.is_complete(c0)
-    assert other.prepare(CPU1) == 2  # another fingerprint: the old chunks are discarded
-    assert not store.path(c0).exists()
+    with pytest.raises(RuntimeError, match="another setting"):  # another fingerprint: refused, nothing discarded
+        other.prepare(CPU1)
+    assert store.is_complete(c0)
 
 
 def test_draw_missing_draws_each_chunk_once(tmp_path):
@@ -103,27 +104,27 @@ def test_draw_missing_draws_each_chunk_once(tmp_path):
         calls.append(c.k)
         return {"samples": np.full((c.size, 3), c.k, np.float32)}
 
-    store, cs = sharding.ChunkStore(tmp_path, "fp"), sharding.chunks(10, 3)
+    store, cs = sampling.ChunkStore(tmp_path, "fp"), sampling.chunks(10, 3)
     store.prepare(CPU1)
     store.write(cs[1], draw(cs[1]))
-    report = sharding.draw_missing(store, cs, CPU1, draw, progress=False)
+    report = sampling.draw_missing(store, cs, CPU1, draw, progress=False)
     assert calls == [1, 0, 2, 3] and (report.total, report.found, report.drawn_here) == (4, 1, 3)
-    again = sharding.draw_missing(store, cs, CPU1, draw, progress=False)
+    again = sampling.draw_missing(store, cs, CPU1, draw, progress=False)
     assert calls == [1, 0, 2, 3] and again.found == 4
 
 
 def test_npz_written_in_pieces_loads_as_one_array(tmp_path):
     x = np.random.default_rng(0).normal(size=(11, 3, 2, 2)).astype(np.float32)
-    sharding.write_npz_streamed(tmp_path / "s.npz", "samples", np.array_split(x, 4), x.shape)
+    sampling.write_npz_streamed(tmp_path / "s.npz", "samples", np.array_split(x, 4), x.shape)
     with np.load(tmp_path / "s.npz") as f:
         assert f.files == ["samples"] and np.array_equal(f["samples"], x)
     with pytest.raises(ValueError, match="10 rows"):
-        sharding.write_npz_streamed(tmp_path / "t.npz", "samples", [x[:10]], x.shape)
+        sampling.write_npz_streamed(tmp_path / "t.npz", "samples", [x[:10]], x.shape)
     assert not (tmp_path / "t.npz").exists()
 
 
 def test_progress_prints_plain_lines_every_few_percent(capsys):
-    bar = sharding.Progress(100, "sample", every=0.25)
+    bar = sampling.Progress(100, "sample", every=0.25)
     for _ in range(10):
         bar.update(10)
     bar.close()
@@ -150,7 +151,7 @@ def toy_run(tmp_path_factory):
 
 
 def _samples(workdir):
-    with np.load(workdir / "samples" / "ald.npz") as f:
+    with np.load(sample_file(workdir, "ald")) as f:
         return f["samples"]
 
 
@@ -167,7 +168,7 @@ def test_two_processes_draw_the_samples_of_one_bit_for_bit(toy_run, tmp_path):
     assert x1.shape == (250, 2) and np.isfinite(x1).all()
     assert np.array_equal(x1, x2)
     assert len(np.unique(x1, axis=0)) == 250  # no chunk repeats another's noise
-    assert (tmp_path / "two" / "samples" / "ald.png").is_file()
+    assert sample_file(tmp_path / "two", "ald", suffix=".png").is_file()
     # evaluation (with the likelihood) shards the same way and gives the same numbers
     ev = ["--mode=eval", "--config.eval.n_samples=200", "--config.eval.batch_size=100",
           "--config.eval.likelihood=True", "--config.eval.likelihood_batches=3"]
@@ -186,23 +187,23 @@ def test_killed_run_resumes_without_redrawing_finished_chunks(toy_run, tmp_path)
     full = run_main(*common, f"--workdir={tmp_path / 'full'}")
     assert full.returncode == 0, full.stderr
     victim = tmp_path / "killed"
-    chunk_dir = victim / "samples" / "ald.chunks"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *common, f"--workdir={victim}"], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (chunk_dir / "chunk_000000.npz").exists() and proc.poll() is None and time.time() < deadline:
+    while not list(victim.glob("samples/ald-*/chunk_000000.npz")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = sorted(p.name for p in chunk_dir.glob("chunk_*.npz"))
+    chunks = chunk_dir(victim, "ald")
+    done = sorted(p.name for p in chunks.glob("chunk_*.npz"))
     assert "chunk_000000.npz" in done and len(done) < 4, done  # killed while drawing a later chunk
-    assert not (victim / "samples" / "ald.npz").exists()
-    before = {name: (chunk_dir / name).stat().st_mtime_ns for name in done}
+    assert not list((victim / "samples").glob("ald-*.npz"))
+    before = {name: (chunks / name).stat().st_mtime_ns for name in done}
     again = run_main(*common, f"--workdir={victim}")
     assert again.returncode == 0, again.stderr
     assert f"{4 - len(done)} of 4 chunks drawn by 1 process(es), {len(done)} found finished" in again.stdout
-    assert {name: (chunk_dir / name).stat().st_mtime_ns for name in done} == before  # not drawn again
+    assert {name: (chunks / name).stat().st_mtime_ns for name in done} == before  # not drawn again
     assert np.array_equal(_samples(victim), _samples(tmp_path / "full"))
 
 
@@ -224,11 +225,14 @@ class _FakeInception(torch.nn.Module):
 
 
 def test_image_eval_streams_inception_features_per_chunk(tmp_path, monkeypatch):
+    from builds import exp_of
     from cli_helpers import write_fake_cifar10
 
-    from scorelib import build, tasks
     from scorelib import evaluate as ev
-    from scorelib.defaults import base
+    from scorelib import tasks
+    from scorelib.builder import experiment
+    from scorelib.builder.fields import base
+    from scorelib.data import load_dataset
 
     data = write_fake_cifar10(tmp_path / "data", n_per_batch=6)
     run = tmp_path / "run"
@@ -252,15 +256,15 @@ def test_image_eval_streams_inception_features_per_chunk(tmp_path, monkeypatch):
     config.data.root, config.sampling.n_steps_each = str(data), 1
     config.eval.n_samples, config.eval.batch_size, config.eval.inception_path = 20, 8, "inception.pth"
     config.eval.reference_split = "test"
-    out = tasks.run_eval(build.experiment(config, run, "eval"), run)
+    out = tasks.run_eval(experiment(config, run, "eval"), run)
     assert {"fid", "kid", "kid_std", "is", "is_std"} <= set(out) and out["n_samples"] == 20
     assert loads[0] == "inception.pth"
-    store_dir = run / "eval" / "chunks"
+    store_dir = chunk_dir(run, "ald", "eval")
     with np.load(store_dir / "chunk_000002.npz") as f:
         assert f["features"].shape == (4, 2048) and f["logits"].shape == (4, 1008)
         assert np.array_equal(f["indices"], [16, 17, 18, 19])
     x = torch.from_numpy(np.concatenate([np.load(store_dir / f"chunk_{k:06d}.npz")["samples"] for k in range(3)]))
-    test = build.create_dataset(config, train=False).images
+    test = load_dataset(exp_of(config).data, train=False).images
     direct = ev.evaluate_samples(x, "images", value_range=(0.0, 1.0), real=test.float() / 255)
     assert out["fid"] > 1e-3 and out["is"] > 1.0 + 1e-6  # 10 splits of 2 samples: IS > 1 unless all agree
     for key in ("fid", "kid", "is"):

@@ -9,10 +9,11 @@ import pytest
 import torch
 from cli_helpers import write_fake_cifar10
 
-from scorelib import build
+from scorelib.builder import ConfigError, experiment
 from scorelib.checkpoint import list_checkpoints, load_checkpoint
+from scorelib.sampling import sample_images
 from scorelib.sharing import load_network
-from scorelib.train import sample_images, train
+from scorelib.train import train
 
 
 def tiny(name: str, root) -> object:
@@ -38,14 +39,14 @@ def tiny(name: str, root) -> object:
 def test_few_training_steps(name, tmp_path):
     data = write_fake_cifar10(tmp_path / "data", n_per_batch=4)
     c = tiny(name, data)
-    train(build.experiment(c), tmp_path / "run")
+    train(experiment(c), tmp_path / "run")
     assert [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [3]
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "checkpoint_00000003.pt")
     if c.training.timestep_sampler == "importance":
         assert "timesteps" in state and int(state["timesteps"]["counts"].sum()) == 12
     assert (tmp_path / "run" / "samples" / "step_00000003.png").exists()
-    net, _ = load_network(tmp_path / "run")
-    x = sample_images(build.experiment(c, mode="sample"), net, 2, torch.device("cpu"))
+    net, _, _ = load_network(tmp_path / "run")
+    x = sample_images(experiment(c, mode="sample"), net, 2, torch.device("cpu"))
     assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all()
 
 
@@ -55,14 +56,15 @@ def test_noisy_classifier_training_and_classifier_guidance(tmp_path):
     c.training.target = "classifier"
     c.classifier.nf, c.classifier.ch_mult, c.classifier.num_res_blocks = 32, (1, 2), 1
     c.classifier.attn_resolutions, c.classifier.num_head_channels = (16,), 8
-    train(build.experiment(c), tmp_path / "clf")
-    clf, stored = load_network(tmp_path / "clf")
+    train(experiment(c), tmp_path / "clf")
+    clf, stored, clf_exp = load_network(tmp_path / "clf")
     assert stored.training.target == "classifier"
     m = tiny("adm_cifar", data)
-    train(build.experiment(m), tmp_path / "model")
-    net, _ = load_network(tmp_path / "model")
+    train(experiment(m), tmp_path / "model")
+    net, _, _ = load_network(tmp_path / "model")
     m.sampling.guidance, m.sampling.guidance_scale = "classifier", 2.0
-    x = sample_images(build.experiment(m, mode="sample"), net, 2, torch.device("cpu"), classifier=clf)
+    m.classifier.workdir = str(tmp_path / "clf")
+    x = sample_images(experiment(m, mode="sample"), net, 2, torch.device("cpu"), classifier=clf_exp.wrap(clf))
     assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all()
-    with pytest.raises(build.ConfigError, match="classifier"):
-        sample_images(build.experiment(m, mode="sample"), net, 2, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="classifier"):
+        sample_images(experiment(m, mode="sample"), net, 2, torch.device("cpu"))

@@ -6,12 +6,12 @@
 The model: the EMA weights of the newest checkpoint in WORKDIR/checkpoints (or `sampling.checkpoint`),
 built from the checkpoint's own stored config; with no checkpoint, a toy config whose `data.toy` is a
 Gaussian mixture (gmm8, grid25, two_modes) runs on the exact mixture (`data.toy_mixture`), whose
-score is known at every σ. The σ range is `build.sigma_range(config)`; every sampler starts from the
+score is known at every σ. The σ range is the noise process's `sigma_range`; every sampler starts from the
 same initial noise σ_max·z (z fixed per batch by the seed; `sampling.init` is not used here).
 
 The grid (`grid_spec`; the quick one in brackets). Every scorelib row is the experiment's sampler
 with a few options changed (`Sampler.replace`; column `flags` gives the same change as config
-flags), so its grid and expected NFE are those of its entry in `build.sampling.SAMPLERS`:
+flags), so its grid and expected NFE are those of its entry in `builder.samplers.SAMPLERS`:
   - the config's own sampler;
   - annealed Langevin, NCSN setting: 100 steps per level, step_lr = 2e-5·(σ_min/0.01)², no denoising,
     L = 5, 10, 20 levels [5]; NCSNv2 setting: 5 steps per level + denoising, step_lr by NCSNv2's
@@ -33,7 +33,7 @@ Per row: NFE counted by a counting score wrapper (checked against what the grid 
 wall time of sampling, samples/s, peak memory above the start of the run (`PeakMemory`), and
 quality: the transport error ‖x - x_ref‖₂ (mean over samples) against a tight probability-flow ODE
 solution from the same noise (deterministic samplers, toy data by default; NaN for stochastic ones),
-plus the metrics of `evaluate.evaluate_samples(..., **build.evaluation_arguments(...))`:
+plus the metrics of `evaluate.evaluate_samples(..., **tasks.evaluation_arguments(...))`:
 sliced Wasserstein, MMD² and the mean true log-density for toys, the digits FID, or FID / KID / IS (a
 metric that cannot be computed, e.g. without Inception weights, holds the error text). Toy runs
 start with two reference rows: fresh draws of the data (the metrics' sampling noise at this sample

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..defaults import REPO_ROOT
+from ..builder.configs import REPO_ROOT
 
 # --flag VALUE of this alias -> main.py's flag
 VALUED = {"--config": "--config", "--workdir": "--workdir", "--n-samples": "--bench_samples",

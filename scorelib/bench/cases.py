@@ -3,6 +3,7 @@ few options changed, and the peers' (k-diffusion, diffusers) on the same score a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,10 +13,13 @@ import torch
 from torch import Tensor
 
 from ..adapters import ScoreToEps, score_to_denoised
-from ..build import Experiment, format_value
+from ..builder import Experiment
+from ..builder.declare import format_value
+from ..builder.samplers import Sampler
 from ..peers import diffusers_schedulers, k_diffusion_sampling
 from ..samplers import probability_flow
 from ..samplers.langevin import ncsnv2_step_lr
+from ..schedules import geometric_sigmas
 from ..utils import ScoreFn, default_dtype
 
 SampleFn = Callable[[ScoreFn, Tensor, torch.Generator], "Tensor | tuple[Tensor, int]"]
@@ -75,6 +79,13 @@ def _raiser(error: Exception) -> SampleFn:
     return sample
 
 
+def with_levels(sampler: Sampler, levels: int) -> Sampler:
+    """The sampler on `levels` NCSN levels (annealed Langevin's grid on a VE model), other settings kept."""
+    n = sampler.noise
+    noise = dataclasses.replace(n, num_scales=levels, levels=geometric_sigmas(n.sigma_max, n.sigma_min, levels))
+    return dataclasses.replace(sampler, noise=noise)
+
+
 def sampler_case(exp: Experiment, name: str, family: str, settings: str, overrides: dict[str, Any]) -> Case:
     """A row running the experiment's sampler with `overrides` ({"sampling.FIELD" or "noise.num_scales":
     value}, the flags that reproduce the row); sampling.init is gaussian: x0 = grid[0]·z with z the first
@@ -82,7 +93,10 @@ def sampler_case(exp: Experiment, name: str, family: str, settings: str, overrid
     overrides = {"sampling.init": "gaussian", **overrides}
     flags = " ".join(f"--config.{k}={format_value(v)}" for k, v in overrides.items())
     try:
-        sampler = exp.sampler.replace(**{k.split(".", 1)[1]: v for k, v in overrides.items()})
+        sampler = exp.sampler.replace(**{k.split(".", 1)[1]: v for k, v in overrides.items()
+                                         if k.startswith("sampling.")})
+        if "noise.num_scales" in overrides:  # annealed Langevin over another number of NCSN levels
+            sampler = with_levels(sampler, overrides["noise.num_scales"])
         nfe = sampler.nfe
     except Exception as e:  # a setting this model cannot run: the row reports it
         return Case(name, family, settings, _raiser(e), None, False, flags)
@@ -95,7 +109,7 @@ def sampler_case(exp: Experiment, name: str, family: str, settings: str, overrid
 
 def ode_case(exp: Experiment, tol: float) -> Case:
     """The probability-flow ODE (dopri5, rtol = atol = tol, final Tweedie step) with its own NFE count."""
-    sigma_max, sigma_min = exp.sigma_range
+    sigma_max, sigma_min = exp.noise.sigma_range
     flags = (f"--config.sampling.method=ode --config.sampling.ode_method=dopri5 --config.sampling.rtol={tol:g} "
              f"--config.sampling.atol={tol:g} --config.sampling.denoise=True")
 
@@ -108,10 +122,10 @@ def ode_case(exp: Experiment, tol: float) -> Case:
 
 def scorelib_cases(exp: Experiment, spec: GridSpec) -> list[Case]:
     """scorelib's samplers on the experiment's model, each its sampler with a few options changed."""
-    sigma_max, sigma_min = exp.sigma_range
-    kind = exp.sampler.options.kind
+    sigma_max, sigma_min = exp.noise.sigma_range
+    kind = exp.noise.kind
     ve = kind == "ve"  # there annealed Langevin's levels are noise.num_scales, else sampling.n_steps
-    cases = [sampler_case(exp, f"config ({exp.sample.method})", "config", exp.sampler.describe(), {})]
+    cases = [sampler_case(exp, f"config ({exp.f.sampling.method})", "config", exp.sampler.describe(), {})]
 
     def ald(levels: int, steps: int, step_lr: float, denoise: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"sampling.method": "ald", "sampling.n_steps": levels, "sampling.n_steps_each": steps,
@@ -170,7 +184,7 @@ def k_diffusion_cases(exp: Experiment, spec: GridSpec) -> list[Case]:
     if k is None:
         return [Case("k-diffusion", "k-diffusion", "", None, None, True,
                      skip="k-diffusion is not installed (pip install 'scorelib[peers]')")]
-    sigma_max, sigma_min = exp.sigma_range
+    sigma_max, sigma_min = exp.noise.sigma_range
     grids = {"Karras": lambda n: k.get_sigmas_karras(n, sigma_min, sigma_max, rho=7.0),
              "exponential": lambda n: k.get_sigmas_exponential(n, sigma_min, sigma_max)}
     samplers = {"sample_euler": (k.sample_euler, lambda n: n), "sample_heun": (k.sample_heun, lambda n: 2 * n - 1),
@@ -198,11 +212,11 @@ def diffusers_cases(exp: Experiment, spec: GridSpec) -> list[Case]:
     if sch is None:
         return [Case("diffusers", "diffusers", "", None, None, True,
                      skip="diffusers is not installed (pip install 'scorelib[peers]')")]
-    sigma_max, sigma_min = exp.sigma_range
+    sigma_max, sigma_min = exp.noise.sigma_range
     cases: list[Case] = []
-    kind = exp.sampler.options.kind
+    kind = exp.noise.kind
     if kind == "ddpm":
-        betas, abar = exp.schedule.betas.numpy(), exp.schedule.alphas_cumprod
+        betas, abar = exp.noise.schedule.betas.numpy(), exp.noise.schedule.alphas_cumprod
 
         def vp_loop(make: Callable[[], Any], n: int, step_kwargs: dict[str, Any]) -> SampleFn:
             def sample(score: ScoreFn, x0: Tensor, g: torch.Generator) -> Tensor:

@@ -16,13 +16,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..build import Experiment
+from ..builder import Experiment
 from ..checkpoint import CheckpointError
 from ..data import toy_mixture
 from ..runtime import Runtime
 from ..samplers import probability_flow
 from ..samplers._common import CountingScore
-from ..tasks import checkpoint_source, guidance_classifier, trained_network
+from ..tasks import guidance_classifier, trained_network
 from ..utils import ScoreFn
 
 MIXTURE_TOYS = ("gmm8", "grid25", "two_modes")
@@ -115,13 +115,12 @@ class Model:
 
 
 def load_model(exp: Experiment, workdir: Path, device: torch.device) -> Model:
-    """The newest checkpoint's EMA network (`sampling.checkpoint` or WORKDIR/checkpoints; `build.experiment`
+    """The newest checkpoint's EMA network (`sampling.checkpoint` or WORKDIR/checkpoints; the builder
     laid its stored architecture over the config) as a σ-space score model; else the exact mixture of a
     mixture toy config."""
-    source = checkpoint_source(exp, workdir, required=False)
-    if source is not None:
-        net = trained_network(exp, source, device)
-        return Model(exp.to_score(net).eval(), f"checkpoint {source} (EMA weights)", None, net)
+    if exp.source is not None:
+        net = trained_network(exp, device)
+        return Model(exp.wrap(net).eval(), f"checkpoint {exp.source} (EMA weights)", None, net)
     d = exp.data
     if d.dataset == "toy" and d.toy in MIXTURE_TOYS:
         gmm = toy_mixture(d.toy)
@@ -132,16 +131,17 @@ def load_model(exp: Experiment, workdir: Path, device: torch.device) -> Model:
 
 def _guided(exp: Experiment, net: torch.nn.Module | None) -> bool:
     """Whether the score of a checkpoint's network takes labels (and maybe guidance)."""
-    return net is not None and exp.sample.labelled
+    return net is not None and exp.guidance.labelled
 
 
 def batch_scores(exp: Experiment, score: ScoreFn, net: torch.nn.Module | None, device: torch.device, n: int,
                  seed: int) -> Callable[[int, int], ScoreFn]:
     """`scores(start, b)`: the score of samples [start, start+b). Class-conditional models get the
-    experiment's labels (drawn once for all n) and guidance, as in `train.sample_images`."""
+    experiment's labels (drawn once for all n) and guidance, as in `sampling.sample_images`."""
     if not _guided(exp, net):
         return lambda start, b: score
-    classifier = guidance_classifier(exp, device)
+    raw = guidance_classifier(exp, device)
+    classifier = None if raw is None else exp.wrap_classifier(raw).eval()
     labels = exp.guidance.labels(n, torch.Generator().manual_seed(seed), torch.device("cpu"))
     return lambda start, b: exp.guidance.guided(score, labels[start:start + b].to(device), classifier)
 
@@ -157,9 +157,9 @@ def reference_solution(exp: Experiment, model: Model, x0s: Sequence[Tensor], sta
         dtype = torch.float32 if guided else torch.float64
     else:
         net64 = copy.deepcopy(model.net).double()
-        score64 = exp.to_score(net64).eval()
+        score64 = exp.wrap(net64).eval()
         scores, dtype = (lambda start, b: score64), torch.float64
-    sigma_max, sigma_min = exp.sigma_range
+    sigma_max, sigma_min = exp.noise.sigma_range
     outs, nfes = [], []
     with torch.no_grad():
         for start, x0 in zip(starts, x0s, strict=True):

@@ -16,10 +16,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import evaluate
-from ..build import Experiment, evaluation_arguments, load_dataset
-from ..data import toy_data
+from ..builder import Experiment
+from ..data import load_dataset, toy_data
 from ..runtime import Runtime
-from ..tasks import runtime
+from ..tasks import evaluation_arguments, runtime
 from .cases import Case, default_cases
 from .measure import (
     Meter,
@@ -136,11 +136,11 @@ def run(exp: Experiment, workdir: str | Path, *, quick: bool = False, n_samples:
         print("scorelib.bench: OMP_WAIT_POLICY is unset; spinning OpenMP threads distort timings on shared cores "
               "(set OMP_WAIT_POLICY=PASSIVE)", file=sys.stderr)
     model = load_model(exp, workdir, device)
-    sigma_max, sigma_min = exp.sigma_range
-    d, e = exp.data, exp.eval
+    sigma_max, sigma_min = exp.noise.sigma_range
+    d, e = exp.data, exp.f.eval
     n = n_samples or (min(256, e.n_samples) if quick else e.n_samples)
-    bs = min(batch_size or exp.sample.batch_size, n)
-    seed = e.seed + 3 if seed is None else seed
+    bs = min(batch_size or exp.f.sampling.batch_size, n)
+    seed = exp.f.seed + 3 if seed is None else seed
     starts = list(range(0, n, bs))
     x0s = [sigma_max * torch.randn((min(bs, n - s), *d.shape), generator=torch.Generator(device).manual_seed(seed + k),
                                    device=device) for k, s in enumerate(starts)]
@@ -161,7 +161,7 @@ def run(exp: Experiment, workdir: str | Path, *, quick: bool = False, n_samples:
         ref_info += f"; {ref_nfe:.0f} NFE per batch, {ref_seconds:.1f} s"
 
     data = load_dataset(d, train=False)
-    eval_kwargs = evaluation_arguments(d, e, workdir, None if data is None else data.images)
+    eval_kwargs = evaluation_arguments(exp, workdir, None if data is None else data.images)
     if eval_kwargs.get("kind") == "images" and "device" not in eval_kwargs:
         eval_kwargs["device"] = device
     metric_cols = metric_columns(eval_kwargs)
@@ -212,7 +212,7 @@ def run(exp: Experiment, workdir: str | Path, *, quick: bool = False, n_samples:
     bar.close()
 
     meta = {
-        "config": exp.description, "model": model.source, "device": str(device),
+        "config": exp.describe(), "model": model.source, "device": str(device),
         "torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
         "python": platform.python_version(), "torch": torch.__version__, "machine": platform.processor() or
         platform.machine(), "sigma_max": sigma_max, "sigma_min": sigma_min, "sample_shape": list(d.shape),

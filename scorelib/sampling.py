@@ -1,5 +1,6 @@
 """Sampling at scale: samples drawn in fixed chunks of indices, shared out over the processes of a
-torchrun job, each chunk written to disk as soon as it exists, so a killed run resumes where it stopped.
+torchrun job, each chunk written to disk as soon as it exists, so a killed run resumes where it stopped
+and no finished work is ever thrown away.
 
 Reproducibility by index: chunk k holds the samples [k·C, min((k+1)·C, n)), C the chunk size (the
 sampler's batch size), and is drawn in one sampler call with a generator seeded `chunk_seed(seed, k)`;
@@ -7,20 +8,23 @@ its initial noise, labels and per-step noise come from that generator alone. So 
 (seed, i, C) and the config only: not on the number of processes, on which process drew it, or on
 whether the run was interrupted. Changing C changes the samples (the batch's noise is one stream).
 
-Chunk format: DIR/chunk_<k:06d>.npz with `indices` (int64 [m]), `samples` (float32 [m, ...], model
-space) and whatever else the caller stores (e.g. Inception `features` / `logits`), plus `fingerprint`
-(a string naming what the samples depend on: config fields and network weights). DIR/manifest.json
-holds the same fingerprint; a rerun with another one discards the old chunks. Files are written
-atomically (`checkpoint.atomic_write_bytes`), so a chunk file either is complete or does not exist.
+One store per fingerprint: the chunks of one setting (config fields a sample depends on, the weights'
+digest, seed, chunk size, device type) live in their own directory, named by the setting, with
+manifest.json saying what they hold; a run with other settings gets another directory and leaves this
+one alone. A chunk file is DIR/chunk_<k:06d>.npz with `indices` (int64 [m]), `samples` (float32 [m, ...],
+model space), whatever else the caller stores (e.g. Inception `features` / `logits`) and `fingerprint`.
+Files are written atomically (`checkpoint.atomic_write_bytes`), so a chunk file is complete or absent.
 
-Shared out: after the store is checked, every process lists the missing chunks (all see the same
-files) and process r draws missing[r::world], so a resumed run stays balanced.
+Shared out: every process lists the missing chunks (all see the same files) and process r draws
+missing[r::world], so a resumed run stays balanced.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import shutil
 import sys
 import time
 import zipfile
@@ -32,8 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import Tensor, nn
 from tqdm import tqdm
 
+from .builder import Experiment
 from .checkpoint import atomic_write_bytes
 from .runtime import Runtime, step_seed
 from .utils import format_duration
@@ -60,7 +66,7 @@ def chunks(n: int, size: int) -> list[Chunk]:
 
 
 def chunk_seed(seed: int, k: int) -> int:
-    """The generator seed of chunk k: a function of (seed, k) only (train.step_seed with rank 0)."""
+    """The generator seed of chunk k: a function of (seed, k) only (runtime.step_seed with rank 0)."""
     return step_seed(seed, k, 0)
 
 
@@ -70,7 +76,7 @@ def barrier(rt: Runtime) -> None:
         dist.barrier()
 
 
-def reduce_sum(values: list[torch.Tensor], rt: Runtime) -> list[torch.Tensor]:
+def reduce_sum(values: list[Tensor], rt: Runtime) -> list[Tensor]:
     """Element-wise sums of the tensors over all processes, on every process (float64 recommended)."""
     if rt.world == 1:
         return values
@@ -83,32 +89,30 @@ def reduce_sum(values: list[torch.Tensor], rt: Runtime) -> list[torch.Tensor]:
 
 
 class ChunkStore:
-    """The chunk files of one sampling job in `directory`, valid for one `fingerprint`."""
+    """The chunk files of one setting in `directory`, valid for one `fingerprint` (`describe`: what they
+    hold, for manifest.json)."""
 
-    def __init__(self, directory: str | Path, fingerprint: str):
-        self.directory, self.fingerprint = Path(directory), fingerprint
+    def __init__(self, directory: str | Path, fingerprint: str, describe: str = ""):
+        self.directory, self.fingerprint, self.description = Path(directory), fingerprint, describe
 
     def path(self, c: Chunk) -> Path:
         return self.directory / f"chunk_{c.k:06d}.npz"
 
-    def prepare(self, rt: Runtime) -> int:
-        """On rank 0: discard chunks of another fingerprint and write the manifest; then every process
-        waits for it. Returns the number of chunk files removed."""
-        removed = 0
+    def prepare(self, rt: Runtime) -> None:
+        """On rank 0: write the manifest (a directory of another fingerprint is never touched: that is a
+        RuntimeError); then every process waits for it."""
         if rt.is_main:
             manifest = self.directory / "manifest.json"
             try:
                 old = json.loads(manifest.read_text()).get("fingerprint")
             except (OSError, ValueError):
                 old = None
-            if old != self.fingerprint:
-                for p in sorted(self.directory.glob("chunk_*.npz")):
-                    p.unlink()
-                    removed += 1
-                text = json.dumps({"fingerprint": self.fingerprint}, indent=2) + "\n"
+            if old is not None and old != self.fingerprint:
+                raise RuntimeError(f"{self.directory} holds samples of another setting; nothing was changed")
+            if old is None:
+                text = json.dumps({"fingerprint": self.fingerprint, "holds": self.description}, indent=2) + "\n"
                 atomic_write_bytes(manifest, lambda f: f.write(text.encode()))
         barrier(rt)
-        return removed
 
     def is_complete(self, c: Chunk, keys: Iterable[str] = ("samples",)) -> bool:
         """Whether chunk c's file exists, belongs to this fingerprint, holds exactly its indices and `keys`."""
@@ -142,8 +146,8 @@ def progress_label(desc: str, rt: Runtime) -> str:
 
 
 class Progress:
-    """Samples done of `total`: a tqdm bar when stderr is a terminal, else a plain line on stderr
-    every `every` of the total, with samples/s and the ETA. Disabled: silent."""
+    """Work done of `total`: a tqdm bar when stderr is a terminal, else a plain line on stderr every
+    `every` of the total, with the rate and the ETA. Disabled: silent."""
 
     def __init__(self, total: int, desc: str, enabled: bool = True, every: float = 0.05, unit: str = "samples"):
         self.total, self.desc, self.every, self.unit = total, desc, every, unit
@@ -182,6 +186,10 @@ class DrawReport:
     total: int
     found: int
     drawn_here: int
+
+    def note(self, world: int) -> str:
+        return (f"{self.total - self.found} of {self.total} chunks drawn by {world} process(es), "
+                f"{self.found} found finished")
 
 
 def draw_missing(store: ChunkStore, all_chunks: list[Chunk], rt: Runtime,
@@ -227,3 +235,87 @@ def write_npz_streamed(path: str | Path, name: str, parts: Iterable[np.ndarray],
             raise ValueError(f"{path}: pieces hold {count} rows, the header says {shape[0]}")
 
     atomic_write_bytes(Path(path), write)
+
+
+# ---------------------------------------------------------------------------------------------
+# Drawing an experiment's samples
+# ---------------------------------------------------------------------------------------------
+
+
+def sample_images(exp: Experiment, net: nn.Module, n: int, device: torch.device, seed: int = 0,
+                  classifier: nn.Module | None = None, batch_size: int | None = None) -> Tensor:
+    """n samples of the experiment's sampler from network `net` (in eval mode), model-space [n, ...], in
+    batches of `batch_size` (default sampling.batch_size), all drawn from one generator seeded `seed`.
+    Class-conditional models get `exp.guidance`'s labels and guidance; `classifier`: the σ-space guidance
+    classifier."""
+    score = exp.wrap(net).eval()
+    size = batch_size or exp.f.sampling.batch_size
+    g = torch.Generator(device).manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        for start in range(0, n, size):
+            b = min(size, n - start)
+            y = exp.guidance.labels(b, g, device)
+            out.append(exp.sampler(exp.guidance.guided(score, y, classifier), (b, *exp.data.shape), g, device))
+    return torch.cat(out)
+
+
+def weights_digest(*nets: nn.Module | None) -> str:
+    """SHA-256 of the networks' state dicts (names, dtypes, shapes and bytes): which weights drew a sample."""
+    h = hashlib.sha256()
+    for net in nets:
+        if net is None:
+            continue
+        for name, v in net.state_dict().items():
+            t = v.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Draw:
+    """Where one setting's samples live: its chunk store, and the stem its outputs are named by."""
+
+    store: ChunkStore
+    stem: str  # e.g. "ald-111nfe-3fa2c1d9e4"
+
+
+def setting(exp: Experiment, nets: tuple[nn.Module | None, ...], seed: int, size: int, device: torch.device,
+            directory: Path, purpose: str) -> Draw:
+    """The chunk store of the samples `nets` draw with the experiment's `purpose` settings ("sample" /
+    "eval"), `seed` and chunk `size` on `device`: DIRECTORY/<method>-<nfe>nfe-<fingerprint[:10]>/."""
+    fingerprint = hashlib.sha256((exp.fingerprints[purpose] + weights_digest(*nets)
+                                  + f"|seed={seed}|chunk={size}|device={device.type}").encode()).hexdigest()
+    nfe = exp.sampler.nfe
+    stem = f"{exp.sampler.method}-{f'{nfe}nfe' if nfe > 0 else 'adaptive'}-{fingerprint[:10]}"
+    describe = (f"{exp.sampler.describe()}; {purpose} chunks of {size}, seed {seed}, weights "
+                f"{weights_digest(*nets)[:12]}")
+    return Draw(ChunkStore(directory / stem, fingerprint, describe), stem)
+
+
+def draw(exp: Experiment, nets: tuple[nn.Module, nn.Module | None], n: int, seed: int, rt: Runtime, directory: Path,
+         purpose: str, extra: Callable[[Tensor], dict[str, np.ndarray]] | None = None,
+         keys: tuple[str, ...] = ("samples",), progress: bool = True,
+         overwrite: bool = False) -> tuple[Draw, list[Chunk], DrawReport]:
+    """Draw n samples of the experiment's sampler with `nets` = (network, guidance classifier or None) as
+    chunks of sampling.batch_size (eval.batch_size for purpose "eval") in this setting's store under
+    `directory`, shared out over the processes and resuming from the chunks already there: chunk k is one
+    sampler call with the generator seeded `chunk_seed(seed, k)`. `extra(x)` adds arrays (e.g. Inception
+    features) to a chunk's file; `keys` are the arrays a finished chunk must hold. `overwrite` first
+    removes this setting's store (and only it)."""
+    size = exp.f.eval.batch_size if purpose == "eval" else exp.f.sampling.batch_size
+    d = setting(exp, nets, seed, size, rt.device, directory, purpose)
+    if overwrite and rt.is_main and d.store.directory.exists():
+        shutil.rmtree(d.store.directory)
+    net, classifier = nets
+    wrapped = None if classifier is None else exp.wrap_classifier(classifier).eval()
+
+    def one(c: Chunk) -> dict[str, np.ndarray]:
+        x = sample_images(exp, net, c.size, rt.device, seed=chunk_seed(seed, c.k), classifier=wrapped,
+                          batch_size=size)
+        return {"samples": x.float().cpu().numpy(), **(extra(x) if extra is not None else {})}
+
+    all_chunks = chunks(n, size)
+    report = draw_missing(d.store, all_chunks, rt, one, keys, desc=purpose, progress=progress)
+    return d, all_chunks, report

@@ -1,4 +1,6 @@
-"""Published checkpoints of the reference code, read into scorelib networks (docs/design.md §4).
+"""Published checkpoints of the reference code, read into scorelib networks (docs/design.md §4). Core: it
+reads files and maps their keys, and knows no configs (which network a format fits is the network
+table's fact, scorelib.builder.networks; the architecture comes from a config, scorelib.presets).
 
 Every file is read with `torch.load(weights_only=True)`: tensors, dicts, lists and numbers only, so no
 file can run code. The format is told from the file's structure; the architecture and noise process
@@ -50,20 +52,10 @@ from .models.ncsnpp_layers import (
     Upsample,
 )
 from .precond import EpsToScore
-
-# The configs these files need live in scorelib.presets; they stay importable from here.
-from .presets import OPENAI_PRESETS, openai_config, resolve_config, stem_preset  # noqa: F401
 from .schedules import vp_sigmas
 from .utils import append_dims
 
 FORMATS = ("ncsn", "ncsnv2", "score_sde", "ddim", "openai", "openai_classifier", "diffusers")
-# The scorelib model names each format's network can be (config.model.name / training.target).
-FORMAT_MODELS = {"ncsn": ("ncsn",), "ncsnv2": ("ncsnv2",), "score_sde": ("ncsnpp", "ddpmpp"), "ddim": ("ddpm",),
-                 "openai": ("iddpm", "adm"), "openai_classifier": ("classifier",)}
-# Example configs to name in errors when a config is missing.
-FORMAT_CONFIGS = {"ncsn": "ncsn_cifar", "ncsnv2": "ncsnv2_cifar", "score_sde": "ncsnpp_cifar or ddpmpp_cifar",
-                  "ddim": "ddpm_cifar", "openai": "openai:cifar10_uncond (see scorelib.published.OPENAI_PRESETS)",
-                  "openai_classifier": "openai:64x64_classifier"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,130 @@
+"""Configs as files and as derived values: config files run once, dotted overrides, the config stored with
+a checkpoint (read without its weights) laid over the current one, and the fingerprint of what a drawn
+sample depends on."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from ..checkpoint import CheckpointError, stored_config_text
+from .declare import ConfigError
+from .fields import base
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # holds configs/, which the config files import
+# the data fields that shape the network: a checkpoint's stored values replace the current ones
+ARCHITECTURE_DATA_FIELDS = ("dataset", "toy", "channels", "image_size", "centered", "num_classes")
+# the sections a drawn sample does not depend on
+NOT_SAMPLING = ("training", "optim", "eval", "phema")
+
+
+class NoGetConfig(AttributeError):
+    """A config file without a get_config() function."""
+
+
+def run_config_file(path: Path, arg: str | None = None) -> Any:
+    """What the config file at `path` returns from `get_config()` (`get_config(arg)` when `arg` is given),
+    run with `REPO_ROOT` importable, since configs/*.py start from `configs.default`. The file's own
+    exceptions propagate; a file without get_config() raises NoGetConfig."""
+    spec = importlib.util.spec_from_file_location(f"_scorelib_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(REPO_ROOT))
+    try:
+        spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise NoGetConfig(f"{path}: the config file has no get_config()")
+        return module.get_config() if arg is None else module.get_config(arg)
+    finally:
+        sys.path.remove(str(REPO_ROOT))
+
+
+def merged(stored: dict) -> ConfigDict:
+    """A stored config (a plain dict, e.g. from JSON) laid over `base()`: unknown fields are kept,
+    missing ones get their defaults."""
+    out = base()
+
+    def lay(target: ConfigDict, values: dict) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict) and key in target and isinstance(target[key], ConfigDict):
+                lay(target[key], value)
+            else:
+                with target.ignore_type():
+                    target[key] = value
+
+    lay(out, stored)
+    return out
+
+
+def config_from_json(text: str, source: str | Path) -> ConfigDict:
+    """A stored config (JSON text from `source`), laid over the current defaults (`merged`)."""
+    try:
+        stored = json.loads(text)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise CheckpointError(f"{source}: the config is not valid JSON ({e})") from e
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{source}: the config is not a JSON object")
+    return merged(stored)
+
+
+def stored_config(source: str | Path) -> ConfigDict | None:
+    """The config stored with the newest readable checkpoint at `source` (see
+    `checkpoint.stored_config_text`), over the current defaults; None when there is none."""
+    found = stored_config_text(source)
+    return None if found is None else config_from_json(*found)
+
+
+def with_overrides(config: Any, overrides: dict[str, Any]) -> Any:
+    """A copy of the config with dotted keys set, e.g. {"sampling.n_steps": 10}; an unknown key raises
+    ConfigError naming it."""
+    out = copy.deepcopy(config)
+    with out.unlocked():
+        for key, value in overrides.items():
+            *parents, leaf = key.split(".")
+            node = out
+            for part in parents:
+                if part not in node:
+                    raise ConfigError(f"unknown config key {key!r}")
+                node = node[part]
+            if leaf not in node:
+                raise ConfigError(f"unknown config key {key!r}")
+            node[leaf] = value
+    return out
+
+
+def with_stored_model(config: Any, stored: Any) -> Any:
+    """A copy of the config whose model, noise and the data fields that shape the network come from
+    `stored` (a checkpoint's config), so sampling and evaluation fields still apply to a trained model."""
+    out = copy.deepcopy(config)
+    with out.unlocked():
+        out.model, out.noise = copy.deepcopy(stored.model), copy.deepcopy(stored.noise)
+        for key in ARCHITECTURE_DATA_FIELDS:
+            out.data[key] = stored.data[key]
+    return out
+
+
+def sampling_fingerprint(config: Any, purpose: str) -> str:
+    """The config fields a drawn sample depends on, as sorted JSON: everything but how many samples are
+    drawn, where from and what is done with them (n_samples, sampling.checkpoint — the weights are
+    fingerprinted separately —, data.root, training, optim, eval), tagged with `purpose`
+    ("sample" / "eval"). Chunks of a sharded run are reused only under the same fingerprint."""
+    fields = {k: v for k, v in config.to_dict().items() if k not in NOT_SAMPLING}
+    fields["sampling"] = {k: v for k, v in fields["sampling"].items() if k not in ("n_samples", "checkpoint")}
+    fields["data"] = {k: v for k, v in fields["data"].items() if k not in ("root", "download")}
+    return json.dumps({"purpose": purpose, "config": fields}, sort_keys=True, default=str)
+
+
+def for_evaluation(config: Any) -> Any:
+    """The config with sampling.batch_size = eval.batch_size (evaluation draws in its own batches)."""
+    return with_overrides(config, {"sampling.batch_size": config.eval.batch_size})
+
+
+def digest(text: str) -> str:
+    """SHA-256 hex digest of a string."""
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,189 @@
+"""The network table: per `model.name` its constructor, its conditioning (the σ-space wrapper every
+path uses, docs/design.md §4a), what it can be trained with, and the published formats it reads.
+
+Adding a network is its module under models/ plus one entry here; the names a config may use, the
+rules that fit a network to a noise process and a data set, the wrappers, and which published
+checkpoint layouts may be loaded into it all derive from the entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..models.adm import ADMClassifier, ADMUNet
+from ..models.conv import ConvScore
+from ..models.ddpm_unet import DDPMUNet
+from ..models.mlp import MLPScore
+from ..models.ncsn import NCSN
+from ..models.ncsnpp import NCSNpp
+from ..models.ncsnv2 import NCSNv2
+from ..precond import ContinuousEpsToScore, EpsToScore, IndexedScore, Precond, ScorePrecond, VPClassifier
+from .declare import ConfigError
+from .noise import Noise
+
+Wrap = Callable[[nn.Module], Precond]
+
+
+@dataclass(frozen=True)
+class Network:
+    """One `model.name`. `build(f, noise)`: the network of the config records `f`; `wrap(f, noise)`: its own
+    (native) conditioning; `noise`: the noise kinds that conditioning fits; `output`: what the network
+    returns (score | eps); `learned_variance`: it can also output improved DDPM's Σ; `conditional`: it
+    can take class labels; `unet`: it halves the resolution per ch_mult entry (attention resolutions
+    must exist); `toy`: it takes 2-D points; `formats`: the published checkpoint layouts it reads."""
+
+    build: Callable[[Any, Noise], nn.Module]
+    wrap: Callable[[Any, Noise], Wrap]
+    noise: tuple[str, ...]
+    output: str
+    learned_variance: bool = False
+    conditional: bool = False
+    unet: bool = True
+    toy: bool = False
+    formats: tuple[str, ...] = ()
+
+
+def _score(f: Any, noise: Noise) -> Wrap:
+    return ScorePrecond
+
+
+def _indexed(f: Any, noise: Noise) -> Wrap:
+    return lambda net: IndexedScore(net, noise.levels)
+
+
+def _eps(f: Any, noise: Noise) -> Wrap:
+    """DDPM ε-networks: on a discrete schedule `EpsToScore` (t·1000/T with model.rescale_timesteps);
+    on score_sde's continuous VP / sub-VP SDEs `ContinuousEpsToScore` (label t·999)."""
+    if noise.kind == "ddpm":
+        abar, m = noise.schedule.alphas_cumprod, f.model
+        return lambda net: EpsToScore(net, abar, learned_variance=m.learn_sigma,
+                                      rescale_timesteps=m.rescale_timesteps)
+    if noise.kind in ("vp", "subvp"):
+        return lambda net: ContinuousEpsToScore(net, noise.sde, label_scale=999.0)
+    raise ConfigError(f"noise.kind: {noise.kind!r} does not fit model.name={f.model.name!r} (an ε network)")
+
+
+def _ncsnpp_wrap(f: Any, noise: Noise) -> Wrap:
+    """NCSN++ (VE): score_sde's discrete configs embed the level index (configs/ve/cifar10_ncsnpp.py),
+    the continuous ones σ itself; DDPM++ (VP): an ε network."""
+    if f.model.name == "ddpmpp":
+        return _eps(f, noise)
+    return _indexed(f, noise) if f.model.embedding_type == "positional" else ScorePrecond
+
+
+def _mlp(f: Any, noise: Noise) -> nn.Module:
+    d, m = f.data, f.model
+    return MLPScore(d.channels * d.image_size**2 if d.dataset != "toy" else d.channels, hidden=m.nf,
+                    n_layers=m.num_res_blocks, embed_dim=m.embed_dim, data_std=m.data_std)
+
+
+def _conv(f: Any, noise: Noise) -> nn.Module:
+    d, m = f.data, f.model
+    return ConvScore(in_channels=d.channels, image_size=d.image_size, ch=m.nf, ch_mult=tuple(m.ch_mult),
+                     num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
+                     sigma_min=f.noise.sigma_min, sigma_max=f.noise.sigma_max, data_std=m.data_std)
+
+
+def _ncsn(f: Any, noise: Noise) -> nn.Module:
+    d, m = f.data, f.model
+    return NCSN(channels=d.channels, image_size=d.image_size, ngf=m.nf, num_classes=f.noise.num_scales,
+                norm=m.normalization, activation=m.nonlinearity, centered_input=d.centered)
+
+
+def _ncsnv2(f: Any, noise: Noise) -> nn.Module:
+    d, m = f.data, f.model
+    return NCSNv2(channels=d.channels, image_size=d.image_size, ngf=m.nf, variant=m.variant, norm=m.normalization,
+                  activation=m.nonlinearity, centered_input=d.centered)
+
+
+def _ddpm(f: Any, noise: Noise) -> nn.Module:
+    d, m = f.data, f.model
+    return DDPMUNet(in_channels=d.channels, out_channels=d.channels * (2 if m.learn_sigma else 1), ch=m.nf,
+                    ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+                    attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
+                    resamp_with_conv=m.resamp_with_conv, image_size=d.image_size)
+
+
+def class_conditional(f: Any) -> bool:
+    """Whether the network takes class labels: a conditional network with data.num_classes > 0."""
+    return NETWORKS[f.model.name].conditional and f.data.num_classes > 0
+
+
+def _adm(f: Any, noise: Noise) -> nn.Module:
+    d, m = f.data, f.model
+    cond = class_conditional(f)
+    return ADMUNet(image_size=d.image_size, in_channels=d.channels, model_channels=m.nf,
+                   channel_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+                   attention_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, num_heads=m.num_heads,
+                   num_head_channels=m.num_head_channels, use_scale_shift_norm=m.use_scale_shift_norm,
+                   resblock_updown=m.resblock_updown, learn_sigma=m.learn_sigma,
+                   num_classes=d.num_classes if cond else None, null_label=cond and m.class_dropout > 0,
+                   class_dropout=m.class_dropout if cond else 0.0,
+                   use_new_attention_order=m.use_new_attention_order)
+
+
+def _ncsnpp(f: Any, noise: Noise) -> nn.Module:
+    d, m = f.data, f.model
+    ve = m.name == "ncsnpp"
+    # score_sde's discrete VE NCSN++ (configs/ve/cifar10_ncsnpp.py): positional embedding of the level
+    # index, output divided by that level's σ
+    levels = noise.levels if ve and m.embedding_type == "positional" else None
+    return NCSNpp(image_size=d.image_size, in_channels=d.channels, nf=m.nf, ch_mult=tuple(m.ch_mult),
+                  num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
+                  resamp_with_conv=m.resamp_with_conv, fir=m.fir, skip_rescale=True, resblock_type=m.resblock_type,
+                  progressive=m.progressive, progressive_input=m.progressive_input,
+                  progressive_combine=m.progressive_combine, embedding_type=m.embedding_type,
+                  fourier_scale=m.fourier_scale, scale_by_sigma=ve, centered=d.centered, level_sigmas=levels)
+
+
+NETWORKS: dict[str, Network] = {
+    # σ-conditioned score networks of any continuous noise process
+    "mlp": Network(_mlp, _score, ("ve", "ve_continuous", "vp", "subvp", "edm"), "score", unet=False, toy=True),
+    "conv": Network(_conv, _score, ("ve", "ve_continuous", "vp", "subvp", "edm"), "score"),
+    "ncsn": Network(_ncsn, _indexed, ("ve",), "score", unet=False, formats=("ncsn",)),
+    "ncsnv2": Network(_ncsnv2, _score, ("ve", "ve_continuous"), "score", unet=False, formats=("ncsnv2",)),
+    "ddpm": Network(_ddpm, _eps, ("ddpm", "vp", "subvp"), "eps", learned_variance=True, formats=("ddim",)),
+    "iddpm": Network(_adm, _eps, ("ddpm", "vp", "subvp"), "eps", learned_variance=True, formats=("openai",)),
+    "adm": Network(_adm, _eps, ("ddpm", "vp", "subvp"), "eps", learned_variance=True, conditional=True,
+                   formats=("openai",)),
+    "ncsnpp": Network(_ncsnpp, _ncsnpp_wrap, ("ve", "ve_continuous"), "score", formats=("score_sde",)),
+    "ddpmpp": Network(_ncsnpp, _ncsnpp_wrap, ("ddpm", "vp", "subvp"), "eps", formats=("score_sde",)),
+}
+
+# model.precond: "native" is the network's own conditioning (its entry's `wrap`); the others are EDM's
+# preconditionings (Karras et al. 2022, Table 1), which the EDM networks are trained with
+PRECONDS: tuple[str, ...] = ("native",)
+
+
+def build_classifier(f: Any, noise: Noise | None = None) -> nn.Module:
+    """The ADM noisy-image classifier of the classifier.* section (classifier guidance)."""
+    c, d = f.classifier, f.data
+    return ADMClassifier(image_size=d.image_size, in_channels=d.channels, model_channels=c.nf,
+                         num_classes=d.num_classes, channel_mult=tuple(c.ch_mult), num_res_blocks=c.num_res_blocks,
+                         attention_resolutions=tuple(c.attn_resolutions), num_head_channels=c.num_head_channels,
+                         use_scale_shift_norm=True, resblock_updown=True, pool=c.pool)
+
+
+def wrap_classifier(noise: Noise) -> Callable[[nn.Module], nn.Module]:
+    """The noisy classifier's conditioning: the DDPM inputs of `EpsToScore` (`VPClassifier`)."""
+    if noise.kind != "ddpm":
+        raise ConfigError("training.target: 'classifier' needs noise.kind='ddpm' (the classifier takes DDPM "
+                          "timesteps)")
+    return lambda net: VPClassifier(net, noise.schedule.alphas_cumprod)
+
+
+def wrapper(f: Any, noise: Noise) -> Wrap:
+    """The one conditioning of the config's network: its native wrapper, or an EDM preconditioning."""
+    entry = NETWORKS[f.model.name]
+    if f.model.precond == "native":
+        if noise.kind not in entry.noise:
+            what = {"score": "a score network", "eps": "an ε network"}[entry.output]
+            what = "indexed by the NCSN levels" if entry.noise == ("ve",) else what
+            raise ConfigError(f"noise.kind: {noise.kind!r} does not fit model.name={f.model.name!r} ({what}) "
+                              f"({', '.join(entry.noise)})")
+        return entry.wrap(f, noise)
+    raise ConfigError(f"model.precond: {f.model.precond!r} is not allowed (one of: {', '.join(PRECONDS)})")
