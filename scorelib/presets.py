@@ -28,10 +28,12 @@ _IDDPM = dict(num_heads=4, num_head_channels=-1, attention_resolutions="16,8", d
 _ADM = {**_IDDPM, "rescale_timesteps": False}  # guided_diffusion/script_util.py diffusion_defaults
 _CLASSIFIER = dict(classifier=True, classifier_width=128, classifier_depth=2,
                    classifier_attention_resolutions="32,16,8", classifier_pool="attention", diffusion_steps=1000,
-                   noise_schedule="linear")
+                   noise_schedule="linear")  # guided_diffusion/script_util.py classifier_and_diffusion_defaults
 
 #: Flags of the released models (openai/improved-diffusion README "Models and Hyperparameters";
-#: openai/guided-diffusion README "Sampling from pre-trained models"), by file stem.
+#: openai/guided-diffusion README "Sampling from pre-trained models"), by file stem. The guided-diffusion
+#: models the README samples with classifier guidance carry the classifier's flags of that command line
+#: (classifier_path, classifier_scale, classifier_depth).
 OPENAI_PRESETS: dict[str, dict[str, Any]] = {
     # improved-diffusion (rescale_timesteps=True unless the README turns it off)
     "cifar10_uncond": {**_IDDPM, "image_size": 32, "num_channels": 128, "num_res_blocks": 3, "learn_sigma": True,
@@ -52,30 +54,48 @@ OPENAI_PRESETS: dict[str, dict[str, Any]] = {
     "64x64_diffusion": {**_ADM, "attention_resolutions": "32,16,8", "class_cond": True, "dropout": 0.1,
                         "image_size": 64, "learn_sigma": True, "noise_schedule": "cosine", "num_channels": 192,
                         "num_head_channels": 64, "num_res_blocks": 3, "resblock_updown": True,
-                        "use_new_attention_order": True},
+                        "use_new_attention_order": True,
+                        "classifier_path": "models/64x64_classifier.pt", "classifier_scale": 1.0,
+                        "classifier_depth": 4},
     "128x128_diffusion": {**_ADM, "attention_resolutions": "32,16,8", "class_cond": True, "image_size": 128,
                           "learn_sigma": True, "num_channels": 256, "num_heads": 4, "num_res_blocks": 2,
-                          "resblock_updown": True},
+                          "resblock_updown": True,
+                          "classifier_path": "models/128x128_classifier.pt", "classifier_scale": 0.5},
     "256x256_diffusion": {**_ADM, "attention_resolutions": "32,16,8", "class_cond": True, "image_size": 256,
                           "learn_sigma": True, "num_channels": 256, "num_head_channels": 64, "num_res_blocks": 2,
-                          "resblock_updown": True},
+                          "resblock_updown": True,
+                          "classifier_path": "models/256x256_classifier.pt", "classifier_scale": 1.0},
     "256x256_diffusion_uncond": {**_ADM, "attention_resolutions": "32,16,8", "image_size": 256, "learn_sigma": True,
                                  "num_channels": 256, "num_head_channels": 64, "num_res_blocks": 2,
-                                 "resblock_updown": True},
+                                 "resblock_updown": True,
+                                 "classifier_path": "models/256x256_classifier.pt", "classifier_scale": 10.0},
     "512x512_diffusion": {**_ADM, "attention_resolutions": "32,16,8", "class_cond": True, "image_size": 512,
                           "learn_sigma": True, "num_channels": 256, "num_head_channels": 64, "num_res_blocks": 2,
-                          "resblock_updown": True},
+                          "resblock_updown": True,
+                          "classifier_path": "models/512x512_classifier.pt", "classifier_scale": 4.0},
     "lsun_bedroom": {**_ADM, "attention_resolutions": "32,16,8", "dropout": 0.1, "image_size": 256,
                      "learn_sigma": True, "num_channels": 256, "num_head_channels": 64, "num_res_blocks": 2,
                      "resblock_updown": True},
-    "64x64_classifier": {**_CLASSIFIER, "image_size": 64, "classifier_depth": 4},
-    "128x128_classifier": {**_CLASSIFIER, "image_size": 128},
-    "256x256_classifier": {**_CLASSIFIER, "image_size": 256},
-    "512x512_classifier": {**_CLASSIFIER, "image_size": 512},
 }
 for _stem in ("lsun_cat", "lsun_horse"):
     OPENAI_PRESETS[_stem] = OPENAI_PRESETS["lsun_bedroom"]
 OPENAI_PRESETS["lsun_horse_nodropout"] = {**OPENAI_PRESETS["lsun_bedroom"], "dropout": 0.0}
+
+
+def _paired_classifier(model: str) -> dict[str, Any]:
+    """The flags of the classifier the README samples `model` with: guided-diffusion's classifier defaults,
+    the classifier flags of that command line, and the model's diffusion flags. classifier_sample.py builds
+    one diffusion from MODEL_FLAGS and calls classifier(x_t, t) with that diffusion's t (cond_fn through
+    respace.py `_WrappedModel`), so the classifier's t is a timestep of its model's schedule."""
+    m = OPENAI_PRESETS[model]
+    own = {k: v for k, v in m.items() if k.startswith("classifier_") and k not in ("classifier_path",
+                                                                                   "classifier_scale")}
+    return {**_CLASSIFIER, **own, "image_size": m["image_size"], "diffusion_steps": m["diffusion_steps"],
+            "noise_schedule": m["noise_schedule"]}
+
+
+for _model in ("64x64_diffusion", "128x128_diffusion", "256x256_diffusion", "512x512_diffusion"):
+    OPENAI_PRESETS[Path(OPENAI_PRESETS[_model]["classifier_path"]).stem] = _paired_classifier(_model)
 
 
 def _channel_mult(image_size: int, given: str) -> tuple[float, ...]:
@@ -92,7 +112,9 @@ def _channel_mult(image_size: int, given: str) -> tuple[float, ...]:
 def openai_config(flags: Mapping[str, Any], num_classes: int = 1000) -> ConfigDict:
     """A scorelib config from improved-/guided-diffusion command-line flags (script_util.py names:
     image_size, num_channels, num_res_blocks, attention_resolutions in pixels, learn_sigma, class_cond,
-    diffusion_steps, noise_schedule, rescale_timesteps, ...; classifier=True for a noisy classifier)."""
+    diffusion_steps, noise_schedule, rescale_timesteps, ...; classifier=True for a noisy classifier, whose
+    diffusion flags are those of the model it guides). With classifier_path (a model guided in the README), the
+    classifier section and sampling.guidance_scale are those of classifier_sample.py's classifier_* flags."""
     f = {**(_CLASSIFIER if flags.get("classifier") else _IDDPM), **flags}
     out = base()
     size = int(f["image_size"])
@@ -103,16 +125,19 @@ def openai_config(flags: Mapping[str, Any], num_classes: int = 1000) -> ConfigDi
     scale = 1000.0 / out.noise.num_scales
     out.noise.beta_start, out.noise.beta_end = 1e-4 * scale, 0.02 * scale
     out.sampling.method, out.sampling.init, out.sampling.n_steps = "ddim", "gaussian", 50
-    released_classifier = OPENAI_PRESETS.get(f"{size}x{size}_classifier")
-    if f.get("classifier") or released_classifier is not None:
-        # guided-diffusion script_util.py create_classifier (64 channels per head, AdaGN, BigGAN blocks); a
-        # diffusion preset gets its size's released classifier, for sampling.guidance = "classifier".
-        g = {**_CLASSIFIER, **(flags if f.get("classifier") else released_classifier)}
+    guided = "classifier_path" in f  # a model the README samples with classifier guidance
+    if f.get("classifier") or guided:
+        # guided-diffusion classifier_sample.py: create_classifier(classifier_defaults() overridden by the command
+        # line's classifier_* flags): 64 channels per head, AdaGN, BigGAN blocks. A guided model's classifier
+        # section is its README classifier's, for sampling.guidance = "classifier" with the README's scale.
+        g = {**_CLASSIFIER, **{k: v for k, v in f.items() if k.startswith("classifier_")}}
         k = out.classifier
         k.nf, k.num_res_blocks, k.ch_mult = int(g["classifier_width"]), int(g["classifier_depth"]), \
             _channel_mult(size, "")
         k.attn_resolutions = tuple(int(r) for r in str(g["classifier_attention_resolutions"]).split(","))
         k.num_head_channels, k.pool = 64, g["classifier_pool"]
+    if guided:
+        out.sampling.guidance_scale = float(f.get("classifier_scale", 1.0))  # classifier_sample.py default 1.0
     if f.get("classifier"):
         out.training.target = "classifier"
         out.data.num_classes = num_classes
