@@ -256,6 +256,11 @@ class VESDE:
         """g(t) = σ(t) √(2 log(σ_max/σ_min))."""
         return self.sigma(t) * math.sqrt(2 * math.log(self.sigma_max / self.sigma_min))
 
+    def discrete_sigmas(self, N: int) -> Tensor:
+        """score_sde's NCSN table: N geometric levels from σ_min up to σ_max, float64 [N], ascending
+        (sde_lib.py `VESDE.discrete_sigmas`; its reverse-diffusion and ancestral steps read it)."""
+        return torch.exp(torch.linspace(math.log(self.sigma_min), math.log(self.sigma_max), N, dtype=F64))
+
     def prior_sample(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
                      dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
         return self.sigma_max * torch.randn(shape, generator=generator, dtype=dtype, device=device)
@@ -304,6 +309,11 @@ class VPSDE:
     def diffusion(self, t: Tensor | float) -> Tensor:
         return self.beta(t).sqrt()
 
+    def discrete_betas(self, N: int) -> Tensor:
+        """score_sde's DDPM table of N steps: linspace(β_min/N, β_max/N, N), float64 [N] (sde_lib.py
+        `VPSDE.discrete_betas`; its reverse-diffusion, ancestral and corrector steps read it)."""
+        return torch.linspace(self.beta_min / N, self.beta_max / N, N, dtype=F64)
+
     def prior_sample(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
                      dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
         return torch.randn(shape, generator=generator, dtype=dtype, device=device)
@@ -349,6 +359,12 @@ class SubVPSDE:
     def diffusion(self, t: Tensor | float) -> Tensor:
         return torch.sqrt(self.beta(t) * -torch.expm1(4 * self.log_mean_scale(t)))
 
+    def discrete_betas(self, N: int) -> Tensor:
+        """VP's table linspace(β_min/N, β_max/N, N), float64 [N]. score_sde's subVPSDE has none (its
+        correctors, which read `sde.alphas`, raise AttributeError on sub-VP); scorelib's correctors use
+        α = 1 - β of this table."""
+        return VPSDE(self.beta_min, self.beta_max).discrete_betas(N)
+
     def prior_sample(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
                      dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
         return torch.randn(shape, generator=generator, dtype=dtype, device=device)
@@ -358,6 +374,18 @@ class SubVPSDE:
 
 
 SDE = VESDE | VPSDE | SubVPSDE
+
+
+def pc_times(sde: SDE, n: int) -> Tensor:
+    """score_sde's predictor-corrector time grid `torch.linspace(sde.T, eps, sde.N)` with eps =
+    `sde.sampling_eps` (sampling.py `get_pc_sampler`), float64 [n], descending."""
+    return torch.linspace(sde.T, sde.sampling_eps, n, dtype=F64)
+
+
+def discrete_index(sde: SDE, times: Tensor, N: int) -> Tensor:
+    """score_sde's table index of each time, `(t (N - 1) / T).long()` (sde_lib.py `discretize`,
+    sampling.py predictors and correctors), computed in float64. int64, times' shape."""
+    return (_f64(times) * (N - 1) / sde.T).long()
 
 
 def _solve_vp_time(L: Tensor, b0: float, b1: float) -> Tensor:
