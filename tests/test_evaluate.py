@@ -1,6 +1,7 @@
 """Evaluation metrics against closed forms: Fréchet distance of Gaussians, unbiased KID, IS extremes,
 the FID Inception weights format, the digits FID, and toy metrics against exact mixtures."""
 
+import json
 import math
 import os
 from pathlib import Path
@@ -270,6 +271,19 @@ def test_inception_score_matches_reference_formula():
     m2, s2 = ev.inception_score(logits, splits=3, shuffle_seed=2020)
     assert m2 == pytest.approx(np.mean(fidelity), rel=1e-12) and s2 == pytest.approx(np.std(fidelity), rel=1e-10)
     assert abs(s2 - s) > 1e-6  # the permutation does change the splits
+
+
+ISC_GOLDEN = json.loads((Path(__file__).parent / "data" / "torch_fidelity_isc.json").read_text())["cases"]
+
+
+@pytest.mark.parametrize("c", ISC_GOLDEN, ids=lambda c: f"n{c['n']}-splits{c['splits']}-shuffle{int(c['shuffle'])}")
+def test_inception_score_splits_are_torch_fidelitys_for_any_n(c):
+    """Golden numbers from torch-fidelity metric_isc.py `isc_features_to_metric` (tests/data/torch_fidelity_isc.json):
+    chunk i is rows i·N//splits … (i+1)·N//splits (Salimans et al.'s inception_score.py), so for N not divisible
+    by the splits every row counts and the chunk sizes differ by one (not np.array_split's larger first chunks)."""
+    logits = 3.0 * torch.randn(c["n"], c["k"], generator=torch.Generator().manual_seed(c["seed"]), dtype=F64)
+    m, s = ev.inception_score(logits, splits=c["splits"], shuffle_seed=2020 if c["shuffle"] else None)
+    assert m == pytest.approx(c["mean"], rel=1e-12) and s == pytest.approx(c["std"], rel=1e-10)
 
 
 def test_inception_score_of_the_network_uses_unbiased_logits(inception_file):
