@@ -137,3 +137,19 @@ def test_score_sde_form_checks_its_grid():
         pc_sampler(GMM, x, append_zero(sde.sigma(t) * 1.01), sde=sde, times=t)
     with pytest.raises(ValueError, match="not `betas`"):
         pc_sampler(GMM, x, append_zero(sde.sigma(t)), sde=sde, times=t, betas=torch.zeros(5))
+
+
+def test_the_sigma_grid_form_ends_on_tweedie_unless_told_otherwise():
+    """Without `sde` a final step to σ = 0 is the Tweedie step (as before); tweedie=False keeps the predictor's own
+    last step (Euler–Maruyama's c = 2σ² there)."""
+    grid = append_zero(geometric_sigmas(5.0, 0.05, 12))
+    x = 5.0 * torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    run = lambda **kw: pc_sampler(GMM, x, grid, predictor="euler_maruyama", corrector="none",  # noqa: E731
+                                  generator=torch.Generator().manual_seed(1), **kw)
+    seen = {}
+    default = run(callback=lambda info: seen.__setitem__(info["i"], info["x"]))
+    torch.testing.assert_close(default, run(tweedie=True), rtol=0, atol=0)
+    sigma = torch.full((64,), 0.05, dtype=F64)
+    torch.testing.assert_close(default, seen[10] + 0.05**2 * GMM.score(seen[10], sigma), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(run(tweedie=False), seen[10] + 2 * 0.05**2 * GMM.score(seen[10], sigma),
+                               rtol=1e-12, atol=1e-12)
