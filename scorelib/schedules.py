@@ -6,6 +6,7 @@ x_t = √ᾱ_t · x_σ with σ_t = √((1-ᾱ_t)/ᾱ_t). Schedule arithmetic run
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -182,16 +183,16 @@ class DDPMSchedule:
 def respace_timesteps(T: int, n: int, spacing: str = "uniform") -> Tensor:
     """A subsequence of `n` DDPM timesteps out of 0..T-1, descending (int64 [n]).
 
-    spacing: "uniform" (DDIM's `range(0, T, T//n)` grid rescaled to end at T-1 — linspace),
-    "leading" (t = k·(T//n), diffusers' leading), "trailing" (t = T - 1 - k·T/n, rounded; DDIM's
-    'trailing' of Lin et al. 2024), "quadratic" (DDIM's quadratic: t = ⌊(k·√(0.8T)/(n-1))²⌋).
+    spacing: "uniform" (improved-diffusion's `space_timesteps(T, str(n))`: round(k·(T-1)/(n-1)), see
+    `space_timesteps`), "leading" (t = k·(T//n), diffusers' leading), "trailing" (t = T - 1 - k·T/n, rounded;
+    DDIM's 'trailing' of Lin et al. 2024), "quadratic" (DDIM's quadratic: t = ⌊(k·√(0.8T)/(n-1))²⌋).
     """
     if not 1 <= n <= T:
         raise ValueError(f"number of respaced steps must be in [1, {T}], got {n}")
     k = torch.arange(n, dtype=F64)
     if spacing == "uniform":
-        ts = torch.linspace(0, T - 1, n, dtype=F64).round()
-    elif spacing == "leading":
+        return space_timesteps(T, str(n))
+    if spacing == "leading":
         ts = k * (T // n)
     elif spacing == "trailing":
         ts = (T - k * (T / n)).round() - 1
@@ -203,6 +204,42 @@ def respace_timesteps(T: int, n: int, spacing: str = "uniform") -> Tensor:
     if ts.numel() != n:
         raise ValueError(f"{spacing} spacing of {n} steps out of {T} repeats timesteps; use fewer steps")
     return ts.flip(0)
+
+
+def _section_steps(start: int, size: int, count: int) -> list[int]:
+    """`count` timesteps spread over [start, start + size): start + round(c_k), where c_k are the running sums
+    of the stride (size - 1)/(count - 1) (a float64 sum, so the k-th differs from k·stride in its last bits)
+    and round() takes ties to even, exactly as improved-diffusion's loop."""
+    stride = (size - 1) / (count - 1) if count > 1 else 1.0
+    return [start + round(c) for c in itertools.accumulate([0.0] + [stride] * (count - 1))][:count]
+
+
+def space_timesteps(T: int, sections: str) -> Tensor:
+    """The timesteps of improved-/guided-diffusion's respacing strings, descending (int64), as their
+    respace.py `space_timesteps(T, sections)` reads them:
+
+    - "N1,N2,…": 0..T-1 cut into len equal sections (the first T mod len one step longer), section i
+      keeping N_i timesteps evenly spread from its first to its last step ("25" is 25 steps over 0..T-1);
+    - "ddimN": DDIM's fixed stride, range(0, T, s) for the smallest stride s ≥ 1 that gives N steps.
+    Raises ValueError where the reference does (a section shorter than its count, no such stride).
+    """
+    sections = sections.strip()
+    if sections.startswith("ddim"):
+        n = int(sections[len("ddim"):])
+        stride = next((s for s in range(1, T) if -(-T // s) == n), None)  # len(range(0, T, s)) = ⌈T/s⌉
+        if stride is None:
+            raise ValueError(f"cannot take exactly {n} of {T} timesteps with an integer stride")
+        return torch.arange(0, T, stride, dtype=torch.long).flip(0)
+    counts = [int(c) for c in sections.split(",")]
+    base, extra = divmod(T, len(counts))
+    steps, start = set(), 0
+    for i, count in enumerate(counts):
+        size = base + (1 if i < extra else 0)
+        if size < count:
+            raise ValueError(f"cannot divide a section of {size} timesteps into {count}")
+        steps.update(_section_steps(start, size, count))
+        start += size
+    return torch.tensor(sorted(steps, reverse=True), dtype=torch.long)
 
 
 def timesteps_to_sigmas(alphas_cumprod: Tensor, timesteps: Tensor, final_zero: bool = True) -> Tensor:
@@ -256,6 +293,11 @@ class VESDE:
         """g(t) = σ(t) √(2 log(σ_max/σ_min))."""
         return self.sigma(t) * math.sqrt(2 * math.log(self.sigma_max / self.sigma_min))
 
+    def discrete_sigmas(self, N: int) -> Tensor:
+        """score_sde's NCSN table: N geometric levels from σ_min up to σ_max, float64 [N], ascending
+        (sde_lib.py `VESDE.discrete_sigmas`; its reverse-diffusion and ancestral steps read it)."""
+        return torch.exp(torch.linspace(math.log(self.sigma_min), math.log(self.sigma_max), N, dtype=F64))
+
     def prior_sample(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
                      dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
         return self.sigma_max * torch.randn(shape, generator=generator, dtype=dtype, device=device)
@@ -304,6 +346,11 @@ class VPSDE:
     def diffusion(self, t: Tensor | float) -> Tensor:
         return self.beta(t).sqrt()
 
+    def discrete_betas(self, N: int) -> Tensor:
+        """score_sde's DDPM table of N steps: linspace(β_min/N, β_max/N, N), float64 [N] (sde_lib.py
+        `VPSDE.discrete_betas`; its reverse-diffusion, ancestral and corrector steps read it)."""
+        return torch.linspace(self.beta_min / N, self.beta_max / N, N, dtype=F64)
+
     def prior_sample(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
                      dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
         return torch.randn(shape, generator=generator, dtype=dtype, device=device)
@@ -349,6 +396,12 @@ class SubVPSDE:
     def diffusion(self, t: Tensor | float) -> Tensor:
         return torch.sqrt(self.beta(t) * -torch.expm1(4 * self.log_mean_scale(t)))
 
+    def discrete_betas(self, N: int) -> Tensor:
+        """VP's table linspace(β_min/N, β_max/N, N), float64 [N]. score_sde's subVPSDE has none (its
+        correctors, which read `sde.alphas`, raise AttributeError on sub-VP); scorelib's correctors use
+        α = 1 - β of this table."""
+        return VPSDE(self.beta_min, self.beta_max).discrete_betas(N)
+
     def prior_sample(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
                      dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
         return torch.randn(shape, generator=generator, dtype=dtype, device=device)
@@ -358,6 +411,18 @@ class SubVPSDE:
 
 
 SDE = VESDE | VPSDE | SubVPSDE
+
+
+def pc_times(sde: SDE, n: int) -> Tensor:
+    """score_sde's predictor-corrector time grid `torch.linspace(sde.T, eps, sde.N)` with eps =
+    `sde.sampling_eps` (sampling.py `get_pc_sampler`), float64 [n], descending."""
+    return torch.linspace(sde.T, sde.sampling_eps, n, dtype=F64)
+
+
+def discrete_index(sde: SDE, times: Tensor, N: int) -> Tensor:
+    """score_sde's table index of each time, `(t (N - 1) / T).long()` (sde_lib.py `discretize`,
+    sampling.py predictors and correctors), computed in float64. int64, times' shape."""
+    return (_f64(times) * (N - 1) / sde.T).long()
 
 
 def _solve_vp_time(L: Tensor, b0: float, b1: float) -> Tensor:

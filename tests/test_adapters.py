@@ -125,6 +125,25 @@ def test_eps_to_score_quantize_and_kwargs():
     assert got["t"].dtype == torch.long and got["t"].tolist() == [5, 6] and got["y"].tolist() == [1, 2]
 
 
+def test_eps_to_score_quantize_rounds_to_the_nearest_timestep():
+    """quantize=True gives the network the nearest table index (in log σ): a σ just below σ_k, or 70% of the way
+    from σ_k to σ_{k+1}, is index k resp. k+1, never the floor; `round_sigma` gives that index's σ."""
+    got = {}
+
+    def eps_net(x_t, t):
+        got["t"] = t
+        return torch.zeros_like(x_t)
+
+    m = EpsToScore(eps_net, ABAR, quantize=True)
+    table = vp_sigmas(ABAR)
+    k = torch.tensor([5, 6, 400, 998])
+    between = torch.exp(torch.lerp(table[k].log(), table[k + 1].log(), 0.7))
+    sigma = torch.cat([table[k] * (1 - 1e-6), between])
+    m(torch.randn(8, 3, dtype=F64), sigma)
+    assert got["t"].dtype == torch.long and got["t"].tolist() == k.tolist() + (k + 1).tolist()
+    torch.testing.assert_close(m.round_sigma(sigma), table[torch.cat([k, k + 1])])
+
+
 def test_buffers_follow_device_and_stay_out_of_state_dict():
     m = EpsToScore(torch.nn.Identity(), ABAR)
     assert "sigmas" not in m.state_dict()

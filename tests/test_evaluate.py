@@ -1,6 +1,7 @@
 """Evaluation metrics against closed forms: Fréchet distance of Gaussians, unbiased KID, IS extremes,
 the FID Inception weights format, the digits FID, and toy metrics against exact mixtures."""
 
+import json
 import math
 import os
 from pathlib import Path
@@ -258,7 +259,7 @@ def test_inception_score_matches_reference_formula():
     logits = torch.randn(90, 7, generator=torch.Generator().manual_seed(8), dtype=F64) * 2
     p = torch.softmax(logits, 1).numpy()
     scores = []
-    for part in np.array_split(p, 3):
+    for part in (p[i * len(p) // 3:(i + 1) * len(p) // 3] for i in range(3)):  # inception_score.py's chunks
         kl = part * (np.log(part) - np.log(part.mean(0, keepdims=True)))
         scores.append(np.exp(kl.sum(1).mean()))
     m, s = ev.inception_score(logits, splits=3)
@@ -266,10 +267,23 @@ def test_inception_score_matches_reference_formula():
     # torch-fidelity's convention: rows permuted by RandomState(2020) first, then the same contiguous splits
     shuffled = p[np.random.RandomState(2020).permutation(len(p))]
     fidelity = [np.exp(np.sum(q * (np.log(q) - np.log(q.mean(0, keepdims=True))), 1).mean())
-                for q in np.array_split(shuffled, 3)]
+                for q in (shuffled[i * len(p) // 3:(i + 1) * len(p) // 3] for i in range(3))]
     m2, s2 = ev.inception_score(logits, splits=3, shuffle_seed=2020)
     assert m2 == pytest.approx(np.mean(fidelity), rel=1e-12) and s2 == pytest.approx(np.std(fidelity), rel=1e-10)
     assert abs(s2 - s) > 1e-6  # the permutation does change the splits
+
+
+ISC_GOLDEN = json.loads((Path(__file__).parent / "data" / "torch_fidelity_isc.json").read_text())["cases"]
+
+
+@pytest.mark.parametrize("c", ISC_GOLDEN, ids=lambda c: f"n{c['n']}-splits{c['splits']}-shuffle{int(c['shuffle'])}")
+def test_inception_score_splits_are_torch_fidelitys_for_any_n(c):
+    """Golden numbers from torch-fidelity metric_isc.py `isc_features_to_metric` (tests/data/torch_fidelity_isc.json):
+    chunk i is rows i·N//splits … (i+1)·N//splits (Salimans et al.'s inception_score.py), so for N not divisible
+    by the splits every row counts and the chunk sizes differ by one (not np.array_split's larger first chunks)."""
+    logits = 3.0 * torch.randn(c["n"], c["k"], generator=torch.Generator().manual_seed(c["seed"]), dtype=F64)
+    m, s = ev.inception_score(logits, splits=c["splits"], shuffle_seed=2020 if c["shuffle"] else None)
+    assert m == pytest.approx(c["mean"], rel=1e-12) and s == pytest.approx(c["std"], rel=1e-10)
 
 
 def test_inception_score_of_the_network_uses_unbiased_logits(inception_file):

@@ -44,6 +44,32 @@ def test_dsm_at_exact_score_equals_irreducible_constant(sigma):
     assert abs(loss.mean().item() - _gaussian_dsm_constant(g, sigma)) < 4 * se
 
 
+@pytest.mark.parametrize("anneal_power", [0.0, 1.0, 2.0, 3.0])
+@pytest.mark.parametrize("loss", ["at", "levels"])
+def test_dsm_weighting_follows_anneal_power(anneal_power, loss):
+    """ermongroup/ncsn losses/dsm.py `anneal_dsm_score_estimation`: ½ Σ_d (s(x̃, σ) + (x̃ - x)/σ²)² · σ^anneal_power
+    per example, written out here for a score that is not the exact one, at a spread of σ."""
+    g = mixture(d=3, seed=4)
+    gen = torch.Generator().manual_seed(3)
+    x = g.sample(16, generator=gen, dtype=F64)
+
+    def score(xx, s):
+        return g(xx, s) + 0.3 * torch.sin(xx)
+
+    sigmas = geometric_sigmas(5.0, 0.02, 7)
+    if loss == "at":
+        sigma, z = sigmas[torch.arange(16) % 7], torch.randn(16, 3, generator=gen, dtype=F64)
+        got = dsm_loss_at(score, x, sigma, z, anneal_power=anneal_power)
+    else:  # dsm_loss draws σ (uniform over the levels) and then z from the generator
+        gen = torch.Generator().manual_seed(5)
+        sigma = sigmas[torch.randint(0, 7, (16,), generator=gen)]
+        z = torch.randn(16, 3, generator=gen, dtype=F64)
+        got = dsm_loss(score, x, sigmas, anneal_power=anneal_power, generator=torch.Generator().manual_seed(5))
+    x_tilde = x + sigma[:, None] * z
+    want = 0.5 * ((score(x_tilde, sigma) + (x_tilde - x) / sigma[:, None] ** 2) ** 2).sum(1) * sigma**anneal_power
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
 def test_dsm_over_levels_and_perturbed_scores_are_worse():
     g = gaussian(d=2, seed=2)
     sigmas = geometric_sigmas(3.0, 0.05, 6)

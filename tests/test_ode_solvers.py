@@ -174,3 +174,21 @@ def test_fast_sample_default_on_the_ring_beats_dpm_solver_pp_2m_twice(nfe, rms_g
     base = min((dpm_solver_pp(gmm, x, append_zero(grid(80.0, 0.002, nfe)), order=2) - ref).norm(dim=1).mean()
                for grid in (karras_sigmas, geometric_sigmas))
     assert err.mean() < base / 2, (err.mean(), base)
+
+
+@pytest.mark.parametrize("nfe", [12, 19, 20, 30])
+@pytest.mark.parametrize("diameter", [2.0, None])
+def test_fast_sample_is_unipc_of_order_2_below_20_nfe_and_3_from_20(nfe, diameter):
+    """fast_sample's documented solver: UniPC (bh2) on `fast_sample_plan`'s grid, of order 2 below 20 NFE and
+    3 from 20 on (with the data's diameter given; without it the grid comes from the probes, same orders)."""
+    from scorelib.samplers import fast_sample_plan
+
+    gmm = _ring()
+    x = 80.0 * torch.randn(16, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
+    want_order = 2 if nfe < 20 else 3
+    got = fast_sample(gmm, x, 80.0, 0.002, nfe, data_diameter=diameter, probe=diameter is not None)
+    grid, order = fast_sample_plan(80.0, 0.002, nfe, diameter)
+    assert order == want_order
+    torch.testing.assert_close(got, unipc(gmm, x, grid, order=want_order, variant="bh2"), rtol=1e-12, atol=1e-12)
+    other = unipc(gmm, x, grid, order=5 - want_order, variant="bh2")
+    assert (other - got).abs().max() > 1e-6

@@ -411,9 +411,10 @@ def test_timestep_samplers_draw_on_the_generators_device(sampler, monkeypatch):
 # --- defect 8: DPM-Solver++ lowers its order at the end only where the references do ------------------
 
 
-def _multistep_dpmpp(denoise, x, sigmas, orders):
+def _multistep_dpmpp(denoise, x, sigmas, orders, taylor_warmup=False):
     """DPM-Solver++ multistep in k-diffusion's form (sampling.py sample_dpmpp_2m, and sample_dpmpp_3m_sde
-    with eta = 0 for the third order), with the order of each step given; a step to σ = 0 returns D."""
+    with eta = 0 for the third order), with the order of each step given; a step to σ = 0 returns D.
+    Second-order steps: -φ₁/2r (2M, DPM-Solver's 'dpmsolver' type), or with `taylor_warmup` 3M's +φ₂/r."""
     lam = lambda s: -math.log(s)  # noqa: E731
     ds = []
     for i in range(len(sigmas) - 1):
@@ -428,7 +429,9 @@ def _multistep_dpmpp(denoise, x, sigmas, orders):
                 h1 = lam(s) - lam(float(sigmas[i - 1]))
                 r0 = h1 / h
                 d1_0 = (d - ds[-1]) / r0
-                if orders[i] == 2:
+                if orders[i] == 2 and taylor_warmup:
+                    x_new = x_new + (math.expm1(-h) / h + 1) * d1_0
+                elif orders[i] == 2:
                     x_new = x_new - 0.5 * math.expm1(-h) * d1_0
                 else:
                     r1 = (lam(float(sigmas[i - 1])) - lam(float(sigmas[i - 2]))) / h
@@ -458,7 +461,7 @@ def test_dpm_solver_pp_lower_order_final_as_the_references(case):
     else:  # DPM-Solver, steps >= 10: no lowering
         grid, orders = geometric_sigmas(40.0, 0.01, 13), [1, 2] + [3] * 10
     x = 40.0 * torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
-    want = _multistep_dpmpp(den, x, grid, orders)
+    want = _multistep_dpmpp(den, x, grid, orders, taylor_warmup=case.startswith("kdiff"))
     got = dpm_solver_pp(lambda x, s: g.score(x, s), x, grid, order=3)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 

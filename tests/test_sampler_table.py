@@ -12,7 +12,6 @@ from builds import exp_of
 from oracles import F64, mixture
 
 from scorelib import validate
-from scorelib.adapters import score_to_denoised
 from scorelib.builder import ConfigError, experiment
 from scorelib.builder.configs import with_overrides
 from scorelib.builder.samplers import METHOD_FIELDS, SAMPLERS, Sampler
@@ -61,13 +60,19 @@ def test_the_ignored_field_warnings_follow_each_entry(method):
         assert bool(warned) == (field not in reads), (method, field, warned)
 
 
+def tweedie_denoiser(score):
+    """D(x, σ) = x + σ² s(x, σ) for x [B, D] and σ [B], written out (the denoiser k-diffusion's samplers take)."""
+    return lambda x, sigma: x + sigma[:, None] ** 2 * score(x, sigma)
+
+
 def k_diffusion_euler_ancestral(score, x, sigmas, eta):
     """k-diffusion sampling.py `sample_euler_ancestral` with `get_ancestral_step`, written out, noise from
     `torch.randn_like` (its default noise sampler) on the global generator."""
+    denoiser = tweedie_denoiser(score)
     for i in range(len(sigmas) - 1):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
         sigma = torch.full((x.shape[0],), s, dtype=x.dtype)
-        denoised = score_to_denoised(x, score(x, sigma), sigma)
+        denoised = denoiser(x, sigma)
         up = min(s_next, eta * (s_next**2 * (s**2 - s_next**2) / s**2) ** 0.5) if eta else 0.0
         down = (s_next**2 - up**2) ** 0.5
         x = x + (x - denoised) / s * (down - s)
@@ -101,7 +106,7 @@ def test_euler_ancestral_samples_the_mixture():
 
 @pytest.mark.parametrize("eta", [1.0, 0.5])
 def test_euler_ancestral_equals_k_diffusion_itself(eta):
-    """The optional oracle: k-diffusion's own `sample_euler_ancestral` (skipped when not installed)."""
+    """The optional oracle: k-diffusion's own `sample_euler_ancestral` (skipped when not installed; CI installs it)."""
     from scorelib.peers import k_diffusion_sampling
 
     k = k_diffusion_sampling()
@@ -112,7 +117,7 @@ def test_euler_ancestral_equals_k_diffusion_itself(eta):
     torch.manual_seed(3)
     grid = sampler.grid.float()
     x = float(grid[0]) * torch.randn(512, 2)
-    want = k.sample_euler_ancestral(lambda x, s: score_to_denoised(x, GMM(x, s), s), x, grid, eta=eta, disable=True)
+    want = k.sample_euler_ancestral(tweedie_denoiser(GMM), x, grid, eta=eta, disable=True)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 

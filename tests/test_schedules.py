@@ -1,4 +1,7 @@
+import hashlib
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from scorelib.schedules import (
     alphas_cumprod_from_betas,
     append_zero,
     respace_timesteps,
+    space_timesteps,
     timesteps_to_sigmas,
 )
 
@@ -137,3 +141,38 @@ def test_sde_prior_logp():
     x = torch.randn(4, 3)
     torch.testing.assert_close(VESDE(0.01, 2.0).prior_logp(x),
                                torch.distributions.Normal(0, 2.0).log_prob(x).sum(1))
+
+
+# --- improved-diffusion's respacing ----------------------------------------------------------------------------
+
+SPACING = json.loads((Path(__file__).parent / "data" / "iddpm_spacing.json").read_text())
+
+
+def _digest(ts: torch.Tensor) -> str:
+    return hashlib.sha1(",".join(map(str, sorted(ts.tolist()))).encode()).hexdigest()[:12]
+
+
+@pytest.mark.parametrize("T", [1000, 4000])
+def test_uniform_respacing_is_improved_diffusions_for_every_length(T):
+    """respace_timesteps(T, n) is improved-diffusion respace.py `space_timesteps(T, str(n))` for n = 2 … 1000:
+    digests of the reference's own sets (tests/data/iddpm_spacing.json). Its running-sum stride and round-half-
+    to-even move a timestep by one against round(k·(T-1)/(n-1)) in 588 of these 1998 pairs (e.g. T = 1000, n = 21)."""
+    wrong = [n for n, want in zip(range(2, 1001), SPACING["digests"][str(T)], strict=True)
+             if _digest(respace_timesteps(T, n)) != want]
+    assert wrong == []
+    ts = respace_timesteps(T, 21)
+    assert ts.tolist() == sorted(ts.tolist(), reverse=True) and ts.dtype == torch.long
+
+
+@pytest.mark.parametrize("key", sorted(SPACING["sections"]))
+def test_section_strings_are_read_as_improved_diffusion(key):
+    T, sections = key.split(":", 1)
+    got = space_timesteps(int(T), sections)
+    assert got.tolist() == sorted(SPACING["sections"][key], reverse=True)
+
+
+@pytest.mark.parametrize("key", SPACING["refused"])
+def test_section_strings_the_reference_refuses(key):
+    T, sections = key.split(":", 1)
+    with pytest.raises(ValueError):
+        space_timesteps(int(T), sections)

@@ -46,18 +46,50 @@ def _posterior_step_loop(score: ScoreFn, x: Tensor, down: list[float], up: list[
 
 
 def ddim(score: ScoreFn, x: Tensor, sigmas: Tensor, *, eta: float = 0.0, generator: torch.Generator | None = None,
-         callback: Callback = None) -> Tensor:
+         callback: Callback = None, clip_denoised: bool = False,
+         guidance: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
     """DDIM with stochasticity η ∈ [0, 1] on the σ grid `sigmas` [n] (descending; the last may be 0,
     then the result is the denoised sample). x: [B, ...] at sigmas[0]. NFE = n - 1.
 
     To reproduce DDIM on DDPM timesteps t_1 > … > t_N, pass `timesteps_to_sigmas(ᾱ, t)` (which
     appends 0) and start from x_T·√(1+σ_{t_1}²).
+
+    clip_denoised: clamp D = x̂₀ to [-1, 1] and take the step from the clamped D, ε = (x - D)/σ
+    (improved- / guided-diffusion `ddim_sample`, whose `p_mean_variance` clips by default).
+    guidance: `g(x, sigma) -> w ∇ₓ log p(y | x, σ)` (σ-space, e.g. `ClassifierGuidance.guidance_grad`) of a
+    score model passed without it, applied after the clamp as guided-diffusion's `condition_score`:
+    ε' = ε - √(1-ᾱ) w∇_{x_t} log p re-derived from the clamped x̂₀, in σ-space D' = D + σ² g (D' not
+    clamped again). Without clipping this equals passing the guided score (ClassifierGuidance's "score"
+    convention).
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
     s64, sig_b = prepare_grid(sigmas, x)
     down, up = ddim_coefficients(s64, eta)
-    return _posterior_step_loop(score, x, down.tolist(), up.tolist(), s64, sig_b, generator, callback)
+    if not clip_denoised and guidance is None:
+        return _posterior_step_loop(score, x, down.tolist(), up.tolist(), s64, sig_b, generator, callback)
+    return _ddim_denoised_loop(score, x, s64, sig_b, down.tolist(), up.tolist(), clip_denoised, guidance, generator,
+                               callback)
+
+
+def _ddim_denoised_loop(score: ScoreFn, x: Tensor, s64: Tensor, sig_b: list[Tensor], down: list[float],
+                        up: list[float], clip: bool, guidance: Callable[[Tensor, Tensor], Tensor] | None,
+                        generator: torch.Generator | None, callback: Callback) -> Tensor:
+    """DDIM from an explicit x̂₀: D (clamped), then D + σ² g, then x' = D + (σ_down/σ)(x - D) + σ_up z."""
+    cur = s64[:-1].tolist()
+    for i in range(len(cur)):
+        d = score_to_denoised(x, score(x, sig_b[i]), cur[i])
+        if clip:
+            d = d.clamp(-1, 1)
+        if guidance is not None:  # condition_score: ε' = ε_clipped - σ g (σ-space), x̂₀' = x - σ ε'
+            d = torch.add(d, guidance(x, sig_b[i]), alpha=cur[i] ** 2)
+        x_next = torch.lerp(d, x, down[i] / cur[i])
+        if up[i] > 0:
+            x_next = add_noise(x_next, up[i], generator)
+        if callback is not None:
+            callback({"i": i, "sigma": sig_b[i][0], "sigma_next": sig_b[i + 1][0], "x": x_next, "denoised": d})
+        x = x_next
+    return x
 
 
 def respaced_betas(s64: Tensor) -> tuple[Tensor, Tensor]:

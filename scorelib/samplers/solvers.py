@@ -72,11 +72,14 @@ def dpm_solver_pp(score: ScoreFn, x: Tensor, sigmas: Tensor, *, order: int = 2, 
         3rd order adds φ₂ = φ₁/h + 1 and φ₃ = φ₂/h - ½ on the first and second divided differences.
     Each grid convention follows the reference that uses it. With a trailing zero (k-diffusion's
     convention) the step to σ' = 0 is first order (x' = D) and every step before it has the full order,
-    as k-diffusion's `sample_dpmpp_2m` / `sample_dpmpp_3m_sde`. A grid ending at σ_min > 0 is the
-    DPM-Solver reference's: `lower_order_final` lowers the last steps to min(order, steps left) only for
-    runs of fewer than 10 steps (LuChengTHU/dpm-solver dpm_solver_pytorch.py `DPM_Solver.sample`,
-    multistep: `if lower_order_final and steps < 10`). x: [B, ...] at sigmas[0]; NFE = number of
-    positive levels with a trailing zero (else n - 1).
+    as k-diffusion's `sample_dpmpp_2m` / `sample_dpmpp_3m_sde(eta=0)` (k_diffusion/sampling.py); the
+    second step of order 3 (its warm-up) is 3M's x' = (σ'/σ) x - φ₁ D_i + φ₂ (D_i - D_{i-1})/r, while order 2
+    keeps 2M's -φ₁/2r form. A grid ending at σ_min > 0 is the DPM-Solver reference's: every second-order
+    step (warm-up or lowered) has the -φ₁/2r form (its default solver_type='dpmsolver',
+    `multistep_dpm_solver_second_update`), and `lower_order_final` lowers the last steps to
+    min(order, steps left) only for runs of fewer than 10 steps (LuChengTHU/dpm-solver
+    dpm_solver_pytorch.py `DPM_Solver.sample`, multistep: `if lower_order_final and steps < 10`).
+    x: [B, ...] at sigmas[0]; NFE = number of positive levels with a trailing zero (else n - 1).
     """
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
@@ -86,6 +89,7 @@ def dpm_solver_pp(score: ScoreFn, x: Tensor, sigmas: Tensor, *, order: int = 2, 
     to_zero = levels[-1] == 0
     n_solver = n_steps - int(to_zero)  # steps between positive levels (DPM-Solver's `steps`)
     lower = lower_order_final and not to_zero and n_solver < 10
+    taylor_warmup = to_zero and order == 3  # k-diffusion's 3M: its 2nd-order step is the Taylor form
     orders = _step_orders(n_solver, order, lower) + [1] * (n_steps - n_solver)
     lam = [-math.log(s) if s > 0 else math.inf for s in levels]
     ds: list[Tensor] = []
@@ -103,7 +107,9 @@ def dpm_solver_pp(score: ScoreFn, x: Tensor, sigmas: Tensor, *, order: int = 2, 
             if p >= 2:
                 r0 = (lam[i] - lam[i - 1]) / h
                 d1_0 = (d - ds[-2]) / r0
-                if p == 2:
+                if p == 2 and taylor_warmup:  # k-diffusion 3M's second step: + φ₂ (D_i - D_{i-1})/r
+                    x = x.add(d1_0, alpha=phi1 / h + 1)
+                elif p == 2:
                     x = x.add(d1_0, alpha=-0.5 * phi1)  # -φ₁ · (1/2r)(D_i - D_{i-1})
                 else:
                     r1 = (lam[i - 1] - lam[i - 2]) / h
