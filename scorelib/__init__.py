@@ -20,10 +20,19 @@ from .adapters import (
     score_to_eps,
 )
 from .analytic import GaussianMixture
-from .guidance import ClassifierFreeGuidance, ClassifierGuidance
+from .ema import EMASnapshot, PowerEMA, posthoc_ema
+from .guidance import AutoGuidance, ClassifierFreeGuidance, ClassifierGuidance, guidance_interval
 from .likelihood import bits_per_dim, log_likelihood
-from .losses import dsm_loss, eps_loss, hybrid_loss, ssm_loss, vlb_loss
-from .precond import ContinuousEpsToScore, EpsToScore, IndexedScore, Precond, ScorePrecond, VPClassifier
+from .losses import dsm_loss, edm2_loss, eps_loss, hybrid_loss, ssm_loss, vlb_loss
+from .precond import (
+    ContinuousEpsToScore,
+    EDM2Precond,
+    EpsToScore,
+    IndexedScore,
+    Precond,
+    ScorePrecond,
+    VPClassifier,
+)
 from .samplers import (
     annealed_langevin,
     ddim,
@@ -51,14 +60,18 @@ from .schedules import (
 __all__ = [
     "VESDE",
     "VPSDE",
+    "AutoGuidance",
     "ClassifierFreeGuidance",
     "ClassifierGuidance",
     "ContinuousEpsToScore",
     "DDPMSchedule",
+    "EDM2Precond",
+    "EMASnapshot",
     "EpsToScore",
     "Experiment",
     "GaussianMixture",
     "IndexedScore",
+    "PowerEMA",
     "Precond",
     "ScorePrecond",
     "ScoreToContinuousEps",
@@ -74,11 +87,13 @@ __all__ = [
     "denoised_to_score",
     "dpm_solver_pp",
     "dsm_loss",
+    "edm2_loss",
     "eps_loss",
     "eps_to_score",
     "experiment",
     "fast_sample",
     "geometric_sigmas",
+    "guidance_interval",
     "heun",
     "hybrid_loss",
     "karras_sigmas",
@@ -86,6 +101,7 @@ __all__ = [
     "load",
     "log_likelihood",
     "pc_sampler",
+    "posthoc_ema",
     "probability_flow",
     "save",
     "score_to_denoised",

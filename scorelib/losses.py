@@ -10,6 +10,7 @@ variance) from the wrapper.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -289,3 +290,30 @@ class ImportanceTimesteps(UniformTimesteps):
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.losses.copy_(state["losses"])
         self.counts.copy_(state["counts"])
+
+
+# ---------------------------------------------------------------------------------------------
+# EDM2: the denoising loss weighted by a learned uncertainty
+# ---------------------------------------------------------------------------------------------
+
+
+def edm2_loss(model: Any, x0: Tensor, P_mean: float = -0.4, P_std: float = 1.0, sigma_data: float = 0.5,
+              generator: torch.Generator | None = None, **cond: Any) -> Tensor:
+    """EDM2's training loss (Karras et al. 2024, eqs. 14-16 and 21), per example [B]:
+
+        Σ_dims [ λ(σ)/e^u(σ) · (D(x₀ + σn; σ) - x₀)² + u(σ) ],   λ(σ) = (σ² + σ_d²)/(σ σ_d)²,
+        ln σ ~ N(P_mean, P_std²),   n ~ N(0, I),
+
+    u the learned log-variance. `model.denoise_and_logvar(x, sigma, **cond) -> (D, u [B])` (`EDM2Precond`);
+    `cond` (class labels `y`) goes to it. From `generator`: the normal of ln σ ([B]), then n (x0's shape),
+    EDM2's order (training/training_loop.py `EDM2Loss`). Summed over dimensions: EDM2's loop sums the
+    per-pixel losses and divides by the batch size, i.e. the batch mean of these values. EDM2's presets:
+    P_mean = -0.4, P_std = 1.0 for ImageNet-512 (latents), -0.8 and 1.6 for ImageNet-64.
+    """
+    z = torch.randn((x0.shape[0],), generator=generator, dtype=x0.dtype, device=x0.device)
+    sigma = (z * P_std + P_mean).exp()
+    noisy = x0 + append_dims(sigma, x0.ndim) * randn_like(x0, generator)
+    denoised, logvar = model.denoise_and_logvar(noisy, sigma, **cond)
+    weight = append_dims((sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2, x0.ndim)
+    u = append_dims(logvar, x0.ndim)
+    return sum_flat(weight * torch.exp(-u) * (denoised - x0) ** 2 + u)

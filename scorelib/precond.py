@@ -223,3 +223,47 @@ class VPClassifier(nn.Module):
     def forward(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         x_in, t, kw = self.conditioning.inputs(x, batch_sigma(sigma, x))
         return self.classifier(x_in, t, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# EDM2 (Karras et al. 2024): EDM's preconditioning and the learned uncertainty of the loss
+# ---------------------------------------------------------------------------------------------
+
+
+class EDM2Precond(Precond):
+    """EDM2's network (`scorelib.models.edm2.EDM2Network`) as a σ-space model: EDM's preconditioning
+    (Karras et al. 2022, Table 1) with c_noise = ln(σ)/4 (EDM2 training/networks_edm2.py `Precond`),
+
+        D(x; σ) = c_skip x + c_out F(c_in x, c_noise),   c_skip = σ_d²/(σ² + σ_d²),
+        c_out = σ σ_d/√(σ² + σ_d²),   c_in = 1/√(σ² + σ_d²),   σ_d = sigma_data (0.5),
+
+    plus the learned log-variance u(σ) that weights the loss (EDM2 eq. 21): `denoise_and_logvar`.
+    Keyword arguments (class labels `y`) go to the network. `use_fp16`: run the network in float16 on
+    CUDA, as EDM2 samples its released models (D is returned in x's dtype).
+    """
+
+    output = "denoised"
+
+    def __init__(self, net: nn.Module | Any, sigma_data: float = 0.5, use_fp16: bool = False):
+        super().__init__(net)
+        self.sigma_data = sigma_data
+        self.use_fp16 = use_fp16
+
+    def inputs(self, x: Tensor, sigma: Tensor, **cond: Any) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        s = append_dims(sigma, x.ndim)
+        x_in = x / (s**2 + self.sigma_data**2).sqrt()
+        if self.use_fp16 and x.device.type == "cuda":
+            x_in = x_in.half()
+        return x_in, sigma.log() / 4, cond
+
+    def predict(self, x: Tensor, sigma: Tensor, raw: Tensor) -> Tensor:
+        s = append_dims(sigma, x.ndim)
+        var = s**2 + self.sigma_data**2
+        return self.sigma_data**2 / var * x + s * self.sigma_data / var.sqrt() * raw.to(x.dtype)
+
+    def denoise_and_logvar(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> tuple[Tensor, Tensor]:
+        """(D(x; σ), x's shape; u(σ), [B]) from one network evaluation: what `losses.edm2_loss` needs."""
+        sigma = batch_sigma(sigma, x)
+        x_in, label, kw = self.inputs(x, sigma, **cond)
+        denoised = self.predict(x, sigma, self.net(x_in, label, **kw))
+        return denoised, self.net.logvar(label).to(x.dtype)
