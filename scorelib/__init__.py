@@ -20,10 +20,22 @@ from .adapters import (
     score_to_eps,
 )
 from .analytic import GaussianMixture
+from .augment import AugmentPipe
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .likelihood import bits_per_dim, log_likelihood
-from .losses import dsm_loss, eps_loss, hybrid_loss, ssm_loss, vlb_loss
-from .precond import ContinuousEpsToScore, EpsToScore, IndexedScore, Precond, ScorePrecond, VPClassifier
+from .losses import dsm_loss, edm_loss, eps_loss, hybrid_loss, ssm_loss, ve_loss, vlb_loss, vp_loss
+from .precond import (
+    ContinuousEpsToScore,
+    EDMPrecond,
+    EpsToScore,
+    IDDPMPrecond,
+    IndexedScore,
+    Precond,
+    ScorePrecond,
+    VEPrecond,
+    VPClassifier,
+    VPPrecond,
+)
 from .samplers import (
     annealed_langevin,
     ddim,
@@ -51,19 +63,24 @@ from .schedules import (
 __all__ = [
     "VESDE",
     "VPSDE",
+    "AugmentPipe",
     "ClassifierFreeGuidance",
     "ClassifierGuidance",
     "ContinuousEpsToScore",
     "DDPMSchedule",
+    "EDMPrecond",
     "EpsToScore",
     "GaussianMixture",
+    "IDDPMPrecond",
     "IndexedScore",
     "Precond",
     "ScorePrecond",
     "ScoreToContinuousEps",
     "ScoreToEps",
     "SubVPSDE",
+    "VEPrecond",
     "VPClassifier",
+    "VPPrecond",
     "annealed_langevin",
     "append_zero",
     "bits_per_dim",
@@ -74,6 +91,7 @@ __all__ = [
     "denoised_to_score",
     "dpm_solver_pp",
     "dsm_loss",
+    "edm_loss",
     "eps_loss",
     "eps_to_score",
     "fast_sample",
@@ -91,7 +109,9 @@ __all__ = [
     "score_to_eps",
     "ssm_loss",
     "unipc",
+    "ve_loss",
     "vlb_loss",
+    "vp_loss",
     "vp_sigmas",
 ]
 
