@@ -24,6 +24,7 @@ from .augment import AugmentPipe
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 from .likelihood import bits_per_dim, log_likelihood
 from .losses import dsm_loss, edm_loss, eps_loss, hybrid_loss, ssm_loss, ve_loss, vlb_loss, vp_loss
+from .pickles import load_edm_snapshot, read_pickle
 from .precond import (
     ContinuousEpsToScore,
     EDMPrecond,
@@ -101,9 +102,11 @@ __all__ = [
     "karras_sigmas",
     "linear_betas",
     "load",
+    "load_edm_snapshot",
     "log_likelihood",
     "pc_sampler",
     "probability_flow",
+    "read_pickle",
     "save",
     "score_to_denoised",
     "score_to_eps",
