@@ -41,14 +41,12 @@ from torch import Tensor
 
 from .checkpoint import CheckpointError
 from .models.edm import (
-    PRECOND_DEFAULTS,
     EDMArchitecture,
     build_network,
     convert_dhariwalunet_state,
     convert_songunet_state,
-    dhariwalunet_kwargs,
-    songunet_kwargs,
 )
+from .models.edm import edm_architecture as edm_network_architecture
 from .precond import EDMPrecond, IDDPMPrecond, Precond, VEPrecond, VPPrecond
 
 __all__ = ["EDMArchitecture", "PickledObject", "TorchModuleRecord", "edm_architecture", "edm_precond",
@@ -286,28 +284,15 @@ def read_pickle(path: str | Path) -> Any:
 # EDM snapshots -> scorelib networks
 # ---------------------------------------------------------------------------------------------
 
-_PRECOND_KIND = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve", "iDDPMPrecond": "iddpm"}
-_NETWORK_KIND = {"SongUNet": "ncsnpp", "DhariwalUNet": "adm"}
-
-
 def edm_architecture(precond: PickledObject) -> EDMArchitecture:
     """The scorelib architecture of an EDM network record (an `EDMPrecond` / `VPPrecond` / `VEPrecond` /
     `iDDPMPrecond` wrapping a `SongUNet` or `DhariwalUNet`), from the constructor arguments the records
     carry (EDM's defaults for those not passed)."""
-    if precond.class_name not in _PRECOND_KIND:
-        raise ValueError(f"not an EDM network: {precond.class_name} (expected one of {', '.join(_PRECOND_KIND)})")
     model = precond.children.get("model")
-    if model is None or model.class_name not in _NETWORK_KIND:
-        raise ValueError(f"{precond.class_name} wraps {getattr(model, 'class_name', None)}, not SongUNet/DhariwalUNet")
-    kw = dict(model.init_kwargs)
-    if model.init_args:
+    if model is not None and model.init_args:
         raise ValueError(f"{model.class_name} was built with positional arguments; EDM passes keywords")
-    net_kind = _NETWORK_KIND[model.class_name]
-    translate = songunet_kwargs if net_kind == "ncsnpp" else dhariwalunet_kwargs
-    net_kwargs = translate(**kw)
-    defaults = PRECOND_DEFAULTS[precond.class_name]
-    pk = {k: precond.init_kwargs.get(k, v) for k, v in defaults.items()}
-    return EDMArchitecture(net_kind, net_kwargs, _PRECOND_KIND[precond.class_name], pk)
+    return edm_network_architecture(precond.class_name, precond.init_kwargs,
+                                    getattr(model, "class_name", None), getattr(model, "init_kwargs", {}))
 
 
 def edm_precond(arch: EDMArchitecture, net: torch.nn.Module) -> Precond:

@@ -72,17 +72,16 @@ def test_published_configurations_parameter_counts_and_keys(name):
     """Every released EDM network (EDM_CONFIGS): scorelib's network has EDM's parameter count and every
     EDM state_dict key maps onto a scorelib key of the same shape (checked on the meta device)."""
     pub = PUBLISHED[name]
-    cfg = dict(edm.EDM_CONFIGS["edm-" + name])
-    precond, model_type = cfg.pop("precond"), cfg.pop("model_type")
-    res, ch = cfg.pop("img_resolution"), cfg.pop("img_channels")
-    assert precond == pub["precond"]
-    kind = "ncsnpp" if model_type == "SongUNet" else "adm"
-    translate = edm.songunet_kwargs if kind == "ncsnpp" else edm.dhariwalunet_kwargs
-    net = edm.build_network(kind, translate(res, ch, ch, **cfg), "meta")
+    arch = edm.released_architecture("edm-" + name)
+    assert edm.PRECOND_KINDS[pub["precond"]] == arch.precond
+    net = edm.build_network(arch.network, arch.network_kwargs, "meta")
     assert sum(p.numel() for p in net.parameters()) == pub["n_params"]
+    cfg = dict(edm.EDM_CONFIGS["edm-" + name])
+    res, ch = cfg.pop("img_resolution"), cfg.pop("img_channels")
+    model_kwargs = {k: v for k, v in cfg.items() if k not in ("precond", "model_type")}
     state = {k: torch.empty(shape, device="meta") for k, shape in pub["keys"]}
-    convert = edm.convert_songunet_state if kind == "ncsnpp" else edm.convert_dhariwalunet_state
-    converted = convert(state, res, ch, ch, target=net, **cfg)
+    convert = edm.convert_songunet_state if arch.network == "ncsnpp" else edm.convert_dhariwalunet_state
+    converted = convert(state, res, ch, ch, target=net, **model_kwargs)
     assert set(converted) == set(net.state_dict())
 
 

@@ -43,13 +43,17 @@ __all__ = [
     "DHARIWALUNET_DEFAULTS",
     "EDM_CONFIGS",
     "EDM_TRAINING",
+    "NETWORK_KINDS",
     "PRECOND_DEFAULTS",
+    "PRECOND_KINDS",
     "SONGUNET_DEFAULTS",
     "EDMArchitecture",
     "build_network",
     "convert_dhariwalunet_state",
     "convert_songunet_state",
     "dhariwalunet_kwargs",
+    "edm_architecture",
+    "released_architecture",
     "songunet_kwargs",
 ]
 
@@ -85,6 +89,35 @@ class EDMArchitecture:
     network_kwargs: Mapping[str, Any]
     precond: str
     precond_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+PRECOND_KINDS = frozen(EDMPrecond="edm", VPPrecond="vp", VEPrecond="ve", iDDPMPrecond="iddpm")
+NETWORK_KINDS = frozen(SongUNet="ncsnpp", DhariwalUNet="adm")
+
+
+def edm_architecture(precond_class: str, precond_kwargs: Mapping[str, Any], model_class: str,
+                     model_kwargs: Mapping[str, Any]) -> EDMArchitecture:
+    """The scorelib architecture of EDM's `precond_class(**precond_kwargs)` around
+    `model_class(**model_kwargs)` (model_kwargs with img_resolution, in_channels, out_channels, as EDM's
+    wrappers pass them); EDM's defaults fill what is not given."""
+    if precond_class not in PRECOND_KINDS:
+        raise ValueError(f"not an EDM network: {precond_class} (expected one of {', '.join(PRECOND_KINDS)})")
+    if model_class not in NETWORK_KINDS:
+        raise ValueError(f"{precond_class} wraps {model_class}, not SongUNet / DhariwalUNet")
+    kind = NETWORK_KINDS[model_class]
+    net_kwargs = (songunet_kwargs if kind == "ncsnpp" else dhariwalunet_kwargs)(**model_kwargs)
+    defaults = PRECOND_DEFAULTS[precond_class]
+    return EDMArchitecture(kind, net_kwargs, PRECOND_KINDS[precond_class],
+                           {k: precond_kwargs.get(k, v) for k, v in defaults.items()})
+
+
+def released_architecture(name: str) -> EDMArchitecture:
+    """The architecture of one of EDM's released models (`EDM_CONFIGS`), e.g. "edm-cifar10-32x32-cond-vp"."""
+    cfg = dict(EDM_CONFIGS[name])
+    precond, model_class = cfg.pop("precond"), cfg.pop("model_type")
+    res, ch = cfg.pop("img_resolution"), cfg.pop("img_channels")
+    out = 2 * ch if precond == "iDDPMPrecond" else ch
+    return edm_architecture(precond, {}, model_class, dict(img_resolution=res, in_channels=ch, out_channels=out, **cfg))
 
 
 def _full(defaults: Mapping[str, Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
