@@ -12,7 +12,8 @@ tensors come through torch's own rebuild functions with their storage bytes read
 `CheckpointError` naming the file and the global.
 
 Allowed globals: the persistence hook above; torch's tensor / parameter rebuild functions and dtypes;
-`torch.storage._load_from_bytes` (read with weights_only); `collections.OrderedDict`; EDM's
+`torch.storage._load_from_bytes` (read with weights_only); `collections.OrderedDict`; `_codecs.encode` for
+latin-1 (how protocol-2 pickles write bytes); EDM's
 `dnnlib.util.EasyDict` (read as a dict); numpy scalars, dtypes and arrays; and any `torch.nn` module class,
 which becomes a record like a persistent object (EDM's `ModuleDict`). Nothing from the file is ever
 called except these.
@@ -215,6 +216,13 @@ def _rebuild_tensor(storage: Any, offset: int, size: tuple, stride: tuple, *rest
         return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, collections.OrderedDict())
 
 
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """`_codecs.encode` as protocol-2 pickles use it for bytes: latin-1 only."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode is allowed for latin-1 bytes only")
+    return text.encode("latin1")
+
+
 def _numpy_multiarray() -> Any:
     """numpy's multiarray module (numpy._core in numpy 2, numpy.core before)."""
     try:
@@ -230,6 +238,7 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _load_storage,
     ("collections", "OrderedDict"): collections.OrderedDict,
+    ("_codecs", "encode"): _latin1_bytes,
     ("dnnlib.util", "EasyDict"): dict,
     ("numpy", "dtype"): np.dtype,
     ("numpy", "ndarray"): np.ndarray,

@@ -83,6 +83,21 @@ def test_snapshot_records_are_plain_data():
     assert arch.network_kwargs["label_dim"] == 4 and arch.network_kwargs["fourier_of_log"] is False
 
 
+def test_numpy_values_under_numpy_1_and_2_names(tmp_path):
+    """numpy scalars and arrays (EDM's skip_scale = np.sqrt(0.5), EDM2's encoder arrays) under numpy 2's
+    and numpy 1's module names, and protocol-2 bytes; record attributes hold Python numbers."""
+    import numpy as np
+
+    blob = pickle.dumps({"a": np.float64(0.5), "b": np.arange(3, dtype=np.float32)}, protocol=2)
+    for i, data in enumerate((blob, blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))):
+        path = tmp_path / f"np{i}.pkl"
+        path.write_bytes(data)
+        out = read_pickle(path)
+        assert out["a"] == 0.5 and out["b"].tolist() == [0.0, 1.0, 2.0]
+    block = read_pickle(DATA / "edm-tiny-ddpmpp-edm-uncond.pkl")["ema"].child("model.enc.8x8_block0")
+    assert type(block.attributes["skip_scale"]) is float and block.attributes["skip_scale"] == pytest.approx(0.5**0.5)
+
+
 def test_edm2_snapshot_records():
     """EDM2's snapshots use the same persistence format: the records carry its network's state_dict
     (float16), constructor arguments, and its encoder's numpy attributes; nothing runs."""
