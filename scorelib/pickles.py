@@ -231,14 +231,33 @@ def _numpy_multiarray() -> Any:
         return importlib.import_module("numpy.core.multiarray")
 
 
+class _Call:
+    """One of this module's functions as the file sees it: callable, but with no attributes a BUILD
+    opcode could change (pickle's BUILD sets attributes on whatever object is on its stack)."""
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Any) -> None:
+        object.__setattr__(self, "_fn", fn)
+
+    def __call__(self, *args: Any) -> Any:
+        return self._fn(*args)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise pickle.UnpicklingError("the file tried to change an allowed function")
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("the file tried to change an allowed function")
+
+
 _ALLOWED: dict[tuple[str, str], Any] = {
-    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch.storage", "_load_from_bytes"): _load_storage,
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _Call(_reconstruct_persistent),
+    ("torch._utils", "_rebuild_tensor_v2"): _Call(_rebuild_tensor),
+    ("torch._utils", "_rebuild_parameter"): _Call(_rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): _Call(_rebuild_parameter),
+    ("torch.storage", "_load_from_bytes"): _Call(_load_storage),
     ("collections", "OrderedDict"): collections.OrderedDict,
-    ("_codecs", "encode"): _latin1_bytes,
+    ("_codecs", "encode"): _Call(_latin1_bytes),
     ("dnnlib.util", "EasyDict"): dict,
     ("numpy", "dtype"): np.dtype,
     ("numpy", "ndarray"): np.ndarray,

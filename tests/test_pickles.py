@@ -226,3 +226,12 @@ def test_other_callables_are_refused(tmp_path, global_name):
     path.write_bytes(blob)
     with pytest.raises(CheckpointError, match=rf"refused to load the global {global_name}"):
         read_pickle(path)
+
+
+def test_the_file_cannot_change_an_allowed_function(tmp_path):
+    """pickle's BUILD sets attributes on the object on its stack: on an allowed function it is refused."""
+    blob = b"\x80\x02ctorch._utils\n_rebuild_parameter\n}X\x08\x00\x00\x00__code__K\x01sb."
+    path = tmp_path / "build.pkl"
+    path.write_bytes(blob)
+    with pytest.raises(CheckpointError, match="tried to change an allowed function"):
+        read_pickle(path)
