@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table
 
-from scorelib.builder import ConfigError, experiment
 from scorelib.bench import PeakMemory
+from scorelib.builder import ConfigError, experiment
 from scorelib.likelihood import log_likelihood
 from scorelib.train import ema_update
 

@@ -20,18 +20,24 @@ from .adapters import (
     score_to_eps,
 )
 from .analytic import GaussianMixture
+from .augment import AugmentPipe
 from .ema import EMASnapshot, PowerEMA, posthoc_ema
 from .guidance import AutoGuidance, ClassifierFreeGuidance, ClassifierGuidance, guidance_interval
 from .likelihood import bits_per_dim, log_likelihood
-from .losses import dsm_loss, edm2_loss, eps_loss, hybrid_loss, ssm_loss, vlb_loss
+from .losses import dsm_loss, edm2_loss, edm_loss, eps_loss, hybrid_loss, ssm_loss, ve_loss, vlb_loss, vp_loss
+from .pickles import load_edm_snapshot, read_pickle
 from .precond import (
     ContinuousEpsToScore,
     EDM2Precond,
+    EDMPrecond,
     EpsToScore,
+    IDDPMPrecond,
     IndexedScore,
     Precond,
     ScorePrecond,
+    VEPrecond,
     VPClassifier,
+    VPPrecond,
 )
 from .samplers import (
     annealed_langevin,
@@ -60,16 +66,19 @@ from .schedules import (
 __all__ = [
     "VESDE",
     "VPSDE",
+    "AugmentPipe",
     "AutoGuidance",
     "ClassifierFreeGuidance",
     "ClassifierGuidance",
     "ContinuousEpsToScore",
     "DDPMSchedule",
     "EDM2Precond",
+    "EDMPrecond",
     "EMASnapshot",
     "EpsToScore",
     "Experiment",
     "GaussianMixture",
+    "IDDPMPrecond",
     "IndexedScore",
     "PowerEMA",
     "Precond",
@@ -77,7 +86,9 @@ __all__ = [
     "ScoreToContinuousEps",
     "ScoreToEps",
     "SubVPSDE",
+    "VEPrecond",
     "VPClassifier",
+    "VPPrecond",
     "annealed_langevin",
     "append_zero",
     "bits_per_dim",
@@ -88,6 +99,7 @@ __all__ = [
     "dpm_solver_pp",
     "dsm_loss",
     "edm2_loss",
+    "edm_loss",
     "eps_loss",
     "eps_to_score",
     "experiment",
@@ -99,16 +111,20 @@ __all__ = [
     "karras_sigmas",
     "linear_betas",
     "load",
+    "load_edm_snapshot",
     "log_likelihood",
     "pc_sampler",
     "posthoc_ema",
     "probability_flow",
+    "read_pickle",
     "save",
     "score_to_denoised",
     "score_to_eps",
     "ssm_loss",
     "unipc",
+    "ve_loss",
     "vlb_loss",
+    "vp_loss",
     "vp_sigmas",
 ]
 

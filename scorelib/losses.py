@@ -4,7 +4,7 @@ Every loss takes the network's σ-space wrapper (`scorelib.precond`, docs/design
 network, so the network sees in training exactly the inputs it sees in sampling and in likelihoods.
 Score-model losses (DSM, sliced score matching) need only `score(x, sigma)`; the DDPM losses (L_simple,
 VLB, hybrid) draw x_σ = x₀ + σ_t ε at the timesteps t of a `DDPMSchedule` and read ε (and the learned
-variance) from the wrapper.
+variance) from the wrapper; EDM's losses (`edm_loss`, `vp_loss`, `ve_loss`, `edm2_loss`) read its `denoise`.
 """
 
 from __future__ import annotations
@@ -221,6 +221,69 @@ def hybrid_loss(model: Any, x0: Tensor, schedule: DDPMSchedule, t: Tensor, noise
     x_t, eps, log_var = _eps_and_log_variance(model, x0, schedule, t, noise, cond)
     mse = mean_flat((noise - eps) ** 2)
     return mse + lambda_vlb * schedule.T * vlb_term(schedule, x0, x_t, t, eps.detach(), log_var)
+
+
+# ---------------------------------------------------------------------------------------------
+# EDM: denoiser losses with a training distribution of σ (Karras et al. 2022, eq. 8, Table 1)
+# ---------------------------------------------------------------------------------------------
+
+# `augment(x0, generator) -> (augmented x0, labels [B, augment_dim])`, e.g. `scorelib.augment.AugmentPipe`.
+Augment = Callable[[Tensor, torch.Generator | None], tuple[Tensor, Tensor]]
+
+
+def denoiser_loss_at(model: Any, x0: Tensor, sigma: Tensor, weight: Tensor, generator: torch.Generator | None = None,
+                     augment: Augment | None = None, **cond: Any) -> Tensor:
+    """Σ over dimensions of λ(σ)·‖D(y + σn; σ) - y‖², per example [B] (EDM training/loss.py).
+
+    x0: [B, ...] clean data; sigma, weight: [B]; `model.denoise(x, sigma, **cond)` is the network's
+    σ-space wrapper (`scorelib.precond`). With `augment`, y and its labels come from augment(x0, generator)
+    and the labels reach the network as `augment_labels`; otherwise y = x0. The noise n is drawn after
+    the augmentation (EDM's order: σ, augmentation, noise).
+    """
+    y, labels = augment(x0, generator) if augment is not None else (x0, None)
+    if labels is not None:
+        cond = {**cond, "augment_labels": labels}
+    s = append_dims(sigma.to(y.dtype), y.ndim)
+    d = model.denoise(y + randn_like(y, generator) * s, sigma.to(y.dtype), **cond)
+    return sum_flat(append_dims(weight.to(y.dtype), y.ndim) * (d - y) ** 2)
+
+
+def edm_loss(model: Any, x0: Tensor, P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 0.5,
+             generator: torch.Generator | None = None, augment: Augment | None = None, **cond: Any) -> Tensor:
+    """EDM's training loss (Karras et al. 2022, eq. 8 with Table 1's "EDM" column), per example [B]:
+
+        ln σ ~ N(P_mean, P_std²),  λ(σ) = (σ² + σ_d²)/(σ σ_d)²,  loss = Σ_dims λ(σ) ‖D(y + σn; σ) - y‖².
+
+    model: a σ-space wrapper with `denoise` (`EDMPrecond`); x0: [B, ...]; cond: network keywords (`y`).
+    Draws from `generator`: σ ([B] normals), then `augment`'s draws, then the noise (x0's shape), the
+    order of EDM training/loss.py `EDMLoss` with torch's global RNG. The value is the sum over
+    dimensions of EDM's elementwise loss, so the mean over the batch is EDM's training objective
+    (training_loop.py: `loss.sum() / batch_size`) and its learning rates carry over.
+    """
+    z = torch.randn(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
+    sigma = torch.exp(z.to(torch.float64) * P_std + P_mean)
+    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+    return denoiser_loss_at(model, x0, sigma, weight, generator, augment, **cond)
+
+
+def vp_loss(model: Any, x0: Tensor, beta_d: float = 19.9, beta_min: float = 0.1, epsilon_t: float = 1e-5,
+            generator: torch.Generator | None = None, augment: Augment | None = None, **cond: Any) -> Tensor:
+    """EDM's VP training distribution (training/loss.py `VPLoss`; Table 1 "VP" column), per example [B]:
+    t ~ U(ε_t, 1), σ = √(exp(½β_d t² + β_min t) - 1), λ(σ) = 1/σ², otherwise as `edm_loss` (draws: t,
+    augmentation, noise). With `VPPrecond` this is score_sde's continuous VP DSM objective."""
+    u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
+    t = 1 + u.to(torch.float64) * (epsilon_t - 1)
+    sigma = torch.expm1(0.5 * beta_d * t**2 + beta_min * t).sqrt()
+    return denoiser_loss_at(model, x0, sigma, 1 / sigma**2, generator, augment, **cond)
+
+
+def ve_loss(model: Any, x0: Tensor, sigma_min: float = 0.02, sigma_max: float = 100.0,
+            generator: torch.Generator | None = None, augment: Augment | None = None, **cond: Any) -> Tensor:
+    """EDM's VE training distribution (training/loss.py `VELoss`; Table 1 "VE" column), per example [B]:
+    ln σ ~ U(ln σ_min, ln σ_max), λ(σ) = 1/σ², otherwise as `edm_loss` (draws: σ, augmentation, noise)."""
+    u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
+    sigma = sigma_min * (sigma_max / sigma_min) ** u.to(torch.float64)
+    return denoiser_loss_at(model, x0, sigma, 1 / sigma**2, generator, augment, **cond)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from scorelib.build.sampling import respaced_timesteps
+from scorelib.defaults import base
 
 import scorelib
 from scorelib import build
-from scorelib.build.sampling import respaced_timesteps
-from scorelib.defaults import base
 from scorelib.presets import OPENAI_PRESETS, openai_config, stem_preset
 
 DATA = Path(__file__).parent / "data"

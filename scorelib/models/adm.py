@@ -76,10 +76,13 @@ class _GroupNorm32(nn.GroupNorm):
             return super().forward(x.float()).to(x.dtype)
 
 
-def _norm(channels: int) -> _GroupNorm32:
-    if channels % 32:
-        raise ValueError(f"GroupNorm(32) needs channels divisible by 32, got {channels}")
-    return _GroupNorm32(32, channels)
+def _norm(channels: int, min_group_channels: int | None = None) -> _GroupNorm32:
+    """GroupNorm(32, C) (improved-/guided-diffusion); with `min_group_channels` = k, min(32, C // k) groups
+    (EDM training/networks.py `GroupNorm`, k = 4), which also serves narrow networks."""
+    groups = 32 if min_group_channels is None else max(1, min(32, channels // min_group_channels))
+    if channels % groups:
+        raise ValueError(f"GroupNorm({groups}) needs channels divisible by {groups}, got {channels}")
+    return _GroupNorm32(groups, channels)
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -139,19 +142,20 @@ class _ResBlock(nn.Module):
         use_scale_shift_norm: bool = False,
         up: bool = False,
         down: bool = False,
+        min_group_channels: int | None = None,
     ) -> None:
         super().__init__()
         out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
         self.resample = "up" if up else "down" if down else None
         self.in_layers = nn.Sequential(
-            _norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+            _norm(channels, min_group_channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
         )
         self.emb_layers = nn.Sequential(
             nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels)
         )
         self.out_layers = nn.Sequential(
-            _norm(out_channels),
+            _norm(out_channels, min_group_channels),
             nn.SiLU(),
             nn.Dropout(dropout),
             _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
@@ -194,7 +198,8 @@ class _AttentionBlock(nn.Module):
     """
 
     def __init__(
-        self, channels: int, num_heads: int = 1, num_head_channels: int = -1, new_order: bool = False
+        self, channels: int, num_heads: int = 1, num_head_channels: int = -1, new_order: bool = False,
+        min_group_channels: int | None = None,
     ) -> None:
         super().__init__()
         if num_head_channels == -1:
@@ -206,7 +211,7 @@ class _AttentionBlock(nn.Module):
         if channels % self.num_heads:
             raise ValueError(f"channels {channels} not divisible by num_heads {self.num_heads}")
         self.new_order = new_order
-        self.norm = _norm(channels)
+        self.norm = _norm(channels, min_group_channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = _zero(nn.Conv1d(channels, channels, 1))
 
@@ -319,20 +324,24 @@ class _Encoder(nn.Module):
         resblock_updown: bool,
         conv_resample: bool,
         use_new_attention_order: bool,
+        channel_mult_emb: int = 4,
+        min_group_channels: int | None = None,
+        middle_attention: bool = True,
     ) -> tuple[int, list[int], set[int], int]:
         """Build time_embed, input_blocks, middle_block; return (ch, skip chans, attn levels, emb dim)."""
         attn_levels = _attention_levels(image_size, channel_mult, attention_resolutions)
-        emb_dim = 4 * model_channels
+        emb_dim = channel_mult_emb * model_channels
         # DDPM time embedding: sinusoid -> Linear -> SiLU -> Linear (Ho et al. 2020, App. B).
         self.time_embed = nn.Sequential(
             nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
 
         def attention(ch: int) -> _AttentionBlock:
-            return _AttentionBlock(ch, num_heads, num_head_channels, use_new_attention_order)
+            return _AttentionBlock(ch, num_heads, num_head_channels, use_new_attention_order, min_group_channels)
 
         def res(ch: int, out: int | None = None, **kw: bool) -> _ResBlock:
-            return _ResBlock(ch, emb_dim, dropout, out, use_scale_shift_norm, **kw)
+            return _ResBlock(ch, emb_dim, dropout, out, use_scale_shift_norm, min_group_channels=min_group_channels,
+                             **kw)
 
         ch = int(channel_mult[0] * model_channels)
         self.input_blocks = nn.ModuleList([_Block(_InputConv(in_channels, ch, 3, padding=1))])
@@ -350,7 +359,7 @@ class _Encoder(nn.Module):
                 down = res(ch, down=True) if resblock_updown else _Downsample(ch, conv_resample)
                 self.input_blocks.append(_Block(down))
                 skip_chans.append(ch)
-        self.middle_block = _Block(res(ch), attention(ch), res(ch))
+        self.middle_block = _Block(res(ch), attention(ch), res(ch)) if middle_attention else _Block(res(ch), res(ch))
         return ch, skip_chans, attn_levels, emb_dim
 
     def _run(self, block: nn.Module, h: Tensor, emb: Tensor) -> Tensor:
@@ -400,9 +409,17 @@ class ADMUNet(_Encoder):
         use_new_attention_order: qkv laid out as [q | k | v] rather than per head (checkpoint
             layout only; same function class and parameters).
         use_checkpoint: gradient checkpointing of every block during training.
+        augment_dim: width of the augmentation labels (`scorelib.augment`, 9 for EDM's pipeline); a
+            bias-free linear map of them joins the sinusoidal embedding before `time_embed` (EDM's
+            DhariwalUNet `map_augment`). 0 = none.
+        channel_mult_emb: the embedding has channel_mult_emb · model_channels channels (4 in ADM).
+        min_group_channels: GroupNorm with min(32, C // k) groups instead of 32 (EDM's GroupNorm, k = 4).
+        middle_attention: attention in the middle block (EDM drops it, as every attention layer, where a
+            level has fewer than 64 channels).
 
-    Forward: `model(x, t, y=None)` with x: [B, C, H, W], t: [B] int64 or float timesteps (DDPM
-    indices 0..T-1, fractional allowed; a scalar is broadcast), y: [B] int64 labels or None.
+    Forward: `model(x, t, y=None, augment_labels=None)` with x: [B, C, H, W], t: [B] int64 or float
+    timesteps (DDPM indices 0..T-1, fractional allowed; a scalar is broadcast), y: [B] int64 labels or
+    None, augment_labels: [B, augment_dim] or None.
     Returns [B, C, H, W] ε, or [B, 2C, H, W] = ε and v concatenated along channels if learn_sigma.
     """
 
@@ -427,6 +444,10 @@ class ADMUNet(_Encoder):
         class_dropout: float = 0.0,
         use_new_attention_order: bool = False,
         use_checkpoint: bool = False,
+        augment_dim: int = 0,
+        channel_mult_emb: int = 4,
+        min_group_channels: int | None = None,
+        middle_attention: bool = True,
     ) -> None:
         super().__init__()
         if class_dropout and not null_label:
@@ -459,7 +480,12 @@ class ADMUNet(_Encoder):
             resblock_updown=resblock_updown,
             conv_resample=conv_resample,
             use_new_attention_order=use_new_attention_order,
+            channel_mult_emb=channel_mult_emb,
+            min_group_channels=min_group_channels,
+            middle_attention=middle_attention,
         )
+        # EDM's DhariwalUNet starts `map_augment` at zero (its init_zero), so training begins unaugmented
+        self.augment_emb = _zero(nn.Linear(augment_dim, model_channels, bias=False)) if augment_dim else None
         self.label_emb = (
             nn.Embedding(num_classes + int(null_label), emb_dim) if num_classes is not None else None
         )
@@ -469,30 +495,40 @@ class ADMUNet(_Encoder):
             for i in range(num_res_blocks + 1):
                 out = int(mult * model_channels)
                 layers: list[nn.Module] = [
-                    _ResBlock(ch + skip_chans.pop(), emb_dim, dropout, out, use_scale_shift_norm)
+                    _ResBlock(ch + skip_chans.pop(), emb_dim, dropout, out, use_scale_shift_norm,
+                              min_group_channels=min_group_channels)
                 ]
                 ch = out
                 if level in attn_levels:
                     layers.append(
-                        _AttentionBlock(ch, num_heads_upsample, num_head_channels, use_new_attention_order)
+                        _AttentionBlock(ch, num_heads_upsample, num_head_channels, use_new_attention_order,
+                                        min_group_channels)
                     )
                 if level and i == num_res_blocks:
                     layers.append(
-                        _ResBlock(ch, emb_dim, dropout, None, use_scale_shift_norm, up=True)
+                        _ResBlock(ch, emb_dim, dropout, None, use_scale_shift_norm, up=True,
+                                  min_group_channels=min_group_channels)
                         if resblock_updown
                         else _Upsample(ch, conv_resample)
                     )
                 self.output_blocks.append(_Block(*layers))
 
         self.out = nn.Sequential(
-            _norm(ch), nn.SiLU(), _zero(nn.Conv2d(ch, self.out_channels, 3, padding=1))
+            _norm(ch, min_group_channels), nn.SiLU(), _zero(nn.Conv2d(ch, self.out_channels, 3, padding=1))
         )
 
-    def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
-        """x: [B, C, H, W], t: [B] (int or float), y: [B] int64 or None -> [B, out_channels, H, W]."""
+    def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None,
+                augment_labels: Tensor | None = None) -> Tensor:
+        """x: [B, C, H, W], t: [B] (int or float), y: [B] int64 or None, augment_labels: [B, augment_dim]
+        or None -> [B, out_channels, H, W]."""
         _check_input(x, self.in_channels, self.downsample_factor)
         t = _batch_t(t, x)
-        emb = self.time_embed(_timestep_embedding(t, self.model_channels))
+        emb = _timestep_embedding(t, self.model_channels)
+        if augment_labels is not None:
+            if self.augment_emb is None:
+                raise ValueError("augment_labels given to a network without augment_dim")
+            emb = emb + self.augment_emb(augment_labels.to(emb.dtype))
+        emb = self.time_embed(emb)
         if self.label_emb is not None:
             assert self.num_classes is not None
             if y is None:

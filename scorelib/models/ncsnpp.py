@@ -28,13 +28,15 @@ Module-level presets hold the constructor kwargs of the published CIFAR-10 confi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scorelib.models.layers import timestep_embedding
+from scorelib.models.layers import default_init_, timestep_embedding
 from scorelib.models.ncsnpp_layers import (
     SQRT_HALF,
     AttnBlockpp,
@@ -262,6 +264,18 @@ class NCSNpp(nn.Module):
         level_sigmas: the descending NCSN levels σ_0 > … > σ_{N-1} a positional `scale_by_sigma` network
             divides by (score_sde models/ncsnpp.py: `used_sigmas = self.sigmas[time_cond.long()]`).
         centered: input already in [-1, 1]; if False, x → 2x - 1 first (data in [0, 1]).
+        fourier_of_log: the Fourier features embed log(time_cond) (score_sde: time_cond = σ); False embeds
+            time_cond as given (EDM's SongUNet, whose wrapper passes its noise label c_noise, already a log).
+        noise_channels: width of the noise embedding (EDM's model_channels · channel_mult_noise); default
+            2·nf for "fourier" (nf frequencies) and nf for "positional", score_sde's widths.
+        channel_mult_emb: the embedding MLP has channel_mult_emb · nf channels (4 in score_sde).
+        label_dim: class-conditional with this many classes (EDM's SongUNet `map_label`): the embedding
+            gains W·(√label_dim · onehot(y)) + b before the MLP. y = label_dim (or y=None) is "no class", the
+            zero one-hot vector (EDM evaluates a conditional model without labels on zeros).
+        augment_dim: width of the augmentation labels (`scorelib.augment`, 9 for EDM's pipeline); the
+            embedding gains a bias-free linear map of them (EDM's `map_augment`); None labels add nothing.
+        class_dropout: during training, each label becomes "no class" with this probability (EDM's
+            `label_dropout`, for classifier-free guidance).
     """
 
     def __init__(
@@ -289,6 +303,12 @@ class NCSNpp(nn.Module):
         scale_by_sigma: bool = True,
         centered: bool = False,
         level_sigmas: Sequence[float] | Tensor | None = None,
+        fourier_of_log: bool = True,
+        noise_channels: int | None = None,
+        channel_mult_emb: int = 4,
+        label_dim: int = 0,
+        augment_dim: int = 0,
+        class_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         num_levels = len(ch_mult)
@@ -307,6 +327,10 @@ class NCSNpp(nn.Module):
                 "scale_by_sigma needs embedding_type='fourier' (time_cond = σ); with positional labels "
                 "divide the output by σ outside the network"
             )
+        if (label_dim or augment_dim) and not conditional:
+            raise ValueError("label_dim / augment_dim need conditional=True (they join the time embedding)")
+        if class_dropout and not label_dim:
+            raise ValueError("class_dropout needs label_dim > 0")
         if num_levels < 1 or image_size % 2 ** (num_levels - 1) != 0:
             raise ValueError(f"image_size {image_size} must be divisible by 2^(len(ch_mult)-1)")
 
@@ -314,19 +338,32 @@ class NCSNpp(nn.Module):
         self.conditional, self.embedding_type = conditional, embedding_type
         self.scale_by_sigma, self.centered, self.progressive = scale_by_sigma, centered, progressive
         self.progressive_input = progressive_input
+        self.fourier_of_log, self.label_dim, self.class_dropout = fourier_of_log, label_dim, class_dropout
         self.act = nn.SiLU()
         self.register_buffer("level_sigmas", None if level_sigmas is None else
                              torch.as_tensor(level_sigmas, dtype=torch.float32), persistent=False)
 
-        # Time / noise-level embedding, then a 2-layer MLP to 4·nf (DDPM; App. H).
-        temb_dim = 4 * nf if conditional else None
+        # Time / noise-level embedding (+ class and augmentation labels), then a 2-layer MLP to
+        # channel_mult_emb·nf (DDPM; App. H; EDM's SongUNet adds the labels before the MLP).
+        temb_dim = channel_mult_emb * nf if conditional else None
+        if noise_channels is None:
+            noise_channels = 2 * nf if embedding_type == "fourier" else nf
+        if embedding_type == "fourier" and noise_channels % 2:
+            raise ValueError(f"Fourier features need an even noise_channels, got {noise_channels}")
+        self.noise_channels = noise_channels
         self.fourier: GaussianFourierProjection | None = None
         self.temb_mlp: nn.Sequential | None = None
+        self.label_emb: nn.Linear | None = None
+        self.augment_emb: nn.Linear | None = None
         if conditional:
             if embedding_type == "fourier":
-                self.fourier = GaussianFourierProjection(nf, scale=fourier_scale)
-            embed_dim = 2 * nf if embedding_type == "fourier" else nf
-            self.temb_mlp = nn.Sequential(linear(embed_dim, 4 * nf), nn.SiLU(), linear(4 * nf, 4 * nf))
+                self.fourier = GaussianFourierProjection(noise_channels // 2, scale=fourier_scale)
+            if label_dim:
+                self.label_emb = linear(label_dim, noise_channels)
+            if augment_dim:
+                self.augment_emb = nn.Linear(augment_dim, noise_channels, bias=False)
+                default_init_(self.augment_emb.weight)
+            self.temb_mlp = nn.Sequential(linear(noise_channels, temb_dim), nn.SiLU(), linear(temb_dim, temb_dim))
 
         make = _BlockFactory(
             resblock_type=resblock_type,
@@ -398,26 +435,52 @@ class NCSNpp(nn.Module):
             self.norm_out = group_norm(ch)
             self.conv_out = conv3x3(ch, in_channels, init_scale=init_scale)
 
-    def embed_time(self, time_cond: Tensor) -> Tensor | None:
-        """time_cond [B] -> time embedding [B, 4·nf] (None when not conditional)."""
+    def class_vector(self, y: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        """√label_dim · onehot(y) [B, label_dim] (float32); y = label_dim or None gives zeros (no class)."""
+        k = self.label_dim
+        if y is None:
+            return torch.zeros(batch, k, device=device)
+        if y.dtype not in (torch.int64, torch.int32) or y.shape != (batch,):
+            raise ValueError(f"y must be int64 class indices of shape [{batch}], got {y.dtype} {tuple(y.shape)}")
+        if self.training and self.class_dropout > 0:
+            y = y.masked_fill(torch.rand(y.shape, device=y.device) < self.class_dropout, k)
+        return F.one_hot(y.long(), k + 1)[:, :k].float() * math.sqrt(k)
+
+    def embed_time(self, time_cond: Tensor, y: Tensor | None = None,
+                   augment_labels: Tensor | None = None) -> Tensor | None:
+        """time_cond [B] (+ class indices y [B], augmentation labels [B, augment_dim]) -> embedding
+        [B, channel_mult_emb·nf] (None when not conditional)."""
         if self.temb_mlp is None:
+            if y is not None or augment_labels is not None:
+                raise ValueError("labels given to a network without a time embedding (conditional=False)")
             return None
         if self.fourier is not None:
-            emb = self.fourier(torch.log(time_cond))  # Fourier features of log σ (App. H)
+            # Fourier features of log σ (App. H), or of the wrapper's label as given (EDM)
+            emb = self.fourier(torch.log(time_cond) if self.fourier_of_log else time_cond)
         else:
-            emb = timestep_embedding(time_cond, self.nf)
+            emb = timestep_embedding(time_cond, self.noise_channels)
+        if self.label_emb is not None:
+            emb = emb + self.label_emb(self.class_vector(y, time_cond.shape[0], time_cond.device))
+        elif y is not None:
+            raise ValueError("y given to an unconditional network (label_dim=0)")
+        if self.augment_emb is not None and augment_labels is not None:
+            emb = emb + self.augment_emb(augment_labels.to(emb.dtype))
+        elif augment_labels is not None and self.augment_emb is None:
+            raise ValueError("augment_labels given to a network without augment_dim")
         return self.temb_mlp(emb)
 
-    def forward(self, x: Tensor, time_cond: Tensor) -> Tensor:
-        """x: [B, C, H, W]; time_cond: [B] float (σ for "fourier", the time label for "positional";
-        a 0-d tensor is broadcast to the batch) -> [B, C, H, W]: the score ∇ₓ log p_σ(x) when
-        `scale_by_sigma`, else the raw output (ε-prediction for VP: score = -output / std(t)).
+    def forward(self, x: Tensor, time_cond: Tensor, y: Tensor | None = None,
+                augment_labels: Tensor | None = None) -> Tensor:
+        """x: [B, C, H, W]; time_cond: [B] float (σ for "fourier", the time label for "positional", the
+        wrapper's noise label with `fourier_of_log=False`; a 0-d tensor is broadcast to the batch); y: int64
+        class indices [B] (label_dim > 0); augment_labels: [B, augment_dim] -> [B, C, H, W]: the score
+        ∇ₓ log p_σ(x) when `scale_by_sigma`, else the raw output (ε for VP; EDM's F).
         """
         if x.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"expected {self.image_size}x{self.image_size} inputs, got {tuple(x.shape)}")
         if time_cond.ndim == 0:
             time_cond = time_cond.expand(x.shape[0])
-        temb = self.embed_time(time_cond)
+        temb = self.embed_time(time_cond, y, augment_labels)
         if not self.centered:
             x = 2 * x - 1  # data in [0, 1] -> [-1, 1]
 

@@ -10,35 +10,49 @@ on the host in float64, from the grid; the loops only combine tensors.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from ..schedules import append_zero, geometric_sigmas, karras_sigmas
+from ..utils import randn_like
 from ._common import Callback, ScoreFn, add_noise, denoised, prepare_grid
 
 
 def heun(score: ScoreFn, x: Tensor, sigmas: Tensor, *, s_churn: float = 0.0, s_tmin: float = 0.0,
          s_tmax: float = math.inf, s_noise: float = 1.0, generator: torch.Generator | None = None,
-         callback: Callback = None) -> Tensor:
+         callback: Callback = None, round_sigma: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """EDM's 2nd-order Heun sampler (Karras et al. 2022, Algorithm 2; Algorithm 1 when s_churn = 0).
 
     x: [B, ...] at sigmas[0]; sigmas [n] descending with a trailing 0 (the last step is Euler).
     NFE = 2(n - 1) - 1 with a trailing zero. Churn: σ̂ = σ(1 + γ), γ = min(s_churn/(n-1), √2 - 1) on
     σ ∈ [s_tmin, s_tmax], with fresh noise of std s_noise √(σ̂² - σ²).
+
+    Draws as EDM's generate.py `edm_sampler` and k-diffusion's `sample_heun`: with s_churn > 0, one
+    normal draw of x's shape at every step, also where γ = 0 (there it is multiplied by zero), so a
+    generator seeded as their RNG gives their samples; with s_churn = 0 nothing is drawn (their draws
+    are all multiplied by zero). `round_sigma` (the wrapper's, e.g. `IDDPMPrecond.round_sigma`) maps
+    every σ̂ to a level the network is defined at, as EDM's sampler does (it also rounds the grid:
+    pass `sigmas` through it too). σ̂ are computed once, before the loop.
     """
     s64, sig_b = prepare_grid(sigmas, x)
     n_steps = len(s64) - 1
     gamma = min(s_churn / n_steps, math.sqrt(2) - 1) if n_steps > 0 else 0.0
     levels = s64.tolist()
+    hats = [s * (1 + (gamma if s_tmin <= s <= s_tmax else 0.0)) for s in levels[:-1]]
+    if round_sigma is not None and hats:
+        hats = torch.as_tensor(round_sigma(torch.tensor(hats, dtype=torch.float64))).double().tolist()
+    hat_b = list(torch.tensor(hats, dtype=x.dtype).to(x.device)[:, None].expand(n_steps, x.shape[0]).unbind(0))
+    draws = s_churn > 0
     for i in range(n_steps):
-        sigma, sigma_next = levels[i], levels[i + 1]
-        g = gamma if s_tmin <= sigma <= s_tmax else 0.0
-        sigma_hat = sigma * (1 + g)
-        hat_b = sig_b[i] if g == 0 else torch.full_like(sig_b[i], sigma_hat)
-        if g > 0:
-            x = add_noise(x, s_noise * math.sqrt(sigma_hat**2 - sigma**2), generator)
-        d = denoised(score, x, hat_b, sigma_hat)
+        sigma, sigma_next, sigma_hat = levels[i], levels[i + 1], hats[i]
+        if draws:
+            if sigma_hat > sigma:
+                x = add_noise(x, s_noise * math.sqrt(sigma_hat**2 - sigma**2), generator)
+            else:
+                randn_like(x, generator)  # EDM's draw at an unchurned level, multiplied by zero there
+        d = denoised(score, x, hat_b[i], sigma_hat)
         slope = (x - d) / sigma_hat
         x_next = torch.add(x, slope, alpha=sigma_next - sigma_hat)
         if sigma_next > 0:
