@@ -69,7 +69,7 @@ CASES: list[tuple[str, list[str], str]] = [
      "sampling.n_steps: 2000 is more than the model's T=noise.num_scales=1000"),
     ("attention-resolution-missing", [DDPM, "--config.model.attn_resolutions=(5,)"],
      "model.attn_resolutions: 5 not among the network's resolutions at data.image_size=32 (32, 16, 8, 4)"),
-    ("model-does-not-fit-noise", [TOY, "--config.noise.kind=vp"], "noise.kind: 'vp' does not fit model.name='mlp'"),
+    ("model-does-not-fit-noise", [TOY, "--config.noise.kind=ddpm"], "noise.kind: 'ddpm' does not fit model.name='mlp'"),
     ("loss-does-not-fit-noise", [TOY, "--config.training.loss=eps"], "training.loss: 'eps' needs noise.kind='ddpm'"),
     ("hybrid-without-learned-variance", [DDPM, "--config.training.loss=hybrid"],
      "training.loss: 'hybrid' trains a learned variance but model.learn_sigma=False"),

@@ -107,10 +107,10 @@ class _MixtureScore(torch.nn.Module):
 def test_vp_loss_reduction_follows_score_sde(reduce_mean):
     """score_sde losses.py get_sde_loss_fn: mean (reduce_mean=True) or ½ sum of (s_t(x_t, t)·std + z)²,
     x_t = m x₀ + std z, t ~ U(eps, 1); computed here in x_t coordinates from the σ-space score."""
-    g = mixture(d=6, seed=3)
+    g = mixture(d=2, seed=3)
     c = get_config("ddpmpp_cifar")
     c.training.reduce_mean = reduce_mean
-    c.model.name, c.data.dataset, c.data.channels = "mlp", "toy", 6
+    c.model.name, c.data.dataset, c.data.channels = "mlp", "toy", 2
     loss = experiment(c).loss
     x0 = g.sample(64, generator=torch.Generator().manual_seed(2)).double()
     model = _MixtureScore(g, 0.3)
