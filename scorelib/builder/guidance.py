@@ -51,6 +51,7 @@ class Guidance:
     num_classes: int
     null_label: bool  # the network was trained with a null label (classifier-free guidance)
     convention: str  # mean | score: how classifier guidance applies its scale (resolved from "auto")
+    method: str  # sampling.method: ddpm and ddim apply classifier guidance themselves (guided-diffusion's order)
 
     @property
     def labelled(self) -> bool:
@@ -79,7 +80,11 @@ class Guidance:
             return base
         if classifier is None:
             raise ConfigError("classifier.workdir: sampling.guidance='classifier' needs a trained classifier")
-        return ClassifierGuidance(base, classifier, y, self.scale, convention=self.convention)
+        # ddpm / ddim take the guidance gradient themselves: condition_mean in p_sample, condition_score after
+        # the x̂₀ clip in ddim_sample (guided-diffusion gaussian_diffusion.py); ClassifierGuidance's "mean"
+        # convention leaves the score unguided for them
+        by_sampler = self.convention == "mean" or self.method == "ddim"
+        return ClassifierGuidance(base, classifier, y, self.scale, convention="mean" if by_sampler else "score")
 
 
 def make_guidance(s: object, conditional: bool, num_classes: int, null_label: bool) -> Guidance:
@@ -93,4 +98,5 @@ def make_guidance(s: object, conditional: bool, num_classes: int, null_label: bo
     if s.guidance == "cfg" and not (conditional and null_label):
         raise ConfigError("sampling.guidance: 'cfg' needs a class-conditional model trained with a null label "
                           "(model.name='adm', data.num_classes > 0, model.class_dropout > 0; or none)")
-    return Guidance(s.guidance, conditional, s.guidance_scale, s.class_label, num_classes, null_label, convention)
+    return Guidance(s.guidance, conditional, s.guidance_scale, s.class_label, num_classes, null_label, convention,
+                    s.method)
