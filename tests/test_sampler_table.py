@@ -200,3 +200,22 @@ def test_the_ddim_entry_clips_and_respaces_as_improved_diffusion():
     unclipped = ddim(GMM, exp.sampler.initial((16, 2), torch.Generator().manual_seed(4), torch.device("cpu")),
                      exp.sampler.grid)
     assert (unclipped - got).abs().max() > 1e-3  # the mixture's modes lie outside [-1, 1]: clipping shows
+
+
+@pytest.mark.parametrize("kind", ["ve", "vp", "ddpm"])
+def test_stated_nfe_is_counted_for_every_predictor_corrector_combination(kind):
+    """`Sampler.nfe` (a dry run of the sampler) equals the score evaluations of a real run, for every
+    predictor and corrector, "none" included, and 1 or 2 corrector steps."""
+    from scorelib.samplers.pc import CORRECTORS, PREDICTORS
+
+    name = {"ve": "toy_gmm", "vp": "ddpmpp_cifar", "ddpm": "ddpm_cifar"}[kind]
+    for predictor in PREDICTORS:
+        for corrector in CORRECTORS:
+            for steps in (1, 2):
+                c = with_overrides(resolve_config(name), {
+                    "sampling.method": "pc", "sampling.n_steps": 5, "sampling.predictor": predictor,
+                    "sampling.corrector": corrector, "sampling.n_corrector_steps": steps})
+                sampler = exp_of(c).sampler
+                counting = CountingScore(GMM)
+                sampler(counting, (4, 2), torch.Generator().manual_seed(0), torch.device("cpu"))
+                assert counting.nfe == sampler.nfe, (kind, predictor, corrector, steps, counting.nfe, sampler.nfe)
