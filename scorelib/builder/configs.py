@@ -110,7 +110,8 @@ def _edm_network(config: ConfigDict, record: PickledObject) -> None:
     m.precond = PRECOND_KINDS[record.class_name]
     p = {**PRECOND_DEFAULTS[record.class_name], **record.init_kwargs}
     m.nf, m.ch_mult, m.num_res_blocks = k["model_channels"], tuple(k["channel_mult"]), k["num_blocks"]
-    m.attn_resolutions, m.dropout, m.channel_mult_emb = tuple(k["attn_resolutions"]), k["dropout"], k["channel_mult_emb"]
+    m.attn_resolutions, m.dropout = tuple(k["attn_resolutions"]), k["dropout"]
+    m.channel_mult_emb = k["channel_mult_emb"]
     m.augment_dim, m.class_dropout = k["augment_dim"], k["label_dropout"]
     d.image_size, d.channels, d.num_classes = k["img_resolution"], k["in_channels"], k["label_dim"]
     n.kind = {"edm": "edm", "iddpm": "edm", "vp": "vp", "ve": "ve_continuous"}[m.precond]
