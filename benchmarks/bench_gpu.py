@@ -36,7 +36,8 @@ from scorelib.likelihood import log_likelihood
 from scorelib.train import ema_update
 
 CONFIGS = ("toy_gmm", "ncsn_digits", "ncsn_mnist", "ncsn_cifar", "ncsnv2_cifar", "ncsnv2_celeba", "ddpm_cifar",
-           "iddpm_cifar", "adm_cifar", "ncsnpp_cifar", "ddpmpp_cifar")
+           "iddpm_cifar", "adm_cifar", "ncsnpp_cifar", "ddpmpp_cifar", "edm_cifar", "edm_cifar_ve", "edm_digits",
+           "edm2_digits")
 SAMPLERS = ("ald", "pc", "ddpm", "ddim", "ode", "heun", "dpm_solver", "unipc", "fast")
 
 
@@ -222,9 +223,15 @@ def run(configs: list[str], device: torch.device, batch: int, steps: int, tiny: 
     rows: list[list[Any]] = []
     for name in configs:
         config = load_config(name, tiny)
-        rows.append(training_row(name, config, device, batch, steps))
-        rows += sampler_rows(name, config, device, batch, tiny, samplers)
-        rows.append(likelihood_row(name, config, device, batch, tiny))
+        tasks = (("train", lambda n, c: [training_row(n, c, device, batch, steps)]),
+                 ("sample", lambda n, c: sampler_rows(n, c, device, batch, tiny, samplers)),
+                 ("likelihood", lambda n, c: [likelihood_row(n, c, device, batch, tiny)]))
+        for task, make in tasks:
+            try:
+                rows += make(name, config)
+            except Exception as err:  # one failing row is reported and the table goes on
+                rows.append([name, task, "-", "failed", f"{type(err).__name__}: {str(err)[:80]}", ""])
+        print(f"{name}: done", file=sys.stderr, flush=True)
     if fid:
         rows.append(fid_row(device, batch, tiny))
     header = ["config", "task", "settings", "throughput", "note", "peak MiB"]

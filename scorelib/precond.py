@@ -384,6 +384,11 @@ class EDM2Precond(EDMPrecond):
         super().__init__(net, sigma_data)
         self.use_fp16 = use_fp16
 
+    def noise_label(self, sigma: Tensor) -> Tensor:
+        """c_noise = ln(σ)/4 in σ's own dtype, as EDM2 computes it: its MP Fourier features are sensitive
+        enough to the label's last bit that a float64 label moves the output by ~2e-5."""
+        return sigma.log() / 4
+
     def inputs(self, x: Tensor, sigma: Tensor, **cond: Any) -> tuple[Tensor, Tensor, dict[str, Any]]:
         x_in, label, cond = super().inputs(x, sigma, **cond)
         return (x_in.half() if self.use_fp16 and x.device.type == "cuda" else x_in), label, cond

@@ -88,7 +88,8 @@ def mp_silu(x: Tensor) -> Tensor:
 
 def mp_sum(a: Tensor, b: Tensor, t: float = 0.5) -> Tensor:
     """Magnitude-preserving blend (eq. 88): ((1 - t)a + t b)/√((1 - t)² + t²)."""
-    return torch.lerp(a, b, t) / math.sqrt((1 - t) ** 2 + t**2)
+    dtype = torch.promote_types(a.dtype, b.dtype)  # mixed under autocast (bf16 branch, float32 skip)
+    return torch.lerp(a.to(dtype), b.to(dtype), t) / math.sqrt((1 - t) ** 2 + t**2)
 
 
 def mp_cat(a: Tensor, b: Tensor, dim: int = 1, t: float = 0.5) -> Tensor:
@@ -96,7 +97,9 @@ def mp_cat(a: Tensor, b: Tensor, dim: int = 1, t: float = 0.5) -> Tensor:
     scaled by 1/√(its width), the whole rescaled to unit RMS for unit-RMS inputs."""
     na, nb = a.shape[dim], b.shape[dim]
     scale = math.sqrt((na + nb) / ((1 - t) ** 2 + t**2))
-    return torch.cat([a * (scale * (1 - t) / math.sqrt(na)), b * (scale * t / math.sqrt(nb))], dim=dim)
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    return torch.cat([a.to(dtype) * (scale * (1 - t) / math.sqrt(na)), b.to(dtype) * (scale * t / math.sqrt(nb))],
+                     dim=dim)
 
 
 class MPFourier(nn.Module):
