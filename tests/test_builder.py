@@ -116,3 +116,13 @@ def test_describe_sampler_and_determinism():
     config.sampling.eta = 0.5
     assert not experiment(config).sampler.deterministic
     assert experiment(config).describe() == "cifar10, model ncsnv2"
+
+
+def test_the_field_reference_is_generated_from_the_declarations():
+    """docs/fields.md is `reference_markdown()` of today's declarations (regenerate it with the command in
+    its first paragraph)."""
+    from scorelib.builder.fields import SECTIONS, reference_markdown
+
+    text = (ROOT / "docs" / "fields.md").read_text()
+    assert text == reference_markdown()
+    assert sum(len(f) for f in SECTIONS.values()) == text.count("\n| `")  # one row per declared field

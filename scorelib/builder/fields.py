@@ -305,16 +305,15 @@ def records(config: Any) -> Fields:
 
 def reference_markdown() -> str:
     """The field reference (docs/fields.md): one table row per field, from the declarations."""
-    lines = ["# Config fields", "", "Generated from `scorelib/builder/fields.py` (`python -m scorelib.builder."
-             "fields > docs/fields.md`); every field, its default, what it means and what it allows.", ""]
+    lines = ["# Config fields", "", "Generated from the declarations in `scorelib/builder/fields.py` (`python -c "
+             "'from scorelib.builder.fields import reference_markdown as r; print(r(), end=\"\")' > docs/fields.md`; "
+             "tests/test_builder.py fails when this file is stale): every field, its default, what it means and what "
+             "it allows.", ""]
     for section, fields in SECTIONS.items():
         lines += [f"## {section or 'top level'}", "", "| field | default | meaning | allowed |", "|---|---|---|---|"]
         for name, f in fields.items():
             key = f"{section}.{name}" if section else name
-            lines.append(f"| `{key}` | `{show(f.default)}` | {f.doc} | {f.rule[1]} |")
+            cells = (f"`{key}`", f"`{show(f.default)}`", f.doc, f.rule[1])
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         lines.append("")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(reference_markdown())
