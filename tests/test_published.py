@@ -414,7 +414,7 @@ def test_truncated_unknown_and_code_carrying_files_give_one_line(tmp_path: Path)
     path = _ncsnv2_file(tmp_path)
     cut = tmp_path / "cut.pth"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match=r"cut\.pth is not a readable PyTorch checkpoint \(truncated"):
+    with pytest.raises(CheckpointError, match=r"cut\.pth is truncated \(\d+ bytes, a zip archive without its end"):
         scorelib.load(cut, config=_ncsnv2_config())
     odd = tmp_path / "odd.pth"
     torch.save([torch.zeros(3), 1], odd)
