@@ -14,8 +14,8 @@ line is no longer in the file, or is there more than once; error: pytest could n
 kill rate over killed + alive. A developer's routine, not run in CI (it takes minutes: every mutant starts
 pytest anew).
 
-To add a mutant, append a `Mutant(...)` to `CORE` or `EXPERIMENT` (the experiment layer's: build/, cli,
-sharing, published, ...) below; nothing else needs changing.
+To add a mutant, append a `Mutant(...)` to `CORE` or `EXPERIMENT` (the experiment layer's: builder/, cli,
+sharing, sampling, train, ...) below; nothing else needs changing.
 """
 
 from __future__ import annotations
@@ -184,13 +184,32 @@ CORE: list[Mutant] = [
            (T_DDIM, "tests/test_guidance.py"), "classifier gradient of the batch mean: scaled by 1/B"),
 ]
 
-# The experiment layer's mutants (build/, cli, sharing, published, ...): append here.
+# The experiment layer's mutants (builder/, cli, sharing, sampling, train, ...): append here.
 EXPERIMENT: list[Mutant] = [
-    Mutant("score-sde-ignores-ema", "scorelib/published.py",
+    Mutant("score-sde-ignores-ema", "scorelib/formats.py",
            'if ema and isinstance(obj.get("ema"), Mapping):',
            'if False and ema and isinstance(obj.get("ema"), Mapping):',
            ("tests/test_published.py::test_score_sde_discrete_checkpoints_use_level_and_timestep_labels",),
            "a score_sde checkpoint loads its raw weights where the EMA is asked for"),
+    Mutant("fingerprint-without-weights", "scorelib/sampling.py",
+           "fingerprint = hashlib.sha256((exp.fingerprints[purpose] + weights_digest(*nets)",
+           "fingerprint = hashlib.sha256((exp.fingerprints[purpose]",
+           ("tests/test_sharding.py::test_a_setting_is_named_by_its_config_weights_seed_and_chunk",),
+           "chunks drawn with other weights are found again and reused"),
+    Mutant("fingerprint-without-noise", "scorelib/builder/configs.py",
+           'NOT_SAMPLING = ("training", "optim", "eval", "phema")',
+           'NOT_SAMPLING = ("training", "optim", "eval", "phema", "noise")',
+           ("tests/test_sharding.py::test_a_setting_is_named_by_its_config_weights_seed_and_chunk",),
+           "chunks drawn under another noise process are found again and reused"),
+    Mutant("importance-history-not-restored", "scorelib/train.py",
+           'if "timesteps" in state and hasattr(self.loss_fn.timesteps, "load_state_dict"):',
+           'if False and "timesteps" in state and hasattr(self.loss_fn.timesteps, "load_state_dict"):',
+           ("tests/test_train_toy.py::test_resume_restores_the_importance_sampler_history",),
+           "a resumed improved-DDPM run forgets its importance sampler's loss history"),
+    Mutant("ema-rate-unchecked", "scorelib/builder/fields.py",
+           '"ema_rate": F(0.999, "EMA decay per step (used when training.ema_halflife_kimg is 0)", UNIT),',
+           '"ema_rate": F(0.999, "EMA decay per step (used when training.ema_halflife_kimg is 0)"),',
+           ("tests/test_validate.py::test_range_rules",), "model.ema_rate = 1.5 passes validation"),
 ]
 
 MUTANTS = CORE + EXPERIMENT

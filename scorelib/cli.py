@@ -28,7 +28,7 @@ from .runtime import one_line_warnings, workdir_lock
 from .train import TrainingInterrupted
 
 TASKS = {"train": tasks.run_train, "sample": tasks.run_sample, "eval": tasks.run_eval,
-         "likelihood": tasks.run_likelihood}
+         "likelihood": tasks.run_likelihood, "phema": tasks.run_phema}
 HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpfull", "-helpfull", "--helpshort", "-helpshort", "--helpxml")
 
 

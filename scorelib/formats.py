@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from .adapters import timestep_to_sigma
 from .checkpoint import CheckpointError, read_torch
+from .models.edm import convert_dhariwalunet_state, convert_songunet_state
 from .models.ncsn_layers import convert_reference_state_dict
 from .models.ncsnpp_layers import (
     AttnBlockpp,
@@ -51,11 +52,13 @@ from .models.ncsnpp_layers import (
     ResnetBlockDDPMpp,
     Upsample,
 )
+from .pickles import PickledObject, read_pickle
 from .precond import EpsToScore
 from .schedules import vp_sigmas
 from .utils import append_dims
 
-FORMATS = ("ncsn", "ncsnv2", "score_sde", "ddim", "openai", "openai_classifier", "diffusers")
+FORMATS = ("ncsn", "ncsnv2", "score_sde", "ddim", "openai", "openai_classifier", "edm", "edm2", "diffusers")
+EDM2_RECORD = "Precond"  # EDM2's training/networks_edm2.py wrapper; EDM's are EDMPrecond, VPPrecond, ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,15 +69,14 @@ _CODE_MARKERS = (b"torch_utils.persistence", b"dnnlib")
 
 
 def read_torch_file(path: Path) -> Any:
-    """The object in a `torch.save` file (`checkpoint.read_torch`: weights_only); one CheckpointError line
-    naming the file when it is missing, unreadable or would need code to unpickle (EDM's network pickles)."""
+    """The object in a `torch.save` file (`checkpoint.read_torch`: weights_only), or an EDM / EDM2 network
+    pickle read as data (`pickles.read_pickle`); one CheckpointError line naming the file when it is missing,
+    unreadable or would need code to unpickle."""
     if path.is_file() and not zipfile.is_zipfile(path):
         with open(path, "rb") as f:
             head = f.read(1 << 20)
-        if any(m in head for m in _CODE_MARKERS):
-            raise CheckpointError(f"{path} is an EDM / StyleGAN network pickle: it carries Python code "
-                                  f"(torch_utils.persistence), which scorelib never unpickles; export its "
-                                  f"state_dict with EDM's own code and load that")
+        if any(m in head for m in _CODE_MARKERS):  # EDM / EDM2 snapshots: read as data, their code never runs
+            return read_pickle(path)
     return read_torch(path)
 
 
@@ -102,8 +104,16 @@ def _family(state: Mapping[str, Tensor]) -> str | None:
     return None
 
 
+def snapshot_record(obj: Any, ema: bool = True) -> PickledObject | None:
+    """The network record of an EDM / EDM2 snapshot (the EMA network EDM stores under "ema"), or None."""
+    record = obj.get("ema") if isinstance(obj, Mapping) else None
+    return record if isinstance(record, PickledObject) else None
+
+
 def detect_format(obj: Any, path: Path) -> str:
     """The published format of a loaded checkpoint object (one of FORMATS), from its structure."""
+    if (record := snapshot_record(obj)) is not None:
+        return "edm2" if record.class_name == EDM2_RECORD else "edm"
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj.get("ema"), Mapping) \
             and "shadow_params" in obj["ema"]:
         return "score_sde"
@@ -274,6 +284,15 @@ def published_weights(fmt: str, obj: Any, net: nn.Module, variant: str, ema: boo
         return _strip(obj) if _is_state_dict(obj) else _ema_list_weights(obj, ema)
     if fmt in ("openai", "openai_classifier"):
         return dict(obj)
+    if fmt == "edm2":  # EDM2's Precond has the state_dict layout of scorelib's EDM2Network
+        return {k: v.float() for k, v in snapshot_record(obj).state_dict().items()}
+    if fmt == "edm":
+        model = snapshot_record(obj).child("model")
+        convert = convert_songunet_state if model.class_name == "SongUNet" else convert_dhariwalunet_state
+        try:
+            return convert({k: v.float() for k, v in model.state_dict().items()}, target=net, **model.init_kwargs)
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"{path}: the EDM weights do not fit the config's network ({e})") from e
     raise CheckpointError(f"{path}: format {fmt!r} has no weights reader")
 
 

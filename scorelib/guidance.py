@@ -171,6 +171,19 @@ class GuidanceInterval(nn.Module):
             return g.weighted(x, sigma, w, **cond)
         return torch.where(append_dims(inside, x.ndim), self.guided(x, sigma, **cond), self.unguided(x, sigma, **cond))
 
+    @property
+    def convention(self) -> str:
+        """The guided model's (ClassifierGuidance's "mean": the sampler applies `guidance_grad`)."""
+        return getattr(self.guided, "convention", "score")
+
+    def score_and_variance(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """(score, v) of a learned-variance model under classifier guidance the sampler applies itself
+        ("mean" convention: the score is unguided, `guidance_grad` is masked to the interval)."""
+        if self.convention != "mean":
+            raise ValueError("a guidance interval over a learned variance needs the sampler-applied convention "
+                             "(ClassifierGuidance(convention='mean'))")
+        return self.guided.score_and_variance(x, sigma)
+
     def guidance_grad(self, x: Tensor, sigma: Tensor) -> Tensor:
         """The guided model's mean shift (`ClassifierGuidance(convention="mean")`) inside the interval, 0
         outside: for `ddpm_ancestral(..., guidance=...)`."""

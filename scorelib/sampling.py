@@ -266,11 +266,12 @@ def write_npz_streamed(path: str | Path, name: str, parts: Iterable[np.ndarray],
 
 
 def sample_images(exp: Experiment, net: nn.Module, n: int, device: torch.device, seed: int = 0,
-                  classifier: nn.Module | None = None, batch_size: int | None = None) -> Tensor:
+                  classifier: nn.Module | None = None, batch_size: int | None = None,
+                  guide: nn.Module | None = None) -> Tensor:
     """n samples of the experiment's sampler from network `net` (in eval mode), model-space [n, ...], in
     batches of `batch_size` (default sampling.batch_size), all drawn from one generator seeded `seed`.
     Class-conditional models get `exp.guidance`'s labels and guidance; `classifier`: the σ-space guidance
-    classifier."""
+    classifier; `guide`: the σ-space guide of autoguidance."""
     score = exp.wrap(net).eval()
     size = batch_size or exp.f.sampling.batch_size
     g = torch.Generator(device).manual_seed(seed)
@@ -279,7 +280,7 @@ def sample_images(exp: Experiment, net: nn.Module, n: int, device: torch.device,
         for start in range(0, n, size):
             b = min(size, n - start)
             y = exp.guidance.labels(b, g, device)
-            out.append(exp.sampler(exp.guidance.guided(score, y, classifier), (b, *exp.data.shape), g, device))
+            out.append(exp.sampler(exp.guidance.guided(score, y, classifier, guide), (b, *exp.data.shape), g, device))
     return torch.cat(out)
 
 
@@ -317,11 +318,12 @@ def setting(exp: Experiment, nets: tuple[nn.Module | None, ...], seed: int, size
     return Draw(ChunkStore(directory / stem, fingerprint, describe), stem)
 
 
-def draw(exp: Experiment, nets: tuple[nn.Module, nn.Module | None], n: int, seed: int, rt: Runtime, directory: Path,
+def draw(exp: Experiment, nets: tuple[nn.Module, ...], n: int, seed: int, rt: Runtime, directory: Path,
          purpose: str, extra: Callable[[Tensor], dict[str, np.ndarray]] | None = None,
          keys: tuple[str, ...] = ("samples",), progress: bool = True,
          overwrite: bool = False) -> tuple[Draw, list[Chunk], DrawReport]:
-    """Draw n samples of the experiment's sampler with `nets` = (network, guidance classifier or None) as
+    """Draw n samples of the experiment's sampler with `nets` = (network, guidance classifier or None, σ-space
+    guide of autoguidance or None) as
     chunks of sampling.batch_size (eval.batch_size for purpose "eval") in this setting's store under
     `directory`, shared out over the processes and resuming from the chunks already there: chunk k is one
     sampler call with the generator seeded `chunk_seed(seed, k)`. `extra(x)` adds arrays (e.g. Inception
@@ -331,13 +333,13 @@ def draw(exp: Experiment, nets: tuple[nn.Module, nn.Module | None], n: int, seed
     d = setting(exp, nets, seed, size, rt.device, directory, purpose)
     if overwrite and rt.is_main and d.store.directory.exists():
         shutil.rmtree(d.store.directory)
-    net, classifier = nets
+    net, classifier, guide = (*nets, None, None)[:3]
     wrapped = None if classifier is None else exp.wrap_classifier(classifier).eval()
 
     def one(c: Chunk) -> dict[str, np.ndarray]:
         with batch_fits(f"{'eval' if purpose == 'eval' else 'sampling'}.batch_size", size, rt.device):
             x = sample_images(exp, net, c.size, rt.device, seed=chunk_seed(seed, c.k), classifier=wrapped,
-                              batch_size=size)
+                              batch_size=size, guide=guide)
             return {"samples": x.float().cpu().numpy(), **(extra(x) if extra is not None else {})}
 
     all_chunks = chunks(n, size)

@@ -20,8 +20,9 @@ from torch import nn
 
 from . import formats
 from .builder import Experiment, experiment
-from .builder.configs import config_from_json
+from .builder.configs import config_from_json, snapshot_config
 from .builder.declare import ConfigError
+from .builder.fields import base
 from .builder.networks import NETWORKS
 from .checkpoint import (
     CheckpointError,
@@ -144,9 +145,12 @@ def load_experiment_weights(exp: Experiment, net: nn.Module, path: str | Path, e
 
 def _published_config(path: Path, state: Any, config: Any) -> ConfigDict:
     """The config of a published checkpoint: `config` resolved (a ConfigDict, a configs/ name, a path or
-    "openai:<preset>"), or the OpenAI preset its file name tells."""
+    "openai:<preset>"), or the OpenAI preset its file name tells; an EDM / EDM2 snapshot's network comes
+    from its records, over `config` (default: the defaults)."""
+    fmt = formats.detect_format(state, path)
+    if fmt in ("edm", "edm2"):
+        return snapshot_config(path, resolve_config(config) if config is not None else base())
     if config is None:
-        fmt = formats.detect_format(state, path)
         preset = stem_preset(path) if fmt.startswith("openai") else None
         if preset is None:
             raise CheckpointError(f"{path} is a {fmt} checkpoint, which carries no architecture: pass a config "

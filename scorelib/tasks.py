@@ -16,13 +16,14 @@ import torch
 
 from . import evaluate, sampling, validate
 from .builder import ConfigError, Experiment
-from .checkpoint import CheckpointError, atomic_write_bytes
+from .checkpoint import CheckpointError, atomic_write_bytes, read_torch, save_checkpoint
 from .data import DataError, ImageData, load_dataset, save_image_grid, toy_data, toy_mixture
+from .ema import EMASnapshot, posthoc_ema
 from .evaluate import cache_key, inception_weights_path
 from .likelihood import bits_per_dim, ddpm_vlb, dequantize, log_likelihood
 from .metrics.fid import to_unit_range
 from .runtime import BatchTooLarge, Runtime, RuntimeSetupError, WorkdirLocked, batch_fits, setup_runtime
-from .sharing import load_experiment_weights, load_weights
+from .sharing import load, load_experiment_weights, load_weights
 from .train import TrainingError, train
 
 USER_ERRORS = (DataError, ConfigError, CheckpointError, TrainingError, RuntimeSetupError, WorkdirLocked,
@@ -60,6 +61,19 @@ def guidance_classifier(exp: Experiment, device: torch.device) -> torch.nn.Modul
     return net.to(device).eval()
 
 
+def guide_network(exp: Experiment, device: torch.device) -> torch.nn.Module | None:
+    """The guide of autoguidance (sampling.guide_checkpoint) as its own σ-space model, if used: any checkpoint
+    `scorelib.load` reads, with the architecture and conditioning stored with it."""
+    if exp.guidance.kind != "auto":
+        return None
+    return load(exp.f.sampling.guide_checkpoint).to(device).eval()
+
+
+def networks(exp: Experiment, device: torch.device) -> tuple[torch.nn.Module, ...]:
+    """(network, guidance classifier or None, guide or None) a sampling run draws with."""
+    return trained_network(exp, device), guidance_classifier(exp, device), guide_network(exp, device)
+
+
 def run_train(exp: Experiment, workdir: Path) -> None:
     """Train (resuming from the newest checkpoint); with training.eval_at_end also sample and evaluate
     (on every process of a torchrun job: both are sharded) the run just trained."""
@@ -83,7 +97,7 @@ def run_sample(exp: Experiment, workdir: Path, overwrite: bool = False) -> Path:
     in model space, float32). The chunks of each setting stay in their own WORKDIR/samples/<setting>/, so
     no later run with other settings touches them; `overwrite` redraws this setting's."""
     rt = runtime(exp)
-    nets = (trained_network(exp, rt.device), guidance_classifier(exp, rt.device))
+    nets = networks(exp, rt.device)
     s, d = exp.f.sampling, exp.data
     start = time.perf_counter()
     drawn, all_chunks, report = sampling.draw(exp, nets, s.n_samples, exp.f.seed + 1, rt, workdir / "samples",
@@ -298,7 +312,7 @@ def run_eval(exp: Experiment, workdir: Path, overwrite: bool = False) -> dict[st
     counts, and whether the FID is comparable with published ones (`evaluate.fid_protocol`)."""
     preflight_eval(exp, workdir)
     rt = runtime(exp)
-    nets = (trained_network(exp, rt.device), guidance_classifier(exp, rt.device))
+    nets = networks(exp, rt.device)
     e = exp.f.eval
     inception = _uses_inception(exp)
     start = time.perf_counter()
@@ -398,4 +412,45 @@ def likelihood_metrics(exp: Experiment, net: torch.nn.Module, data: ImageData | 
         out["ode_bpd_note"] = "toy data: -log2 p / dim of continuous points (no dequantisation)"
     if with_vlb:
         out["vlb_bpd"] = float(sums[4] / sums[5])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Post-hoc EMA (EDM2 §3)
+# ---------------------------------------------------------------------------------------------
+
+
+def phema_snapshots(workdir: Path) -> list[EMASnapshot]:
+    """The power-EMA snapshots of a run (WORKDIR/phema/phema_*.pt), each loaded only when read."""
+    files = sorted((Path(workdir) / "phema").glob("phema_*.pt"))
+    out = []
+    for path in files:
+        for i, snap in enumerate(load_phema_file(path)["snapshots"]):
+            out.append(EMASnapshot(int(snap["step"]), float(snap["gamma"]),
+                                   lambda path=path, i=i: load_phema_file(path)["snapshots"][i]["state_dict"]))
+    return out
+
+
+def load_phema_file(path: Path) -> dict[str, Any]:
+    """One snapshot file, memory-mapped (`checkpoint.read_torch`: one CheckpointError line names it)."""
+    return read_torch(path, mmap=True)
+
+
+def run_phema(exp: Experiment, workdir: Path) -> Path:
+    """Reconstruct the EMA of phema.sigma_rel (or of a classic half-life of phema.halflife_kimg thousand
+    images) from the run's power-EMA snapshots (`ema.posthoc_ema`, EDM2 Appendix C.3) and write it as a
+    checkpoint, WORKDIR/phema/ema-<width>.pt, that --mode=sample|eval takes with --checkpoint=."""
+    p, t = exp.f.phema, exp.f.training
+    snaps = phema_snapshots(workdir)
+    step = max(s.step for s in snaps)
+    if p.halflife_kimg > 0:
+        state = posthoc_ema(snaps, halflife=p.halflife_kimg * 1000 / t.batch_size)
+        name = f"ema-halflife{p.halflife_kimg:g}kimg.pt"
+    else:
+        state = posthoc_ema(snaps, p.sigma_rel)
+        name = f"ema-{p.sigma_rel:.3f}.pt"
+    exp.network().load_state_dict(state)  # the run's network: a mismatch is an error now, not when sampling
+    out = Path(workdir) / "phema" / name
+    save_checkpoint(out, {"model": state, "ema": state, "step": step, "config": exp.record})
+    print(f"post-hoc EMA at step {step} from {len(snaps)} snapshots -> {out}")
     return out

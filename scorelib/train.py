@@ -41,6 +41,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .data import ImageData, load_dataset, prepare_batch, save_image_grid, toy_data
+from .ema import PowerEMA
 from .metrics.fid import to_unit_range
 from .runtime import Runtime, batch_fits, setup_runtime, step_seed
 from .sampling import sample_images
@@ -157,6 +158,7 @@ class Run:
     loss_fn: LossFn
     start: int = 0
     last_loss: Tensor | None = None
+    phema: PowerEMA | None = None  # EDM2's power-function EMAs (training.phema_sigma_rels)
 
     def state(self, exp: Experiment, step: int) -> dict[str, Any]:
         """The checkpoint of step `step`: model, EMA, optimiser, timestep sampler and RNG states, the config."""
@@ -165,6 +167,8 @@ class Run:
                                  "rng": rng_state()}
         if self.loss_fn.timesteps is not None and hasattr(self.loss_fn.timesteps, "state_dict"):
             state["timesteps"] = self.loss_fn.timesteps.state_dict()
+        if self.phema is not None:
+            state["phema"] = self.phema.state_dict()
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -174,6 +178,8 @@ class Run:
         self.opt.load_state_dict(state["optimizer"])
         if "timesteps" in state and hasattr(self.loss_fn.timesteps, "load_state_dict"):
             self.loss_fn.timesteps.load_state_dict(state["timesteps"])
+        if self.phema is not None:
+            self.phema.load_state_dict(state["phema"])
         set_rng_state(state["rng"])
         self.start = int(state["step"])
 
@@ -182,6 +188,8 @@ def _new_run(exp: Experiment, workdir: Path, rt: Runtime) -> Run:
     torch.manual_seed(exp.f.seed)  # the same initial weights on every rank and in every run
     net = exp.network().to(rt.device)
     run = Run(net, copy.deepcopy(net).eval().requires_grad_(False), exp.optimizer(net.parameters()), exp.loss.fresh())
+    if exp.f.training.phema_sigma_rels:
+        run.phema = PowerEMA(net, exp.f.training.phema_sigma_rels)
     resumed = load_newest(workdir / "checkpoints", map_location=rt.device)
     if resumed is not None:
         run.restore(resumed)
@@ -193,6 +201,17 @@ def _save(exp: Experiment, workdir: Path, run: Run, step: int) -> Path:
     save_checkpoint(path, run.state(exp, step))
     prune_checkpoints(workdir / "checkpoints", exp.f.training.keep_checkpoints)
     return path
+
+
+def phema_path(workdir: Path, step: int) -> Path:
+    """WORKDIR/phema/phema_<step>.pt: the power-EMA snapshots of one step (never pruned)."""
+    return Path(workdir) / "phema" / f"phema_{step:08d}.pt"
+
+
+def _save_phema(exp: Experiment, workdir: Path, run: Run, step: int) -> None:
+    """Store every tracked power-function EMA at `step` (EDM2 §3.2), for `--mode=phema` to combine."""
+    snaps = [s._asdict() for s in run.phema.snapshots()]
+    save_checkpoint(phema_path(workdir, step), {"snapshots": snaps, "step": step, "config": exp.record})
 
 
 @contextlib.contextmanager
@@ -312,6 +331,9 @@ def train(exp: Experiment, workdir: str | Path) -> dict[str, Any]:
                     log.write(done, lr, grad_norm, workdir)
                 stop = _stop_requested(caught, rt)
                 due = t.checkpoint_minutes > 0 and time.monotonic() - saved_at > 60 * t.checkpoint_minutes
+                if rt.is_main and run.phema is not None and (done % (t.phema_snapshot_freq or t.snapshot_freq) == 0
+                                                              or done == t.n_iters):
+                    _save_phema(exp, workdir, run, done)
                 if rt.is_main and (done % t.snapshot_freq == 0 or done == t.n_iters or stop or due):
                     _save(exp, workdir, run, done)
                     saved_at = time.monotonic()
@@ -348,5 +370,7 @@ def _train_step(exp: Experiment, run: Run, objective: Any, batches: Batches, ste
     grad_norm = torch.nn.utils.clip_grad_norm_(run.net.parameters(), clip)
     run.opt.step()
     ema_update(run.ema, run.net, ema_rate_at(f, step))
+    if run.phema is not None:
+        run.phema.update(step + 1)  # t = optimiser steps done (EDM2 phema.py counts from 1)
     run.last_loss = loss.detach()
     return lr, grad_norm

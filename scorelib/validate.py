@@ -141,6 +141,9 @@ def check_checkpoint_source(exp: Experiment, workdir: Path, overridden: Iterable
         raise ConfigError(f"classifier.workdir: {exp.f.classifier.workdir} does not exist (a workdir trained "
                           "with --config.training.target=classifier, its checkpoint, or a guided-diffusion "
                           "classifier .pt)")
+    if s.guidance == "auto" and not Path(s.guide_checkpoint).exists():
+        raise ConfigError(f"sampling.guide_checkpoint: {s.guide_checkpoint} does not exist (the guide's checkpoint, "
+                          "run directory or EDM2 .pkl)")
     if exp.source is None:
         raise ConfigError(f"{workdir / 'checkpoints'}: no checkpoints (train first with --mode=train, or set "
                           "--config.sampling.checkpoint)")
@@ -182,6 +185,9 @@ def check(exp: Experiment, config: object, workdir: str | Path, overridden: Iter
     check_workdir(workdir)
     if exp.mode == "train":
         check_resume(config, workdir)
-    elif exp.mode in ("sample", "eval", "likelihood", "bench") and (exp.mode != "bench" or exp.f.sampling.checkpoint):
+    elif exp.mode in ("sample", "eval", "likelihood"):
         check_checkpoint_source(exp, workdir, overridden)
+    elif exp.mode == "phema" and not list((workdir / "phema").glob("phema_*.pt")):
+        raise ConfigError(f"{workdir / 'phema'}: no power-EMA snapshots (train with "
+                          "--config.training.phema_sigma_rels='(0.05, 0.1)' first)")
     return ignored_fields(exp, overridden, quick)

@@ -73,7 +73,7 @@ def test_published_configurations_parameter_counts_and_keys(name):
     EDM state_dict key maps onto a scorelib key of the same shape (checked on the meta device)."""
     pub = PUBLISHED[name]
     arch = edm.released_architecture("edm-" + name)
-    assert edm.PRECOND_KINDS[pub["precond"]] == arch.precond
+    assert arch.precond == "edm"  # config F: EDM's train.py --precond defaults to edm (README's option table)
     net = edm.build_network(arch.network, arch.network_kwargs, "meta")
     assert sum(p.numel() for p in net.parameters()) == pub["n_params"]
     cfg = dict(edm.EDM_CONFIGS["edm-" + name])

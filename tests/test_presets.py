@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from scorelib.build.sampling import respaced_timesteps
-from scorelib.defaults import base
+from builds import exp_of, network
 
 import scorelib
-from scorelib import build
+from scorelib.builder.configs import with_overrides
+from scorelib.builder.fields import base
+from scorelib.builder.samplers import respaced_timesteps
 from scorelib.presets import OPENAI_PRESETS, openai_config, stem_preset
 
 DATA = Path(__file__).parent / "data"
@@ -248,7 +249,7 @@ def test_preset_config_follows_the_readme_flags(stem: str) -> None:
 @pytest.mark.parametrize("stem", ALL_STEMS)
 def test_preset_schedule_is_the_references_alphas_cumprod(stem: str) -> None:
     want = expected(stem)
-    abar = build.create_schedule(openai_config(OPENAI_PRESETS[stem])).alphas_cumprod
+    abar = exp_of(openai_config(OPENAI_PRESETS[stem])).noise.schedule.alphas_cumprod
     ref = _linear_or_cosine_abar(want["noise.beta_schedule"], want["noise.num_scales"])
     np.testing.assert_allclose(abar.double().numpy(), ref, rtol=1e-12, atol=0)
 
@@ -264,7 +265,7 @@ def test_classifier_carries_the_schedule_of_the_model_it_guides(classifier: str)
         m = openai_config(OPENAI_PRESETS[model])
         assert {k: m.noise[k] for k in keys} == {k: c.noise[k] for k in keys}, (classifier, model)
         assert m.classifier.to_dict() == c.classifier.to_dict()  # the guided model's classifier section
-        torch.testing.assert_close(build.create_schedule(c).alphas_cumprod, build.create_schedule(m).alphas_cumprod,
+        torch.testing.assert_close(exp_of(c).noise.schedule.alphas_cumprod, exp_of(m).noise.schedule.alphas_cumprod,
                                    rtol=0, atol=0)
 
 
@@ -277,7 +278,7 @@ REFERENCE_COUNTS = {"imagenet64_cond": 273_049_350, "lsun_uncond": 113_676_678, 
 @pytest.mark.parametrize("stem", sorted(REFERENCE_COUNTS))
 def test_preset_builds_the_released_network(stem: str) -> None:
     with torch.device("meta"):
-        net = build.create_network(openai_config(OPENAI_PRESETS[stem]))
+        net = network(openai_config(OPENAI_PRESETS[stem]))
     assert sum(p.numel() for p in net.parameters()) == REFERENCE_COUNTS[stem]
 
 
@@ -298,7 +299,7 @@ def test_readme_file_names_pick_their_preset() -> None:
 
 def _tiny(config: Any) -> Any:
     """The recorder's tiny widths (module docstring) on a classifier config; noise section untouched."""
-    return build.with_overrides(config, {
+    return with_overrides(config, {
         "data.image_size": 8, "data.num_classes": 10, "classifier.nf": 32, "classifier.ch_mult": (1,),
         "classifier.num_res_blocks": 1, "classifier.attn_resolutions": (8,), "classifier.num_head_channels": 32})
 
@@ -348,7 +349,7 @@ def space_timesteps(T: int, section_counts: str) -> list[int]:
     ("ddim25", 25, "leading"),  # line 169: --timestep_respacing ddim25 --use_ddim True
 ])
 def test_readme_respacing_is_a_sampling_setting(respacing: str, n_steps: int, spacing: str) -> None:
-    config = build.with_overrides(openai_config(OPENAI_PRESETS["128x128_diffusion"]),
+    config = with_overrides(openai_config(OPENAI_PRESETS["128x128_diffusion"]),
                                   {"sampling.n_steps": n_steps, "sampling.spacing": spacing})
-    got = respaced_timesteps(build.sampler_options(config)).flip(0).tolist()
+    got = respaced_timesteps(exp_of(config).sampler).flip(0).tolist()
     assert got == space_timesteps(1000, respacing)

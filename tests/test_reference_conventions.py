@@ -14,7 +14,6 @@ from oracles import mixture
 
 from scorelib.analytic import GaussianMixture
 from scorelib.builder import ConfigError, experiment
-from scorelib.builder.samplers import discrete_betas
 from scorelib.samplers import pc_sampler
 from scorelib.schedules import VPSDE, append_zero, geometric_sigmas
 
@@ -72,7 +71,10 @@ def test_vp_pc_grid_is_uniform_in_t_as_score_sde(kind):
 def test_pc_betas_are_score_sde_discrete_betas():
     """score_sde sde_lib.VPSDE: discrete_betas = linspace(β_min/N, β_max/N, N), indexed by (t(N-1)).long()
     on the descending grid: level i gets β_{N-1-i}."""
-    betas = discrete_betas(exp_of(get_config("ddpmpp_cifar")).sampler)
+    from scorelib.schedules import discrete_index, pc_times
+
+    sde = exp_of(get_config("ddpmpp_cifar")).noise.sde  # the PC sampler reads β through score_sde's SDE form
+    betas = sde.discrete_betas(1000)[discrete_index(sde, pc_times(sde, 1000), 1000)]
     torch.testing.assert_close(betas, torch.linspace(1e-4, 0.02, 1000, dtype=F64).flip(0), rtol=1e-12, atol=0)
 
 

@@ -130,7 +130,9 @@ def test_a_combination_no_reference_defines_stops_sampling_not_the_experiment():
         validate.check_buildable(experiment(c, mode="sample"))
     exp = experiment(c, mode="likelihood")
     validate.check_buildable(exp)
-    assert exp.sampler.nfe == c.noise.num_scales  # corrector 'none' (ddpmpp_cifar's): one call per step
+    assert exp.sampler.problem()  # kept, not raised: the run never samples
+    with pytest.raises(ConfigError, match="no sub-VP form"):
+        exp.sampler.nfe  # noqa: B018 (a sampler that cannot sample has no NFE)
     with pytest.raises(ConfigError, match="no sub-VP form"):
         exp.sampler(GMM, (2, 2), torch.Generator().manual_seed(0), torch.device("cpu"))
 
@@ -139,10 +141,11 @@ def test_a_combination_no_reference_defines_stops_sampling_not_the_experiment():
 # table replaced: ald on VE levels ignores n_steps, the ODE reads no grid, DDPM respacing reads spacing)
 READS = {
     "ve": {"ald": {"n_steps_each", "step_lr", "denoise"},
-           "pc": {"predictor", "corrector", "snr", "n_corrector_steps", "denoise", "n_steps"},
-           "ddpm": {"variance", "clip_denoised", "n_steps"}, "ddim": {"eta", "n_steps"},
+           "pc": {"predictor", "corrector", "snr", "n_corrector_steps", "denoise", "pc_ending", "n_steps"},
+           "ddpm": {"variance", "clip_denoised", "n_steps"}, "ddim": {"eta", "clip_denoised", "n_steps"},
            "ode": {"ode_method", "rtol", "atol", "denoise"}, "euler_ancestral": {"eta", "rho", "n_steps"},
-           "heun": {"rho", "n_steps"}, "dpm_solver": {"order", "rho", "n_steps"},
+           "heun": {"rho", "n_steps", "s_churn", "s_tmin", "s_tmax", "s_noise"},
+           "dpm_solver": {"order", "rho", "n_steps"},
            "unipc": {"order", "rho", "n_steps"}, "fast": {"data_diameter", "n_steps"}},
 }
 READS["ddpm"] = {m: r | ({"spacing"} if m in ("pc", "ddpm", "ddim") else set()) | ({"n_steps"} if m == "ald" else set())
@@ -155,3 +158,64 @@ def test_each_entry_reads_what_its_method_reads(kind, method):
     c = resolve_config("toy_gmm" if kind == "ve" else "ddpm_cifar")
     c = with_overrides(c, {"sampling.method": method, "sampling.variance": "large"})
     assert exp_of(c).sampler.reads() == READS[kind][method]
+
+
+def _run_both(exp, direct, shape=(16, 2)):
+    """The experiment's sampler and `direct(x0, generator)` from the same initial draw and generator."""
+    got = exp.sampler(GMM, shape, torch.Generator().manual_seed(4), torch.device("cpu"))
+    g = torch.Generator().manual_seed(4)
+    x0 = exp.sampler.initial(shape, g, torch.device("cpu"))
+    return got, direct(x0, g)
+
+
+@pytest.mark.parametrize("kind", ["vp", "subvp"])
+def test_the_pc_entry_takes_score_sdes_steps_on_vp_models(kind):
+    """ddpmpp_cifar's PC sampler is score_sde's `get_pc_sampler` in σ-space (pc_sampler's SDE form, pinned
+    draw for draw against score_sde in tests/test_pc_score_sde.py): the entry passes the SDE and its times."""
+    from scorelib.samplers import pc_sampler
+    from scorelib.schedules import pc_times
+
+    c = with_overrides(resolve_config("ddpmpp_cifar"), {"noise.kind": kind, "sampling.n_steps": 12})
+    exp = exp_of(c)
+    sde = exp.noise.sde
+    got, want = _run_both(exp, lambda x0, g: pc_sampler(GMM, x0, exp.sampler.grid, predictor="euler_maruyama",
+                                                        corrector="none", generator=g, sde=sde,
+                                                        times=pc_times(sde, 12)))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_the_ddim_entry_clips_and_respaces_as_improved_diffusion():
+    """sampling.clip_denoised reaches ddim; improved-diffusion's respacing strings set the timesteps."""
+    from scorelib.samplers import ddim
+    from scorelib.schedules import space_timesteps, timesteps_to_sigmas
+
+    c = with_overrides(resolve_config("iddpm_cifar"), {"sampling.method": "ddim", "sampling.clip_denoised": True,
+                                                        "sampling.spacing": "ddim25"})
+    exp = exp_of(c)
+    abar = exp.noise.schedule.alphas_cumprod
+    torch.testing.assert_close(exp.sampler.grid, timesteps_to_sigmas(abar, space_timesteps(4000, "ddim25")))
+    assert exp.sampler.nfe == 25
+    got, want = _run_both(exp, lambda x0, g: ddim(GMM, x0, exp.sampler.grid, clip_denoised=True, generator=g))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    unclipped = ddim(GMM, exp.sampler.initial((16, 2), torch.Generator().manual_seed(4), torch.device("cpu")),
+                     exp.sampler.grid)
+    assert (unclipped - got).abs().max() > 1e-3  # the mixture's modes lie outside [-1, 1]: clipping shows
+
+
+@pytest.mark.parametrize("kind", ["ve", "vp", "ddpm"])
+def test_stated_nfe_is_counted_for_every_predictor_corrector_combination(kind):
+    """`Sampler.nfe` (a dry run of the sampler) equals the score evaluations of a real run, for every
+    predictor and corrector, "none" included, and 1 or 2 corrector steps."""
+    from scorelib.samplers.pc import CORRECTORS, PREDICTORS
+
+    name = {"ve": "toy_gmm", "vp": "ddpmpp_cifar", "ddpm": "ddpm_cifar"}[kind]
+    for predictor in PREDICTORS:
+        for corrector in CORRECTORS:
+            for steps in (1, 2):
+                c = with_overrides(resolve_config(name), {
+                    "sampling.method": "pc", "sampling.n_steps": 5, "sampling.predictor": predictor,
+                    "sampling.corrector": corrector, "sampling.n_corrector_steps": steps})
+                sampler = exp_of(c).sampler
+                counting = CountingScore(GMM)
+                sampler(counting, (4, 2), torch.Generator().manual_seed(0), torch.device("cpu"))
+                assert counting.nfe == sampler.nfe, (kind, predictor, corrector, steps, counting.nfe, sampler.nfe)

@@ -295,3 +295,32 @@ def test_a_chunk_size_below_one_is_a_one_line_error(toy_run, tmp_path):
                  f"--config.sampling.checkpoint={toy_run}", "--config.sampling.batch_size=0")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == "scorelib: sampling.batch_size: 0 is not allowed (> 0)"  # validated before any work
+
+
+def test_a_setting_is_named_by_its_config_weights_seed_and_chunk(tmp_path):
+    """The chunk store of a setting: the same config, weights, seed and chunk size find it again; a change
+    of any of them (the noise process included) is another setting, so stale chunks are never reused."""
+    import copy
+
+    from builds import exp_of
+
+    from scorelib.builder.configs import with_overrides
+    from scorelib.presets import resolve_config
+
+    config = resolve_config("toy_gmm")
+    exp = exp_of(config, mode="sample")
+    net = exp.network()
+    cpu = torch.device("cpu")
+
+    def store(e, nets=(net, None), seed=1, size=10):
+        return sampling.setting(e, nets, seed, size, cpu, tmp_path, "sample").store.directory
+
+    here = store(exp)
+    assert store(exp_of(config, mode="sample")) == here  # found again
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    assert store(exp, (other, None)) != here  # other weights
+    assert store(exp_of(with_overrides(config, {"noise.sigma_max": 9.0}), mode="sample")) != here  # other noise
+    assert store(exp, seed=2) != here and store(exp, size=11) != here
+    assert store(exp_of(with_overrides(config, {"sampling.n_samples": 5}), mode="sample")) == here  # only the count

@@ -40,3 +40,31 @@ def test_mlp_dsm_training_approaches_exact_score():
     assert sum(losses[-50:]) / 50 < 0.9 * sum(losses[:50]) / 50
     assert (after < 0.6 * before).all(), (before, after)
     assert after.sum() < 0.3 * before.sum(), (before, after)
+
+
+def test_resume_restores_the_importance_sampler_history(tmp_path):
+    """improved DDPM's importance-sampled timesteps: once every t holds its 10 losses the draws depend on the
+    history, so a run resumed from a checkpoint ends with the weights of an uninterrupted one only when the
+    history was saved and restored with it."""
+    from scorelib.builder import experiment
+    from scorelib.builder.configs import with_overrides
+    from scorelib.checkpoint import list_checkpoints, load_checkpoint
+    from scorelib.presets import resolve_config
+    from scorelib.train import train
+
+    c = with_overrides(resolve_config("ddpm_cifar"), {
+        "data.dataset": "digits", "data.image_size": 8, "data.channels": 1, "data.random_flip": False,
+        "model.nf": 32, "model.ch_mult": (1,), "model.num_res_blocks": 1, "model.attn_resolutions": (),
+        "model.dropout": 0.0, "noise.num_scales": 4, "noise.beta_schedule": "cosine",
+        "training.timestep_sampler": "importance",
+        "training.batch_size": 16, "training.n_iters": 12, "training.snapshot_freq": 6, "training.log_freq": 6,
+        "training.snapshot_samples": 0, "training.eval_at_end": False, "optim.warmup": 0, "device": "cpu",
+        "sampling.n_steps": 0})
+    train(experiment(c), tmp_path / "full")
+    train(experiment(with_overrides(c, {"training.n_iters": 6})), tmp_path / "resumed")
+    state = load_checkpoint(list_checkpoints(tmp_path / "resumed" / "checkpoints")[-1][1])
+    assert int(state["timesteps"]["counts"].min()) >= 10  # warmed up: the next draws read the history
+    train(experiment(c), tmp_path / "resumed")
+    a = load_checkpoint(list_checkpoints(tmp_path / "full" / "checkpoints")[-1][1])["model"]
+    b = load_checkpoint(list_checkpoints(tmp_path / "resumed" / "checkpoints")[-1][1])["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -83,6 +83,7 @@ def test_every_rule_names_a_default_field_and_accepts_the_default():
     ("eval.metrics", ("fid", "lpips"),
      "eval.metrics: ('fid', 'lpips') is not allowed (each one of: fid, kid, is, digits_fid)"),
     ("model.num_head_channels", 0, "model.num_head_channels: 0 is not allowed (> 0, or -1)"),
+    ("model.ema_rate", 1.5, "model.ema_rate: 1.5 is not allowed (0 <= value <= 1)"),
     ("sampling.predictor", "heun", "sampling.predictor: 'heun' is not allowed (one of: reverse_diffusion, "
                                    "euler_maruyama, ancestral, none)"),
 ])
@@ -218,7 +219,7 @@ def test_ignored_fields_get_one_warning_each():
     assert validate.ignored_fields(experiment(ddim, mode="sample"), ["sampling.n_steps", "sampling.eta"]) == []
     assert validate.ignored_fields(experiment(ddim, mode="sample"),
                                    ["sampling.spacing", "training.n_iters", "training.threads"]) == [
-        "sampling.spacing is ignored by sampling.method='ddim' (it reads eta, n_steps)",
+        "sampling.spacing is ignored by sampling.method='ddim' (it reads clip_denoised, eta, n_steps)",
         "training.n_iters is ignored by --mode=sample"]
     assert validate.ignored_fields(experiment(set_fields(toy, sampling__class_label=2, sampling__guidance_scale=3.0),
                                               mode="sample"), ["sampling.guidance_scale"]) == [

@@ -22,7 +22,7 @@ from ..data import toy_mixture
 from ..runtime import Runtime
 from ..samplers import probability_flow
 from ..samplers._common import CountingScore
-from ..tasks import guidance_classifier, trained_network
+from ..tasks import guidance_classifier, guide_network, trained_network
 from ..utils import ScoreFn
 
 MIXTURE_TOYS = ("gmm8", "grid25", "two_modes")
@@ -131,7 +131,7 @@ def load_model(exp: Experiment, workdir: Path, device: torch.device) -> Model:
 
 def _guided(exp: Experiment, net: torch.nn.Module | None) -> bool:
     """Whether the score of a checkpoint's network takes labels (and maybe guidance)."""
-    return net is not None and exp.guidance.labelled
+    return net is not None and (exp.guidance.labelled or exp.guidance.kind == "auto")
 
 
 def batch_scores(exp: Experiment, score: ScoreFn, net: torch.nn.Module | None, device: torch.device, n: int,
@@ -140,10 +140,15 @@ def batch_scores(exp: Experiment, score: ScoreFn, net: torch.nn.Module | None, d
     experiment's labels (drawn once for all n) and guidance, as in `sampling.sample_images`."""
     if not _guided(exp, net):
         return lambda start, b: score
-    raw = guidance_classifier(exp, device)
+    raw, guide = guidance_classifier(exp, device), guide_network(exp, device)
     classifier = None if raw is None else exp.wrap_classifier(raw).eval()
     labels = exp.guidance.labels(n, torch.Generator().manual_seed(seed), torch.device("cpu"))
-    return lambda start, b: exp.guidance.guided(score, labels[start:start + b].to(device), classifier)
+
+    def scores(start: int, b: int) -> ScoreFn:
+        y = None if labels is None else labels[start:start + b].to(device)
+        return exp.guidance.guided(score, y, classifier, guide)
+
+    return scores
 
 
 def reference_solution(exp: Experiment, model: Model, x0s: Sequence[Tensor], starts: Sequence[int], n: int, seed: int,

@@ -33,10 +33,10 @@ from .fields import Fields, check_fields, records
 from .guidance import Guidance, make_guidance
 from .networks import NETWORKS, build_classifier, class_conditional, wrap_classifier, wrapper
 from .noise import Noise, make_noise
-from .objectives import LOSSES, LearningRate, LossFn, learning_rate, loss_fn, optimizer_factory
+from .objectives import AUGMENTED, LOSSES, LearningRate, LossFn, learning_rate, loss_fn, optimizer_factory
 from .samplers import SAMPLERS, Sampler
 
-MODES = ("train", "sample", "eval", "likelihood", "bench")
+MODES = ("train", "sample", "eval", "likelihood", "bench", "phema")
 # the modes that run a trained network: its checkpoint's stored architecture replaces the config's
 CHECKPOINT_MODES = ("sample", "eval", "likelihood", "bench")
 # the modes that read the data set (its shape must fit the data set)
@@ -156,7 +156,7 @@ def _make_loss(f: Fields, noise: Noise, wrap: Callable[[nn.Module], nn.Module]) 
     if t.target == "classifier":
         if f.data.num_classes < 1:
             raise ConfigError("data.num_classes: 0: training.target='classifier' needs labelled data (>= 1)")
-        return loss_fn("classifier", wrap, noise, t)
+        return loss_fn("classifier", wrap, noise, f)
     entry = LOSSES[t.loss]
     if noise.kind not in entry.noise:
         fits = ", ".join(k for k, e in LOSSES.items() if noise.kind in e.noise)
@@ -166,7 +166,17 @@ def _make_loss(f: Fields, noise: Noise, wrap: Callable[[nn.Module], nn.Module]) 
     if entry.learned_variance and not f.model.learn_sigma:
         raise ConfigError(f"training.loss: {t.loss!r} trains a learned variance but model.learn_sigma=False "
                           "(eps, or --config.model.learn_sigma=True)")
-    return loss_fn(t.loss, wrap, noise, t)
+    if (t.loss == "edm2") != (f.model.name == "edm2"):
+        raise ConfigError(f"training.loss: {t.loss!r} does not fit model.name={f.model.name!r} (edm2 trains the "
+                          "EDM2 network's learned uncertainty, which only it has)")
+    if f.data.augment_p > 0 and t.loss not in AUGMENTED:
+        raise ConfigError(f"data.augment_p: {f.data.augment_p:g} needs one of EDM's losses, whose networks take the "
+                          f"augmentation labels ({', '.join(AUGMENTED)}; or 0)")
+    fn = loss_fn(t.loss, wrap, noise, f)
+    if fn.augment is not None and fn.augment.label_dim != f.model.augment_dim:
+        raise ConfigError(f"model.augment_dim: {f.model.augment_dim} does not fit data.augment_p={f.data.augment_p:g} "
+                          f"({fn.augment.label_dim}: the augmentation labels the network takes)")
+    return fn
 
 
 def _guidance(f: Fields, noise: Noise) -> Guidance:
@@ -222,7 +232,7 @@ def experiment(config: Any, workdir: str | Path | None = None, mode: str = "trai
 def _experiment(config: Any, workdir: str | Path | None, mode: str) -> Experiment:
     check_fields(config)
     source = weights_source(config.sampling.checkpoint, workdir) if mode in CHECKPOINT_MODES else None
-    stored = stored_config(source) if source is not None and source.exists() else None
+    stored = stored_config(source, config) if source is not None and source.exists() else None
     replaced = {}
     if stored is not None:
         replaced = _replaced(config, stored)

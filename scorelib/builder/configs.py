@@ -15,6 +15,9 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from ..checkpoint import CheckpointError, stored_config_text
+from ..formats import EDM2_RECORD, read_torch_file, snapshot_record
+from ..models.edm import DHARIWALUNET_DEFAULTS, PRECOND_DEFAULTS, PRECOND_KINDS, SONGUNET_DEFAULTS, SONGUNET_VARIANTS
+from ..pickles import PickledObject
 from .declare import ConfigError
 from .fields import base
 
@@ -73,11 +76,82 @@ def config_from_json(text: str, source: str | Path) -> ConfigDict:
     return merged(stored)
 
 
-def stored_config(source: str | Path) -> ConfigDict | None:
+def is_snapshot(source: str | Path) -> bool:
+    """Whether `source` is an EDM / EDM2 network pickle (`network-snapshot-*.pkl`, `edm-*.pkl`, `edm2-*.pkl`)."""
+    return Path(source).suffix == ".pkl" and Path(source).is_file()
+
+
+def stored_config(source: str | Path, over: Any = None) -> ConfigDict | None:
     """The config stored with the newest readable checkpoint at `source` (see
-    `checkpoint.stored_config_text`), over the current defaults; None when there is none."""
+    `checkpoint.stored_config_text`), over the current defaults; for an EDM / EDM2 snapshot the config its
+    records describe (`snapshot_config`, over `over`); None when there is none."""
+    if is_snapshot(source):
+        return snapshot_config(source, base() if over is None else over)
     found = stored_config_text(source)
     return None if found is None else config_from_json(*found)
+
+
+def _variant(kwargs: dict[str, Any]) -> str:
+    """Which of EDM's SongUNet variants (DDPM++ / NCSN++) the constructor arguments are."""
+    for name, variant in SONGUNET_VARIANTS.items():
+        if all(tuple(kwargs[k]) == tuple(v) if isinstance(v, tuple) else kwargs[k] == v for k, v in variant.items()):
+            return name
+    raise ValueError("a SongUNet that is neither EDM's DDPM++ nor its NCSN++ (train.py --arch)")
+
+
+def _edm_network(config: ConfigDict, record: PickledObject) -> None:
+    """model.* / noise.* / data shape of an EDM network record (EDM training/networks.py `*Precond` around
+    `SongUNet` / `DhariwalUNet`; EDM's constructor defaults where the record has none)."""
+    m, n, d = config.model, config.noise, config.data
+    net = record.child("model")
+    song = net.class_name == "SongUNet"
+    k = {**(SONGUNET_DEFAULTS if song else DHARIWALUNET_DEFAULTS), **net.init_kwargs}
+    m.name = f"edm_{_variant(k)}" if song else "edm_adm"
+    m.precond = PRECOND_KINDS[record.class_name]
+    p = {**PRECOND_DEFAULTS[record.class_name], **record.init_kwargs}
+    m.nf, m.ch_mult, m.num_res_blocks = k["model_channels"], tuple(k["channel_mult"]), k["num_blocks"]
+    m.attn_resolutions, m.dropout = tuple(k["attn_resolutions"]), k["dropout"]
+    m.channel_mult_emb = k["channel_mult_emb"]
+    m.augment_dim, m.class_dropout = k["augment_dim"], k["label_dropout"]
+    d.image_size, d.channels, d.num_classes = k["img_resolution"], k["in_channels"], k["label_dim"]
+    n.kind = {"edm": "edm", "iddpm": "edm", "vp": "vp", "ve": "ve_continuous"}[m.precond]
+    if m.precond == "edm":
+        m.sigma_data = p["sigma_data"]
+    if m.precond == "vp":
+        n.beta_min, n.beta_max, n.eps = p["beta_min"], p["beta_min"] + p["beta_d"], p["epsilon_t"]
+    if m.precond == "ve":
+        n.sigma_min, n.sigma_max = p["sigma_min"], p["sigma_max"]
+
+
+def _edm2_network(config: ConfigDict, record: PickledObject) -> None:
+    """model.* / data shape of an EDM2 network record (EDM2 training/networks_edm2.py `Precond`)."""
+    m, d, k = config.model, config.data, record.init_kwargs
+    m.name, m.precond, m.nf = "edm2", "edm2", k["model_channels"]
+    m.ch_mult, m.num_res_blocks = tuple(k.get("channel_mult", (1, 2, 3, 4))), k.get("num_blocks", 3)
+    m.attn_resolutions, m.dropout = tuple(k.get("attn_resolutions", (16, 8))), k.get("dropout", 0.0)
+    m.num_head_channels, m.logvar_channels = k.get("channels_per_head", 64), k.get("logvar_channels", 128)
+    m.sigma_data = k.get("sigma_data", 0.5)
+    d.image_size, d.channels, d.num_classes = k["img_resolution"], k["img_channels"], k.get("label_dim", 0)
+    config.noise.kind = "edm"
+
+
+def snapshot_config(path: str | Path, over: Any) -> ConfigDict:
+    """`over` with the network an EDM / EDM2 snapshot describes: its records' constructor arguments read as
+    data (scorelib.pickles; no code from the file runs). EDM's sampling range σ ∈ [0.002, 80] (generate.py)."""
+    obj = read_torch_file(Path(path))
+    record = snapshot_record(obj)
+    if record is None:
+        raise CheckpointError(f"{path}: no EDM / EDM2 network under 'ema'")
+    config = copy.deepcopy(over)
+    with config.unlocked():
+        try:
+            (_edm2_network if record.class_name == EDM2_RECORD else _edm_network)(config, record)
+        except (KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{path}: not one of the networks scorelib reads from EDM / EDM2 ({e})") from e
+        if config.noise.kind == "edm":
+            config.noise.sigma_min, config.noise.sigma_max = 0.002, 80.0
+        config.data.centered = True
+    return config
 
 
 def with_overrides(config: Any, overrides: dict[str, Any]) -> Any:

@@ -30,6 +30,7 @@ UNIT: Rule = (lambda v: _number(v) and 0 <= v <= 1, "0 <= value <= 1")
 RATE: Rule = (lambda v: _number(v) and 0 <= v < 1, "0 <= value < 1")
 PROBABILITY: Rule = (lambda v: _number(v) and 0 < v < 1, "0 < value < 1")
 FINITE: Rule = (_number, "a finite number")
+POSITIVE_OR_INF: Rule = (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v > 0, "> 0, inf allowed")
 NETWORK_SIZE: Rule = (lambda v: (_number(v) and v > 0) or v == -1, "> 0, or -1")
 
 

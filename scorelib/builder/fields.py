@@ -63,8 +63,9 @@ SECTIONS: dict[str, dict[str, Field]] = {
     },
     "model": {
         "name": F("ncsnv2", " | ".join(NETWORKS), one_of(NETWORKS)),
-        "precond": F("native", "the network's conditioning: native (its own) | " + " | ".join(PRECONDS[1:]),
-                     one_of(PRECONDS)),
+        "precond": F("auto", "the conditioning of EDM / EDM2 networks: auto (the network's first) | "
+                     + " | ".join(PRECONDS) + "; the other networks have their own (auto, native)",
+                     one_of(("auto", "native", *PRECONDS))),
         "nf": F(128, "base width (ngf / ch / model_channels / nf; MLP hidden width)", POSITIVE),
         "ch_mult": F((1, 2, 2, 2), "width multiplier per resolution", each(POSITIVE)),
         "num_res_blocks": F(2, "residual blocks per resolution (MLP: hidden layers)", POSITIVE),
@@ -97,6 +98,8 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "data_std": F(0.5, "mlp / conv input scaling", POSITIVE),
         "sigma_data": F(0.5, "EDM preconditioning: the data's standard deviation", POSITIVE),
         "augment_dim": F(0, "EDM networks: augmentation-label inputs (9 with data.augment_p > 0)", NON_NEGATIVE),
+        "channel_mult_emb": F(4, "EDM networks: noise-embedding width as a multiple of nf", POSITIVE),
+        "logvar_channels": F(128, "edm2: Fourier features of the learned uncertainty u(σ)", POSITIVE),
         "ema_rate": F(0.999, "EMA decay per step (used when training.ema_halflife_kimg is 0)", UNIT),
     },
     "noise": {

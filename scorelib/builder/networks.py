@@ -8,6 +8,7 @@ checkpoint layouts may be loaded into it all derive from the entry.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +18,25 @@ from torch import nn
 from ..models.adm import ADMClassifier, ADMUNet
 from ..models.conv import ConvScore
 from ..models.ddpm_unet import DDPMUNet
+from ..models.edm import SONGUNET_VARIANTS, dhariwalunet_kwargs, songunet_kwargs
+from ..models.edm2 import EDM2Network
 from ..models.mlp import MLPScore
 from ..models.ncsn import NCSN
 from ..models.ncsnpp import NCSNpp
 from ..models.ncsnv2 import NCSNv2
-from ..precond import ContinuousEpsToScore, EpsToScore, IndexedScore, Precond, ScorePrecond, VPClassifier
+from ..precond import (
+    ContinuousEpsToScore,
+    EDM2Precond,
+    EDMPrecond,
+    EpsToScore,
+    IDDPMPrecond,
+    IndexedScore,
+    Precond,
+    ScorePrecond,
+    VEPrecond,
+    VPClassifier,
+    VPPrecond,
+)
 from .declare import ConfigError
 from .noise import Noise
 
@@ -31,13 +46,15 @@ Wrap = Callable[[nn.Module], Precond]
 @dataclass(frozen=True)
 class Network:
     """One `model.name`. `build(f, noise)`: the network of the config records `f`; `wrap(f, noise)`: its own
-    (native) conditioning; `noise`: the noise kinds that conditioning fits; `output`: what the network
-    returns (score | eps); `learned_variance`: it can also output improved DDPM's Σ; `conditional`: it
-    can take class labels; `unet`: it halves the resolution per ch_mult entry (attention resolutions
-    must exist); `toy`: it takes 2-D points; `formats`: the published checkpoint layouts it reads."""
+    (native) conditioning, or None for a network that takes one of `preconds` (EDM's preconditionings,
+    model.precond, the first by default); `noise`: the noise kinds the native conditioning fits; `output`:
+    what the network returns (score | eps | denoised); `learned_variance`: it can also output improved
+    DDPM's Σ; `conditional`: it can take class labels; `unet`: it halves the resolution per ch_mult entry
+    (attention resolutions must exist); `toy`: it takes 2-D points; `formats`: the published checkpoint
+    layouts it reads."""
 
     build: Callable[[Any, Noise], nn.Module]
-    wrap: Callable[[Any, Noise], Wrap]
+    wrap: Callable[[Any, Noise], Wrap] | None
     noise: tuple[str, ...]
     output: str
     learned_variance: bool = False
@@ -45,6 +62,28 @@ class Network:
     unet: bool = True
     toy: bool = False
     formats: tuple[str, ...] = ()
+    preconds: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """One of EDM's preconditionings (Karras et al. 2022, Table 1; EDM2's): `make(f)` its wrapper class with
+    the config's arguments bound, and the noise kinds it is trained and sampled on."""
+
+    make: Callable[[Any], Wrap]
+    noise: tuple[str, ...]
+
+
+PRECONDS: dict[str, Conditioning] = {
+    "edm": Conditioning(lambda f: functools.partial(EDMPrecond, sigma_data=f.model.sigma_data), ("edm",)),
+    # EDM's VP column is score_sde's continuous VP (β_d = β_max - β_min, ε_t = noise.eps)
+    "vp": Conditioning(lambda f: functools.partial(VPPrecond, beta_d=f.noise.beta_max - f.noise.beta_min,
+                                                   beta_min=f.noise.beta_min, epsilon_t=f.noise.eps), ("vp",)),
+    "ve": Conditioning(lambda f: functools.partial(VEPrecond, sigma_min=f.noise.sigma_min,
+                                                   sigma_max=f.noise.sigma_max), ("ve_continuous",)),
+    "iddpm": Conditioning(lambda f: IDDPMPrecond, ("edm",)),  # EDM's baseline ADM (improved DDPM, converted)
+    "edm2": Conditioning(lambda f: functools.partial(EDM2Precond, sigma_data=f.model.sigma_data), ("edm",)),
+}
 
 
 def _score(f: Any, noise: Noise) -> Wrap:
@@ -108,6 +147,45 @@ def _ddpm(f: Any, noise: Noise) -> nn.Module:
                     resamp_with_conv=m.resamp_with_conv, image_size=d.image_size)
 
 
+def _label_dim(f: Any) -> int:
+    return f.data.num_classes if class_conditional(f) else 0
+
+
+def _songunet(variant: str) -> Callable[[Any, Noise], nn.Module]:
+    """EDM's SongUNet (train.py `--arch=ddpmpp` / `ncsnpp`) as scorelib's NCSNpp (models/edm.py)."""
+
+    def build(f: Any, noise: Noise) -> nn.Module:
+        d, m = f.data, f.model
+        return NCSNpp(**songunet_kwargs(
+            d.image_size, d.channels, d.channels, model_channels=m.nf, channel_mult=tuple(m.ch_mult),
+            num_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
+            label_dim=_label_dim(f), augment_dim=m.augment_dim, label_dropout=m.class_dropout,
+            channel_mult_emb=m.channel_mult_emb, **SONGUNET_VARIANTS[variant]))
+
+    return build
+
+
+def _dhariwalunet(f: Any, noise: Noise) -> nn.Module:
+    """EDM's DhariwalUNet (`--arch=adm`) as scorelib's ADMUNet; 2C outputs under the iDDPM conditioning."""
+    d, m = f.data, f.model
+    out = 2 * d.channels if m.precond == "iddpm" else d.channels
+    return ADMUNet(**dhariwalunet_kwargs(
+        d.image_size, d.channels, out, model_channels=m.nf, channel_mult=tuple(m.ch_mult),
+        num_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
+        label_dim=_label_dim(f), augment_dim=m.augment_dim, label_dropout=m.class_dropout,
+        channel_mult_emb=m.channel_mult_emb))
+
+
+def _edm2(f: Any, noise: Noise) -> nn.Module:
+    """EDM2's magnitude-preserving U-Net (config G) with its learned uncertainty head."""
+    d, m = f.data, f.model
+    return EDM2Network(d.image_size, d.channels, label_dim=_label_dim(f), model_channels=m.nf,
+                       channel_mult=tuple(m.ch_mult), num_blocks=m.num_res_blocks,
+                       attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
+                       logvar_channels=m.logvar_channels,
+                       channels_per_head=m.num_head_channels if m.num_head_channels > 0 else 64)
+
+
 def class_conditional(f: Any) -> bool:
     """Whether the network takes class labels: a conditional network with data.num_classes > 0."""
     return NETWORKS[f.model.name].conditional and f.data.num_classes > 0
@@ -152,12 +230,16 @@ NETWORKS: dict[str, Network] = {
                    formats=("openai",)),
     "ncsnpp": Network(_ncsnpp, _ncsnpp_wrap, ("ve", "ve_continuous"), "score", formats=("score_sde",)),
     "ddpmpp": Network(_ncsnpp, _ncsnpp_wrap, ("ddpm", "vp", "subvp"), "eps", formats=("score_sde",)),
+    # EDM's networks (Karras et al. 2022, App. F.2) under its preconditionings; their snapshots read safely
+    "edm_ddpmpp": Network(_songunet("ddpmpp"), None, (), "denoised", conditional=True, formats=("edm",),
+                          preconds=("edm", "vp", "ve")),
+    "edm_ncsnpp": Network(_songunet("ncsnpp"), None, (), "denoised", conditional=True, formats=("edm",),
+                          preconds=("edm", "vp", "ve")),
+    "edm_adm": Network(_dhariwalunet, None, (), "denoised", conditional=True, formats=("edm",),
+                       preconds=("edm", "iddpm")),
+    # EDM2's magnitude-preserving U-Net (Karras et al. 2024, config G)
+    "edm2": Network(_edm2, None, (), "denoised", conditional=True, formats=("edm2",), preconds=("edm2",)),
 }
-
-# model.precond: "native" is the network's own conditioning (its entry's `wrap`); the others are EDM's
-# preconditionings (Karras et al. 2022, Table 1), which the EDM networks are trained with
-PRECONDS: tuple[str, ...] = ("native",)
-
 
 def build_classifier(f: Any, noise: Noise | None = None) -> nn.Module:
     """The ADM noisy-image classifier of the classifier.* section (classifier guidance)."""
@@ -176,14 +258,30 @@ def wrap_classifier(noise: Noise) -> Callable[[nn.Module], nn.Module]:
     return lambda net: VPClassifier(net, noise.schedule.alphas_cumprod)
 
 
+def precond_name(f: Any) -> str:
+    """The conditioning model.precond names: "native" for a network with its own, else one of EDM's
+    preconditionings the network takes ("auto": its first)."""
+    entry, p = NETWORKS[f.model.name], f.model.precond
+    if not entry.preconds:
+        if p not in ("auto", "native"):
+            raise ConfigError(f"model.precond: {p!r} does not fit model.name={f.model.name!r}, which has its own "
+                              "conditioning (auto, native)")
+        return "native"
+    if p == "auto":
+        return entry.preconds[0]
+    if p not in entry.preconds:
+        raise ConfigError(f"model.precond: {p!r} does not fit model.name={f.model.name!r} "
+                          f"({', '.join(entry.preconds)})")
+    return p
+
+
 def wrapper(f: Any, noise: Noise) -> Wrap:
     """The one conditioning of the config's network: its native wrapper, or an EDM preconditioning."""
-    entry = NETWORKS[f.model.name]
-    if f.model.precond == "native":
-        if noise.kind not in entry.noise:
-            what = {"score": "a score network", "eps": "an ε network"}[entry.output]
-            what = "indexed by the NCSN levels" if entry.noise == ("ve",) else what
-            raise ConfigError(f"noise.kind: {noise.kind!r} does not fit model.name={f.model.name!r} ({what}) "
-                              f"({', '.join(entry.noise)})")
-        return entry.wrap(f, noise)
-    raise ConfigError(f"model.precond: {f.model.precond!r} is not allowed (one of: {', '.join(PRECONDS)})")
+    entry, p = NETWORKS[f.model.name], precond_name(f)
+    kinds = entry.noise if p == "native" else PRECONDS[p].noise
+    if noise.kind not in kinds:
+        what = {"score": "a score network", "eps": "an ε network", "denoised": f"EDM's {p} preconditioning"}
+        what = "indexed by the NCSN levels" if entry.noise == ("ve",) else what[entry.output]
+        raise ConfigError(f"noise.kind: {noise.kind!r} does not fit model.name={f.model.name!r} ({what}) "
+                          f"({', '.join(kinds)})")
+    return entry.wrap(f, noise) if p == "native" else PRECONDS[p].make(f)

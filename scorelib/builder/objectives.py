@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import losses
+from ..augment import EDM_AUGMENT, AugmentPipe
+from ..models.edm2 import edm2_learning_rate
 from ..utils import append_dims
 from .noise import Noise
 
@@ -51,8 +52,13 @@ class LossFn:
     loss: Loss
     wrap: Callable[[nn.Module], nn.Module]
     noise: Noise
-    t: Any  # the training.* record
+    f: Any  # the config records
     timesteps: losses.UniformTimesteps | None = None
+    augment: AugmentPipe | None = None  # EDM's non-leaky augmentation (data.augment_p > 0)
+
+    @property
+    def t(self) -> Any:
+        return self.f.training
 
     def bind(self, net: nn.Module) -> Callable[[Tensor, Tensor | None, torch.Generator], Tensor]:
         model = self.wrap(net)
@@ -106,25 +112,58 @@ def _classifier(model: nn.Module, x: Tensor, cond: dict[str, Tensor], g: torch.G
     return nn.functional.cross_entropy(logits, cond["y"], reduction="none")
 
 
+def _edm(model: nn.Module, x: Tensor, cond: dict[str, Tensor], g: torch.Generator, ctx: LossFn) -> Tensor:
+    """EDM's loss (training/loss.py `EDMLoss`): ln σ ~ N(P_mean, P_std²), λ(σ) = (σ² + σ_d²)/(σσ_d)²."""
+    n = ctx.noise
+    return losses.edm_loss(model, x, n.P_mean, n.P_std, ctx.f.model.sigma_data, generator=g, augment=ctx.augment,
+                           **cond)
+
+
+def _edm_vp(model: nn.Module, x: Tensor, cond: dict[str, Tensor], g: torch.Generator, ctx: LossFn) -> Tensor:
+    """EDM's VP training distribution (`VPLoss`): t ~ U(ε_t, 1), λ = 1/σ²."""
+    n = ctx.f.noise
+    return losses.vp_loss(model, x, n.beta_max - n.beta_min, n.beta_min, n.eps, generator=g, augment=ctx.augment,
+                          **cond)
+
+
+def _edm_ve(model: nn.Module, x: Tensor, cond: dict[str, Tensor], g: torch.Generator, ctx: LossFn) -> Tensor:
+    """EDM's VE training distribution (`VELoss`): ln σ ~ U(ln σ_min, ln σ_max), λ = 1/σ²."""
+    n = ctx.f.noise
+    return losses.ve_loss(model, x, n.sigma_min, n.sigma_max, generator=g, augment=ctx.augment, **cond)
+
+
+def _edm2(model: nn.Module, x: Tensor, cond: dict[str, Tensor], g: torch.Generator, ctx: LossFn) -> Tensor:
+    """EDM2's loss with the learned uncertainty u(σ) (Karras et al. 2024, eq. 21)."""
+    n = ctx.noise
+    return losses.edm2_loss(model, x, n.P_mean, n.P_std, ctx.f.model.sigma_data, generator=g, **cond)
+
+
 LOSSES: dict[str, Loss] = {
     "dsm": Loss(_dsm, ("ve", "ve_continuous", "vp", "subvp", "edm")),
     "ssm": Loss(_ssm, ("ve", "ve_continuous", "vp", "subvp", "edm")),
     "eps": Loss(_ddpm("eps"), ("ddpm",)),
     "hybrid": Loss(_ddpm("hybrid"), ("ddpm",), learned_variance=True),
     "vlb": Loss(_ddpm("vlb"), ("ddpm",), learned_variance=True),
+    "edm": Loss(_edm, ("edm",)),
+    "edm_vp": Loss(_edm_vp, ("vp",)),
+    "edm_ve": Loss(_edm_ve, ("ve_continuous",)),
+    "edm2": Loss(_edm2, ("edm",)),
 }
+AUGMENTED = ("edm", "edm_vp", "edm_ve")  # the losses that take EDM's augmentation
 CLASSIFIER_LOSS = Loss(_classifier, ("ddpm",))
 
 
-def loss_fn(name: str, wrap: Callable[[nn.Module], nn.Module], noise: Noise, t: Any) -> LossFn:
+def loss_fn(name: str, wrap: Callable[[nn.Module], nn.Module], noise: Noise, f: Any) -> LossFn:
     """The training objective `name` (or the noisy classifier's cross-entropy, name "classifier")."""
     loss = CLASSIFIER_LOSS if name == "classifier" else LOSSES[name]
-    timesteps = None
+    timesteps = augment = None
     if noise.kind == "ddpm" and name != "classifier":
         T = noise.schedule.T
-        timesteps = (losses.UniformTimesteps(T) if t.timestep_sampler == "uniform"
+        timesteps = (losses.UniformTimesteps(T) if f.training.timestep_sampler == "uniform"
                      else losses.ImportanceTimesteps(T, history=10, uniform_prob=0.001))
-    return LossFn(loss, wrap, noise, t, timesteps)
+    if name in AUGMENTED and f.data.augment_p > 0:
+        augment = AugmentPipe(p=f.data.augment_p, **EDM_AUGMENT)  # EDM's CIFAR-10 / 64x64 pipeline
+    return LossFn(loss, wrap, noise, f, timesteps, augment)
 
 
 def optimizer_factory(o: Any) -> Callable[[Iterable[Any]], torch.optim.Optimizer]:
@@ -136,8 +175,8 @@ def optimizer_factory(o: Any) -> Callable[[Iterable[Any]], torch.optim.Optimizer
 @dataclass(frozen=True)
 class LearningRate:
     """`rate(step) -> lr`: linear warm-up over `warmup` steps (score_sde / DDPM / EDM's ramp-up), then
-    constant, or with schedule "edm2" divided by √(max(images / ref_images, 1)) (EDM2 eq. 7's inverse
-    square root decay after `ref_images` training images; `batch` images per step)."""
+    constant; or schedule "edm2": EDM2's ramp-up over `warmup` steps' images and inverse square root decay
+    after `ref_images` training images (EDM2 eq. 7, `models.edm2.edm2_learning_rate`; `batch` per step)."""
 
     lr: float
     warmup: int
@@ -146,10 +185,10 @@ class LearningRate:
     batch: int = 1
 
     def __call__(self, step: int) -> float:
-        lr = self.lr * min(1.0, (step + 1) / self.warmup) if self.warmup > 0 else self.lr
-        if self.schedule == "edm2" and self.ref_images > 0:
-            lr /= math.sqrt(max(step * self.batch / self.ref_images, 1.0))
-        return lr
+        if self.schedule == "edm2":  # evaluated with the images seen before the step, as EDM2's training loop
+            return edm2_learning_rate(step * self.batch, self.batch, self.lr, self.ref_images / self.batch,
+                                      self.warmup * self.batch)
+        return self.lr * min(1.0, (step + 1) / self.warmup) if self.warmup > 0 else self.lr
 
 
 def learning_rate(o: Any, batch: int) -> LearningRate:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,34 +31,52 @@ from ..samplers import (
     unipc,
 )
 from ..samplers.pc import CORRECTORS, PREDICTORS
-from ..schedules import append_zero, geometric_sigmas, karras_sigmas, respace_timesteps, timesteps_to_sigmas
+from ..schedules import (
+    append_zero,
+    geometric_sigmas,
+    karras_sigmas,
+    pc_times,
+    respace_timesteps,
+    space_timesteps,
+    timesteps_to_sigmas,
+)
 from ..utils import ScoreFn
-from .declare import NON_NEGATIVE, POSITIVE, UNIT, ConfigError, Field, at_least, format_value, one_of
+from .declare import NON_NEGATIVE, POSITIVE, POSITIVE_OR_INF, UNIT, ConfigError, Field, at_least, format_value, one_of
 from .noise import Noise
 
 F = Field
 FAST_DEFAULT_NFE = 10  # sampling.method=fast with sampling.n_steps=0: the README's 10-NFE budget
 SPACINGS = ("uniform", "leading", "trailing", "quadratic")  # schedules.respace_timesteps
+# improved-/guided-diffusion's respacing strings ("10,15,20", "ddim50"), read by schedules.space_timesteps
+SECTION_STRING = re.compile(r"^(ddim\d+|\d+(,\d+)*)$")
+PC_ENDINGS = ("auto", "tweedie", "mean")
 ODE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # torchdiffeq's adaptive solvers
 
 # The option fields of the samplers (sampling.*), each declared once; a method lists those it reads.
 OPTIONS: dict[str, Field] = {
     "n_steps_each": F(5, "ald: Langevin steps per level", POSITIVE),
     "step_lr": F(6.2e-6, "ald: step size at the smallest level (α_i = step_lr·(σ_i/σ_L)²)", POSITIVE),
-    "denoise": F(True, "ald / pc / ode: end with the Tweedie step x + σ²s at the last level"),
+    "denoise": F(True, "ald / pc / ode: end without noise (ald, ode: the Tweedie step x + σ²s at the last level; "
+                       "pc: the last step's mean)"),
+    "pc_ending": F("auto", "pc: the last step to σ = 0: tweedie (x + σ²s) | mean (score_sde's last predictor mean); "
+                   "auto: mean on VP / sub-VP (score_sde), tweedie otherwise", one_of(PC_ENDINGS)),
     "predictor": F("reverse_diffusion", "pc predictor: " + " | ".join(PREDICTORS), one_of(PREDICTORS)),
     "corrector": F("langevin", "pc corrector: " + " | ".join(CORRECTORS), one_of(CORRECTORS)),
     "snr": F(0.16, "pc: corrector signal-to-noise ratio", POSITIVE),
     "n_corrector_steps": F(1, "pc: corrector steps per level", NON_NEGATIVE),
     "variance": F("large", "ddpm ancestral: small (β̃) | large (β) | learned (the network's Σ)",
                   one_of(("small", "large", "learned"))),
-    "clip_denoised": F(False, "ddpm ancestral (and the DDPM VLB): clamp x̂₀ to [-1, 1] (improved-diffusion)"),
+    "clip_denoised": F(False, "ddpm / ddim (and the DDPM VLB): clamp x̂₀ to [-1, 1] (improved-/guided-diffusion)"),
     "eta": F(0.0, "ddim / euler_ancestral: 0 deterministic, 1 ancestral", UNIT),
     "ode_method": F("dopri5", "ode: torchdiffeq solver (" + " | ".join(ODE_METHODS) + ")", one_of(ODE_METHODS)),
     "rtol": F(1e-5, "ode: relative tolerance", POSITIVE),
     "atol": F(1e-5, "ode: absolute tolerance", POSITIVE),
     "order": F(3, "dpm_solver / unipc: solver order", one_of((1, 2, 3))),
     "rho": F(7.0, "Karras grid exponent ρ (EDM eq. 5)", POSITIVE),
+    "s_churn": F(0.0, "heun: EDM's S_churn (0: deterministic, Algorithm 1)", NON_NEGATIVE),
+    "s_tmin": F(0.0, "heun: churn only for σ >= S_tmin", NON_NEGATIVE),
+    "s_tmax": F(math.inf, "heun: churn only for σ <= S_tmax", POSITIVE_OR_INF),
+    "s_noise": F(1.0, "heun: EDM's S_noise (the churn noise's scale)", POSITIVE),
     "data_diameter": F(0.0, "fast: the data diameter (> 0), else the scale is probed at σ_max", NON_NEGATIVE),
 }
 # The fields every method reads (the grid length and how samples are drawn and stored).
@@ -65,7 +85,10 @@ COMMON_OPTIONS: dict[str, Field] = {
     "init": F("uniform", "initial x: uniform (NCSN: U[0, 1] images) | gaussian (σ_max · z)",
               one_of(("uniform", "gaussian"))),
     "n_steps": F(0, "steps / levels of the grid (0: noise.num_scales; fast: the NFE budget, 0: 10)", NON_NEGATIVE),
-    "spacing": F("uniform", "ddpm timestep respacing: " + " | ".join(SPACINGS), one_of(SPACINGS)),
+    "spacing": F("uniform", "ddpm timestep respacing: " + " | ".join(SPACINGS) + ", or improved-diffusion's "
+                 "string (\"10,15,20\", \"ddim50\", which also sets the number of steps)",
+                 (lambda v: v in SPACINGS or bool(SECTION_STRING.match(str(v))), " | ".join(SPACINGS) +
+                  " | N1,N2,… | ddimN")),
     "batch_size": F(64, "sampling batch, also the chunk of --mode=sample: sample i depends on (seed, i, "
                         "batch_size)", POSITIVE),
     "n_samples": F(64, "samples drawn by --mode=sample", POSITIVE),
@@ -90,6 +113,7 @@ class Sampler:
     centered: bool = False
     learned_variance: bool = False
     labelled: bool = False
+    round_sigma: Callable[[Tensor], Tensor] | None = None  # the wrapper's levels (EDM's round_sigma)
 
     @property
     def method(self) -> str:
@@ -110,7 +134,10 @@ class Sampler:
 
     @functools.cached_property
     def nfe(self) -> int:
-        """Score evaluations per sample, counted on one dry run of the sampler (-1: adaptive)."""
+        """Score evaluations per sample, counted on one dry run of the sampler (-1: adaptive). A sampler that
+        cannot sample (`problem`) has none: ConfigError."""
+        if problem := self.problem():
+            raise ConfigError(problem)
         if self.entry.adaptive:
             return -1
         counter = _DryScore()
@@ -141,9 +168,12 @@ class Sampler:
         """Why this sampler cannot sample ("" when it can): a combination no reference defines."""
         if self.method == "ddpm" and self.o.variance == "learned" and not self.learned_variance:
             return "sampling.variance: 'learned' needs a network with a learned variance (model.learn_sigma)"
-        if self.method == "pc" and self.o.predictor == "ancestral" and self.noise.kind == "subvp":
+        if self.method == "pc" and self.noise.kind == "subvp" and self.o.predictor == "ancestral":
             return ("sampling.predictor: 'ancestral' has no sub-VP form (score_sde's AncestralSamplingPredictor "
                     "supports VE and VP only)")
+        if self.method == "pc" and self.noise.kind == "subvp" and self.o.corrector != "none":
+            return (f"sampling.corrector: {self.o.corrector!r} has no sub-VP form (score_sde's correctors read "
+                    "the VP table sde.alphas, which its subVPSDE lacks; none)")
         return ""
 
     def initial(self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -188,14 +218,17 @@ class Grid:
 
 
 def respaced_timesteps(s: Sampler) -> Tensor:
-    """The descending DDPM timesteps the sampler visits (sampling.n_steps of them, sampling.spacing)."""
+    """The descending DDPM timesteps the sampler visits: sampling.n_steps of them by sampling.spacing, or
+    those of an improved-diffusion respacing string (improved-diffusion respace.py `space_timesteps`)."""
+    if SECTION_STRING.match(s.o.spacing):
+        return space_timesteps(s.noise.schedule.T, s.o.spacing)
     return respace_timesteps(s.noise.schedule.T, s.steps(), s.o.spacing)
 
 
 def score_sde_times(s: Sampler) -> Tensor:
     """score_sde's PC time grid `torch.linspace(sde.T, eps, sde.N)` (sampling.py `get_pc_sampler`),
     float64, t from 1 down to noise.sampling_eps."""
-    return torch.linspace(1.0, s.noise.sde.sampling_eps, s.steps(), dtype=torch.float64)
+    return pc_times(s.noise.sde, s.steps())
 
 
 def _ald_grid(s: Sampler) -> Tensor:
@@ -220,8 +253,10 @@ def _pc_grid(s: Sampler) -> Tensor:
 
 
 def _karras_grid(s: Sampler) -> Tensor:
-    """EDM's ρ-spaced levels (sampling.rho) from σ_max to σ_min, then 0."""
-    return append_zero(karras_sigmas(s.noise.sigma_max, s.noise.sigma_min, s.steps(), s.o.rho))
+    """EDM's ρ-spaced levels (sampling.rho) from σ_max to σ_min, rounded to the network's levels where it
+    has them (EDM generate.py `edm_sampler`: `net.round_sigma(t_steps)`), then 0."""
+    levels = karras_sigmas(s.noise.sigma_max, s.noise.sigma_min, s.steps(), s.o.rho)
+    return append_zero(levels if s.round_sigma is None else s.round_sigma(levels).double())
 
 
 def _respaced_fields(kind: str) -> tuple[str, ...]:
@@ -237,22 +272,13 @@ BUDGET = Grid(_karras_grid, lambda kind: ("n_steps",))  # fast_sample plans its 
 
 
 def discrete_betas(s: Sampler) -> Tensor | None:
-    """The discrete β_i at each PC step's level for VP-type models, None for VE (`pc_sampler(betas=)`).
-
-    vp / subvp: score_sde's `sde.discrete_betas[(t (N-1)/T).long()]` with discrete_betas =
-    linspace(β_min/N, β_max/N, N) (sde_lib.py VPSDE / subVPSDE) on the grid `score_sde_times`.
-    ddpm: the respaced β = 1 - ᾱ_t/ᾱ_t' of consecutive kept timesteps (improved-diffusion respace.py),
-    with which the ancestral predictor is DDPM's σ² = β step.
-    """
-    n = s.noise
-    if n.kind == "ddpm":
-        abar = n.schedule.alphas_cumprod[respaced_timesteps(s)]
-        return 1 - abar / torch.cat([abar[1:], abar.new_ones(1)])
-    if n.kind not in ("vp", "subvp"):
+    """The respaced β = 1 - ᾱ_t/ᾱ_t' of consecutive kept timesteps of a DDPM grid (improved-diffusion
+    respace.py), with which the PC ancestral predictor is DDPM's σ² = β step; None for other noise kinds
+    (VP / sub-VP PC takes score_sde's SDE form, VE needs no β)."""
+    if s.noise.kind != "ddpm":
         return None
-    nz = s.steps()
-    table = torch.linspace(n.sde.beta_min / nz, n.sde.beta_max / nz, nz, dtype=torch.float64)
-    return table[(score_sde_times(s) * (nz - 1)).long()]
+    abar = s.noise.schedule.alphas_cumprod[respaced_timesteps(s)]
+    return 1 - abar / torch.cat([abar[1:], abar.new_ones(1)])
 
 
 def fast_budget(s: Sampler) -> int:
@@ -293,19 +319,39 @@ def _ald(s: Sampler, score: ScoreFn, x: Tensor, grid: Tensor, g: torch.Generator
 
 
 def _pc(s: Sampler, score: ScoreFn, x: Tensor, grid: Tensor, g: torch.Generator | None) -> Tensor:
-    o = s.o
+    """VP / sub-VP: score_sde's own steps in t (`pc_sampler(sde=, times=)`), started from x_T/m(1) — the
+    grid's σ(1)·z is that — and ending with its last predictor mean unless sampling.pc_ending='tweedie'."""
+    o, vp = s.o, s.noise.kind in ("vp", "subvp")
+    tweedie = None if o.pc_ending == "auto" else o.pc_ending == "tweedie"
+    kw = {"sde": s.noise.sde, "times": score_sde_times(s)} if vp else {"betas": discrete_betas(s)}
     return pc_sampler(score, x, grid, predictor=o.predictor, corrector=o.corrector, snr=o.snr,
-                      n_corrector_steps=o.n_corrector_steps, denoise=o.denoise, generator=g, betas=discrete_betas(s))
+                      n_corrector_steps=o.n_corrector_steps, denoise=o.denoise, generator=g, tweedie=tweedie, **kw)
+
+
+def _sampler_guidance(score: ScoreFn) -> Callable[[Tensor, Tensor], Tensor] | None:
+    """Classifier guidance the sampler applies itself (guided-diffusion's condition_mean in p_sample,
+    condition_score after the x̂₀ clip in ddim_sample): the guided score's `guidance_grad`, else None."""
+    return score.guidance_grad if getattr(score, "convention", "score") == "mean" else None
 
 
 def _ancestral(s: Sampler, score: ScoreFn, x: Tensor, grid: Tensor, g: torch.Generator | None) -> Tensor:
-    mean_guided = getattr(score, "convention", "score") == "mean"  # guided-diffusion condition_mean
     return ddpm_ancestral(score, x, grid, variance=s.o.variance, generator=g, clip_denoised=s.o.clip_denoised,
-                          guidance=score.guidance_grad if mean_guided else None)
+                          guidance=_sampler_guidance(score))
 
 
 def _ddim(s: Sampler, score: ScoreFn, x: Tensor, grid: Tensor, g: torch.Generator | None) -> Tensor:
+    return ddim(score, x, grid, eta=s.o.eta, generator=g, clip_denoised=s.o.clip_denoised,
+                guidance=_sampler_guidance(score))
+
+
+def _euler_ancestral(s: Sampler, score: ScoreFn, x: Tensor, grid: Tensor, g: torch.Generator | None) -> Tensor:
     return ddim(score, x, grid, eta=s.o.eta, generator=g)
+
+
+def _heun(s: Sampler, score: ScoreFn, x: Tensor, grid: Tensor, g: torch.Generator | None) -> Tensor:
+    o = s.o
+    return heun(score, x, grid, s_churn=o.s_churn, s_tmin=o.s_tmin, s_tmax=o.s_tmax, s_noise=o.s_noise, generator=g,
+                round_sigma=s.round_sigma)
 
 
 def _ode(s: Sampler, score: ScoreFn, x: Tensor, grid: Tensor, g: torch.Generator | None) -> Tensor:
@@ -322,14 +368,16 @@ def _fast(s: Sampler, score: ScoreFn, x: Tensor, grid: Tensor, g: torch.Generato
 
 SAMPLERS: dict[str, Method] = {
     "ald": Method(ALD_GRID, _ald, ("n_steps_each", "step_lr", "denoise"), _never),
-    "pc": Method(PC_GRID, _pc, ("predictor", "corrector", "snr", "n_corrector_steps", "denoise"), _never),
+    "pc": Method(PC_GRID, _pc, ("predictor", "corrector", "snr", "n_corrector_steps", "denoise", "pc_ending"),
+                 _never),
     "ddpm": Method(POSTERIOR_GRID, _ancestral, ("variance", "clip_denoised"), _never),
-    "ddim": Method(POSTERIOR_GRID, _ddim, ("eta",), lambda o: o.eta == 0),
+    "ddim": Method(POSTERIOR_GRID, _ddim, ("eta", "clip_denoised"), lambda o: o.eta == 0),
     "ode": Method(NO_GRID, _ode, ("ode_method", "rtol", "atol", "denoise"), _always, adaptive=True),
     # k-diffusion sampling.py `sample_euler_ancestral`: Euler to σ_down, then σ_up z, on the Karras grid. Its
     # `get_ancestral_step` is ddim's (σ_down, σ_up) at η = sampling.eta (η = 1: ancestral; 0: Euler)
-    "euler_ancestral": Method(KARRAS_GRID, _ddim, ("eta",), lambda o: o.eta == 0),
-    "heun": Method(KARRAS_GRID, lambda s, score, x, grid, g: heun(score, x, grid, generator=g), (), _always),
+    "euler_ancestral": Method(KARRAS_GRID, _euler_ancestral, ("eta",), lambda o: o.eta == 0),
+    # EDM's Algorithm 2 (generate.py `edm_sampler`): Heun with churn, on the Karras grid
+    "heun": Method(KARRAS_GRID, _heun, ("s_churn", "s_tmin", "s_tmax", "s_noise"), lambda o: o.s_churn == 0),
     "dpm_solver": Method(KARRAS_GRID, lambda s, score, x, grid, g: dpm_solver_pp(score, x, grid, order=s.o.order),
                          ("order",), _always),
     "unipc": Method(KARRAS_GRID, lambda s, score, x, grid, g: unipc(score, x, grid, order=s.o.order), ("order",),

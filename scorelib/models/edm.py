@@ -47,6 +47,7 @@ __all__ = [
     "PRECOND_DEFAULTS",
     "PRECOND_KINDS",
     "SONGUNET_DEFAULTS",
+    "SONGUNET_VARIANTS",
     "EDMArchitecture",
     "build_network",
     "convert_dhariwalunet_state",
@@ -479,10 +480,15 @@ def build_network(network: str, kwargs: Mapping[str, Any], device: str | torch.d
 # EDM's published configurations (train.py presets and its README's table of released models)
 # ---------------------------------------------------------------------------------------------
 
-_DDPMPP = dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard", decoder_type="standard",
-               channel_mult_noise=1, resample_filter=(1, 1), model_channels=128, channel_mult=(2, 2, 2))
-_NCSNPP = dict(model_type="SongUNet", embedding_type="fourier", encoder_type="residual", decoder_type="standard",
-               channel_mult_noise=2, resample_filter=(1, 3, 3, 1), model_channels=128, channel_mult=(2, 2, 2))
+#: EDM's two SongUNet variants (train.py `--arch=ddpmpp` / `ncsnpp`): the arguments that tell them apart.
+SONGUNET_VARIANTS: Mapping[str, Mapping[str, Any]] = frozen(
+    ddpmpp=frozen(embedding_type="positional", encoder_type="standard", decoder_type="standard", channel_mult_noise=1,
+                  resample_filter=(1, 1)),
+    ncsnpp=frozen(embedding_type="fourier", encoder_type="residual", decoder_type="standard", channel_mult_noise=2,
+                  resample_filter=(1, 3, 3, 1)),
+)
+_DDPMPP = dict(model_type="SongUNet", **SONGUNET_VARIANTS["ddpmpp"], model_channels=128, channel_mult=(2, 2, 2))
+_NCSNPP = dict(model_type="SongUNet", **SONGUNET_VARIANTS["ncsnpp"], model_channels=128, channel_mult=(2, 2, 2))
 _ADM = dict(model_type="DhariwalUNet", model_channels=192, channel_mult=(1, 2, 3, 4))
 
 
@@ -491,18 +497,20 @@ def _cfg(precond: str, arch: Mapping[str, Any], res: int, **kw: Any) -> Mapping[
 
 
 #: name -> EDM's precond class name and network arguments of each released model (the training options of
-#: EDM's README table): `EDM_CONFIGS["edm-cifar10-32x32-cond-vp"]`. Augmentation (p, 9 labels) and the
-#: training options (batch, lr, EMA, dropout) are listed in `EDM_TRAINING`.
+#: EDM's README table): `EDM_CONFIGS["edm-cifar10-32x32-cond-vp"]`. Every released model is config F, trained
+#: with EDM's own preconditioning (train.py `--precond` defaults to edm); "vp" / "ve" in a name is the
+#: architecture (DDPM++ / NCSN++), the baselines (`baseline-*`) are the VP / VE / iDDPM-preconditioned ones.
+#: Augmentation (p, 9 labels) and the training options (batch, lr, EMA, dropout) are listed in `EDM_TRAINING`.
 EDM_CONFIGS: Mapping[str, Mapping[str, Any]] = frozen(**{
-    "edm-cifar10-32x32-cond-vp": _cfg("VPPrecond", _DDPMPP, 32, label_dim=10, augment_dim=9, dropout=0.13),
-    "edm-cifar10-32x32-cond-ve": _cfg("VEPrecond", _NCSNPP, 32, label_dim=10, augment_dim=9, dropout=0.13),
-    "edm-cifar10-32x32-uncond-vp": _cfg("VPPrecond", _DDPMPP, 32, augment_dim=9, dropout=0.13),
-    "edm-cifar10-32x32-uncond-ve": _cfg("VEPrecond", _NCSNPP, 32, augment_dim=9, dropout=0.13),
-    "edm-ffhq-64x64-uncond-vp": _cfg("VPPrecond", _DDPMPP, 64, channel_mult=(1, 2, 2, 2), augment_dim=9, dropout=0.05),
-    "edm-ffhq-64x64-uncond-ve": _cfg("VEPrecond", _NCSNPP, 64, channel_mult=(1, 2, 2, 2), augment_dim=9, dropout=0.05),
-    "edm-afhqv2-64x64-uncond-vp": _cfg("VPPrecond", _DDPMPP, 64, channel_mult=(1, 2, 2, 2), augment_dim=9,
+    "edm-cifar10-32x32-cond-vp": _cfg("EDMPrecond", _DDPMPP, 32, label_dim=10, augment_dim=9, dropout=0.13),
+    "edm-cifar10-32x32-cond-ve": _cfg("EDMPrecond", _NCSNPP, 32, label_dim=10, augment_dim=9, dropout=0.13),
+    "edm-cifar10-32x32-uncond-vp": _cfg("EDMPrecond", _DDPMPP, 32, augment_dim=9, dropout=0.13),
+    "edm-cifar10-32x32-uncond-ve": _cfg("EDMPrecond", _NCSNPP, 32, augment_dim=9, dropout=0.13),
+    "edm-ffhq-64x64-uncond-vp": _cfg("EDMPrecond", _DDPMPP, 64, channel_mult=(1, 2, 2, 2), augment_dim=9, dropout=0.05),
+    "edm-ffhq-64x64-uncond-ve": _cfg("EDMPrecond", _NCSNPP, 64, channel_mult=(1, 2, 2, 2), augment_dim=9, dropout=0.05),
+    "edm-afhqv2-64x64-uncond-vp": _cfg("EDMPrecond", _DDPMPP, 64, channel_mult=(1, 2, 2, 2), augment_dim=9,
                                        dropout=0.25),
-    "edm-afhqv2-64x64-uncond-ve": _cfg("VEPrecond", _NCSNPP, 64, channel_mult=(1, 2, 2, 2), augment_dim=9,
+    "edm-afhqv2-64x64-uncond-ve": _cfg("EDMPrecond", _NCSNPP, 64, channel_mult=(1, 2, 2, 2), augment_dim=9,
                                        dropout=0.25),
     "edm-imagenet-64x64-cond-adm": _cfg("EDMPrecond", _ADM, 64, label_dim=1000, dropout=0.10),
 })
