@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickletools
 import random
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +57,83 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(Path(path), lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a training checkpoint with `weights_only=True`: a file that would run code is refused."""
+def _foreign_global(path: Path) -> str | None:
+    """The first global (module.name) a pickle file names outside torch and collections, read opcode by opcode
+    (`pickletools.genops`: nothing is executed); None when there is none or the file cannot be parsed."""
+    strings: list[str] = []
+    with open(path, "rb") as f:
+        for _ in range(4):  # torch's legacy format: magic number, protocol, system info, then the object
+            try:
+                for op, arg, _ in pickletools.genops(f):
+                    if isinstance(arg, str) and "UNICODE" in op.name:
+                        strings.append(arg)
+                    name = (arg.replace(" ", ".") if op.name in ("GLOBAL", "INST") else
+                            ".".join(strings[-2:]) if op.name == "STACK_GLOBAL" and len(strings) > 1 else None)
+                    if name and not name.startswith(("torch.", "collections.")):
+                        return name
+            except Exception:  # the end of the file, or bytes that are no pickle
+                return None
+    return None
+
+
+def _what_it_is(path: Path, error: BaseException) -> str:
+    """Why `torch.load` could not read `path`, told from the file's bytes (torch's own message is never
+    quoted: it advises loading with code execution enabled)."""
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty (0 bytes: a write that never finished?)"
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip archive
+        if not zipfile.is_zipfile(path):
+            return f"is truncated ({size} bytes, a zip archive without its end: a copy or write cut short)"
+        with zipfile.ZipFile(path) as z:
+            if not any(n.endswith("data.pkl") for n in z.namelist()):
+                return "is a zip archive, not a PyTorch checkpoint (no data.pkl inside)"
+        return "is a damaged PyTorch checkpoint (its zip archive is complete, its contents are not readable)"
+    if head[:1] == b"\x80":  # a pickle: torch's legacy format, or plain pickle.dump
+        if isinstance(error, EOFError) or "truncated" in str(error):
+            return f"is truncated ({size} bytes, a pickle that ends early)"
+        if named := _foreign_global(path):
+            return (f"holds pickled Python objects ({named}) besides tensors and plain values; scorelib never "
+                    "unpickles objects that could run code (save a state_dict instead)")
+        return ("is a pickle but not a PyTorch checkpoint (scorelib reads torch.save files of tensors and plain "
+                "values, and never unpickles objects that could run code)")
+    if len(head) >= 10 and head[8:10] == b'{"':
+        return "is a safetensors file (name it NAME.safetensors, with its config NAME.json beside it)"
+    text = head.decode("utf-8", errors="replace")
+    text = text[:-1] if len(head) == 4096 else text  # the last character may be cut in two
+    if text.strip() and all(c.isprintable() or c.isspace() for c in text):
+        return f"is a text file, not a PyTorch checkpoint (it starts with {text.strip().splitlines()[0][:40]!r})"
+    return f"is not a PyTorch checkpoint (neither a zip archive nor a pickle; its first bytes are {head[:4].hex(' ')})"
+
+
+def read_torch(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
+    """The object in a `torch.save` file, read with `torch.load(weights_only=True)` (nothing in the file can
+    run code; `mmap`: memory-mapped, for zip-format files). A file that cannot be read is one CheckpointError
+    line naming it and saying what it is: missing, a directory, empty, truncated, a text file, not a PyTorch
+    checkpoint, or pickled objects besides tensors and plain values."""
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError as e:
-        raise CheckpointError(f"checkpoint {path} does not exist") from e
-    except Exception as e:  # truncated zip, foreign pickle, code-carrying pickle, ...
-        raise CheckpointError(f"{path} is not a readable scorelib checkpoint: {str(e).splitlines()[0]}") from e
+        with warnings.catch_warnings():  # torch's unpickler warns about pickle protocols: not the user's concern
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True,
+                              mmap=mmap and zipfile.is_zipfile(path))
+    except PermissionError as e:
+        raise CheckpointError(f"{path} cannot be read (permission denied)") from e
+    except Exception as e:  # truncated, a foreign file, pickled objects: told from the bytes, not torch's text
+        raise CheckpointError(f"{path} {_what_it_is(path, e)}") from e
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a training checkpoint with `weights_only=True`: a file that would run code is refused, and any
+    unreadable file is one CheckpointError line naming it (`read_torch`)."""
+    path = Path(path)
+    state = read_torch(path, map_location)
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not a scorelib checkpoint (no 'model' entry)")
     return state
@@ -97,14 +167,30 @@ def unknown_network(source: str | Path, error: Exception, whose: str = "its") ->
     return CheckpointError(f"{source}: {whose} config does not describe a known network ({error})")
 
 
+class CheckpointSkipped(UserWarning):
+    """An unreadable checkpoint was skipped for an older readable one; the message names both."""
+
+
 def load_newest(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-    """The newest readable checkpoint in `directory`; unreadable newer ones are skipped with a warning."""
-    for _, path in reversed(list_checkpoints(directory)):
+    """The newest readable checkpoint in `directory`, None when it holds none. Unreadable newer ones are
+    skipped with a `CheckpointSkipped` warning naming the file and the one used instead; when none is
+    readable, a CheckpointError names the newest and what it is (a run never starts over silently)."""
+    found = list_checkpoints(directory)
+    errors: list[tuple[Path, CheckpointError]] = []
+    for step, path in reversed(found):
         try:
-            return load_checkpoint(path, map_location)
+            state = load_checkpoint(path, map_location)
         except CheckpointError as e:
-            warnings.warn(f"skipping {e}", stacklevel=2)
-    return None
+            errors.append((path, e))
+            continue
+        for bad, e in errors:
+            warnings.warn(f"skipping {bad}, which {str(e).removeprefix(f'{bad} ')}; using {path.name} (step {step})",
+                          CheckpointSkipped, stacklevel=2)
+        return state
+    if not errors:
+        return None
+    others = "it is the only checkpoint there" if len(found) == 1 else "no older one is readable"
+    raise CheckpointError(f"{errors[0][1]}, and {others}")
 
 
 def prune_checkpoints(directory: str | Path, keep: int) -> None:
@@ -164,8 +250,8 @@ def stored_config_text(source: str | Path) -> tuple[str, Path] | None:
         candidates = [path] if path.is_file() else []
     for p in candidates:
         try:
-            state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # unreadable: the loader skips it with a warning, or reports it
+            state = read_torch(p, mmap=True)
+        except CheckpointError:  # unreadable: the loader skips it with a warning, or reports it
             continue
         if isinstance(state, dict) and isinstance(state.get("config"), str):
             return state["config"], p

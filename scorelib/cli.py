@@ -24,7 +24,7 @@ from . import bench, tasks, validate
 from .builder import MODES, experiment
 from .builder.configs import REPO_ROOT, NoGetConfig, run_config_file, with_overrides
 from .builder.fields import unknown_field_error
-from .runtime import workdir_lock
+from .runtime import one_line_warnings, workdir_lock
 from .train import TrainingInterrupted
 
 TASKS = {"train": tasks.run_train, "sample": tasks.run_sample, "eval": tasks.run_eval,
@@ -169,6 +169,7 @@ def main(argv: list[str]) -> None:
     if not FLAGS.workdir:
         fail("--workdir: empty (a directory path)")
     config, workdir, mode = FLAGS.config, Path(FLAGS.workdir), FLAGS.mode
+    one_line_warnings(PROG[0])
     try:
         if FLAGS.checkpoint:
             if mode == "train":

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import timestep_to_sigma
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, read_torch
 from .models.edm import convert_dhariwalunet_state, convert_songunet_state
 from .models.ncsn_layers import convert_reference_state_dict
 from .models.ncsnpp_layers import (
@@ -69,25 +69,15 @@ _CODE_MARKERS = (b"torch_utils.persistence", b"dnnlib")
 
 
 def read_torch_file(path: Path) -> Any:
-    """The object in a `torch.save` file, read with weights_only=True; one CheckpointError line naming
-    the file when it is missing, truncated or would need code to unpickle (EDM's network pickles)."""
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if not zipfile.is_zipfile(path):
+    """The object in a `torch.save` file (`checkpoint.read_torch`: weights_only), or an EDM / EDM2 network
+    pickle read as data (`pickles.read_pickle`); one CheckpointError line naming the file when it is missing,
+    unreadable or would need code to unpickle."""
+    if path.is_file() and not zipfile.is_zipfile(path):
         with open(path, "rb") as f:
             head = f.read(1 << 20)
         if any(m in head for m in _CODE_MARKERS):  # EDM / EDM2 snapshots: read as data, their code never runs
             return read_pickle(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, foreign pickle, code-carrying pickle, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise CheckpointError(f"{path} holds pickled Python objects besides tensors and numbers; scorelib "
-                                  f"loads with weights_only=True and refuses files that could run code "
-                                  f"({first[:160]})") from e
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
-                              f"{first[:200]}") from e
+    return read_torch(path)
 
 
 def _is_state_dict(obj: Any) -> bool:

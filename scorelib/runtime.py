@@ -6,13 +6,20 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import socket
+import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from .checkpoint import CheckpointSkipped
+from .utils import format_bytes
 
 
 class RuntimeSetupError(RuntimeError):
@@ -93,3 +100,55 @@ def workdir_lock(workdir: str | Path) -> Iterator[None]:
         raise
     finally:
         os.close(fd)
+
+
+def one_line_warnings(prog: str) -> None:
+    """Show scorelib's run-time warnings (a skipped unreadable checkpoint) as one line `prog: warning: ...` on
+    stderr, from rank 0 only; other warnings as Python shows them."""
+    python_way = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if not issubclass(category, CheckpointSkipped):
+            python_way(message, category, *args, **kwargs)
+        elif int(os.environ.get("RANK", "0")) == 0:
+            print(f"{prog}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
+class BatchTooLarge(Exception):
+    """A batch did not fit in memory; the message names the batch-size field and the memory it asked for."""
+
+
+_NEEDED = (re.compile(r"Tried to allocate ([\d.]+ [KMGTP]?i?B)"),  # torch.OutOfMemoryError (CUDA)
+           re.compile(r"you tried to allocate (\d+) bytes"))  # DefaultCPUAllocator
+
+
+def out_of_memory(error: BaseException) -> str | None:
+    """The memory an allocation failure asked for ("20.00 GiB"; "" when the message does not say), or None
+    when `error` is not an allocation failure."""
+    text = str(error)
+    if not (isinstance(error, torch.OutOfMemoryError | MemoryError) or "can't allocate memory" in text
+            or "out of memory" in text.lower()):
+        return None
+    if found := _NEEDED[0].search(text):
+        return found.group(1)
+    if found := _NEEDED[1].search(text):
+        return format_bytes(int(found.group(1)))
+    return ""
+
+
+@contextlib.contextmanager
+def batch_fits(field: str, size: int, device: torch.device | str) -> Iterator[None]:
+    """Run a batch of `size` (the config field `field`, e.g. "sampling.batch_size"); an allocation failure
+    inside becomes BatchTooLarge, one line naming the field and the memory it needed."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:
+        needed = out_of_memory(e)
+        if needed is None:
+            raise
+        kind = torch.device(device).type.upper()
+        asked = f"an allocation of {needed} failed" if needed else "an allocation failed"
+        raise BatchTooLarge(f"{field}={size}: the batch does not fit in {kind} memory ({asked}); use a smaller "
+                            f"{field}") from None

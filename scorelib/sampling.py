@@ -21,6 +21,7 @@ missing[r::world], so a resumed run stays balanced.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -41,7 +42,7 @@ from tqdm import tqdm
 
 from .builder import Experiment
 from .checkpoint import atomic_write_bytes
-from .runtime import Runtime, step_seed
+from .runtime import Runtime, batch_fits, step_seed
 from .utils import format_duration
 
 
@@ -114,6 +115,14 @@ class ChunkStore:
                 atomic_write_bytes(manifest, lambda f: f.write(text.encode()))
         barrier(rt)
 
+    def discard_if_empty(self) -> None:
+        """Remove the store when it holds no chunk (only its manifest), and its parent folder when that is
+        then empty: a run that failed before its first chunk leaves nothing behind."""
+        if self.directory.is_dir() and not any(self.directory.glob("chunk_*.npz")):
+            shutil.rmtree(self.directory, ignore_errors=True)
+            with contextlib.suppress(OSError):  # not empty: other settings' samples
+                self.directory.parent.rmdir()
+
     def is_complete(self, c: Chunk, keys: Iterable[str] = ("samples",)) -> bool:
         """Whether chunk c's file exists, belongs to this fingerprint, holds exactly its indices and `keys`."""
         try:
@@ -147,10 +156,11 @@ def progress_label(desc: str, rt: Runtime) -> str:
 
 class Progress:
     """Work done of `total`: a tqdm bar when stderr is a terminal, else a plain line on stderr every
-    `every` of the total, with the rate and the ETA. Disabled: silent."""
+    `every` of the total, with the rate, the ETA and the note (`set_note`: what is being worked on). Disabled:
+    silent."""
 
     def __init__(self, total: int, desc: str, enabled: bool = True, every: float = 0.05, unit: str = "samples"):
-        self.total, self.desc, self.every, self.unit = total, desc, every, unit
+        self.total, self.desc, self.every, self.unit, self.note = total, desc, every, unit, ""
         self.enabled = enabled and total > 0
         self.done, self.next_report, self.t0 = 0, every * total, time.perf_counter()
         self.bar = None
@@ -158,12 +168,25 @@ class Progress:
             self.bar = tqdm(total=total, desc=desc, unit=unit.rstrip("s"), dynamic_ncols=True)
 
     def line(self) -> str:
-        """`desc: done/total samples (p%), r samples/s, ETA h:mm:ss` (with `unit` for "samples")."""
+        """`desc: done/total samples (p%), r samples/s, ETA h:mm:ss[; note]` (with `unit` for "samples")."""
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else math.inf
         return (f"{self.desc}: {self.done}/{self.total} {self.unit} ({100 * self.done / self.total:.0f}%), "
-                f"{rate:.3g} {self.unit}/s, ETA {format_duration(eta)}")
+                f"{rate:.3g} {self.unit}/s, ETA {format_duration(eta)}" + (f"; {self.note}" if self.note else ""))
+
+    def set_note(self, note: str) -> None:
+        """What the work now done is (shown beside the bar, or at the end of the next plain line)."""
+        self.note = note
+        if self.bar is not None:
+            self.bar.set_postfix_str(note)
+
+    def write(self, message: str) -> None:
+        """A message on stderr, above the bar when there is one."""
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
 
     def update(self, n: int) -> None:
         self.done += n
@@ -314,10 +337,16 @@ def draw(exp: Experiment, nets: tuple[nn.Module, ...], n: int, seed: int, rt: Ru
     wrapped = None if classifier is None else exp.wrap_classifier(classifier).eval()
 
     def one(c: Chunk) -> dict[str, np.ndarray]:
-        x = sample_images(exp, net, c.size, rt.device, seed=chunk_seed(seed, c.k), classifier=wrapped,
-                          batch_size=size, guide=guide)
-        return {"samples": x.float().cpu().numpy(), **(extra(x) if extra is not None else {})}
+        with batch_fits(f"{'eval' if purpose == 'eval' else 'sampling'}.batch_size", size, rt.device):
+            x = sample_images(exp, net, c.size, rt.device, seed=chunk_seed(seed, c.k), classifier=wrapped,
+                              batch_size=size, guide=guide)
+            return {"samples": x.float().cpu().numpy(), **(extra(x) if extra is not None else {})}
 
     all_chunks = chunks(n, size)
-    report = draw_missing(d.store, all_chunks, rt, one, keys, desc=purpose, progress=progress)
+    try:
+        report = draw_missing(d.store, all_chunks, rt, one, keys, desc=purpose, progress=progress)
+    except BaseException:
+        if rt.is_main:
+            d.store.discard_if_empty()
+        raise
     return d, all_chunks, report

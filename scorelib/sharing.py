@@ -27,6 +27,7 @@ from .builder.networks import NETWORKS
 from .checkpoint import (
     CheckpointError,
     atomic_write_bytes,
+    checkpoint_path,
     config_to_json,
     list_checkpoints,
     load_newest,
@@ -52,10 +53,11 @@ def _newest_in(path: Path, ema: bool) -> tuple[Weights, str, Path]:
     ckpts = list_checkpoints(directory)
     if not ckpts:
         raise CheckpointError(f"no checkpoint_*.pt in {directory}")
-    state = load_newest(directory)
+    state = load_newest(directory)  # a CheckpointError naming the newest file when none is readable
     if state is None:
-        raise CheckpointError(f"no readable checkpoint in {directory}")
-    return state["ema"] if ema and state.get("ema") else state["model"], state["config"], ckpts[-1][1]
+        raise CheckpointError(f"no checkpoint_*.pt in {directory}")
+    used = checkpoint_path(directory, int(state["step"])) if "step" in state else ckpts[-1][1]
+    return state["ema"] if ema and state.get("ema") else state["model"], state["config"], used
 
 
 def _safetensors(path: Path) -> tuple[Weights, str, Path]:

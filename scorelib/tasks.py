@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,20 +14,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import evaluate, sampling
+from . import evaluate, sampling, validate
 from .builder import ConfigError, Experiment
-from .checkpoint import CheckpointError, atomic_write_bytes, save_checkpoint
+from .checkpoint import CheckpointError, atomic_write_bytes, read_torch, save_checkpoint
 from .data import DataError, ImageData, load_dataset, save_image_grid, toy_data, toy_mixture
 from .ema import EMASnapshot, posthoc_ema
 from .evaluate import cache_key, inception_weights_path
 from .likelihood import bits_per_dim, ddpm_vlb, dequantize, log_likelihood
 from .metrics.fid import to_unit_range
-from .runtime import Runtime, RuntimeSetupError, WorkdirLocked, setup_runtime
+from .runtime import BatchTooLarge, Runtime, RuntimeSetupError, WorkdirLocked, batch_fits, setup_runtime
 from .sharing import load, load_experiment_weights, load_weights
 from .train import TrainingError, train
 
 USER_ERRORS = (DataError, ConfigError, CheckpointError, TrainingError, RuntimeSetupError, WorkdirLocked,
-               FileNotFoundError)
+               FileNotFoundError, BatchTooLarge)
 # the preprocessing behind the reference features (evaluate.inception_features): part of the cache key
 INCEPTION_PREPROCESSING = "uint8/255 -> [0,1], bilinear 299x299 (align_corners=False), 2x-1; pool3"
 INCEPTION_METRICS = ("fid", "kid", "is")
@@ -221,19 +220,12 @@ def _needs_reference(exp: Experiment) -> bool:
 
 def preflight_eval(exp: Experiment, workdir: Path) -> None:
     """Check everything an evaluation needs besides the checkpoint, before anything is sampled (seconds,
-    not a sampling run): WORKDIR/eval is writable; for the Inception metrics the weights file is present and
+    not a sampling run), leaving nothing behind: for the Inception metrics the weights file is present and
     a valid FID Inception state_dict; eval.stats_path, if set, is a readable reference file, else the
     reference split of the data is present (unless its statistics are cached); with eval.likelihood the
-    test split is present. Raises the user errors of USER_ERRORS, each one line naming the field or path."""
+    test split is present; WORKDIR/eval is writable (checked last). Raises the user errors of USER_ERRORS,
+    each one line naming the field or path."""
     e = exp.f.eval
-    out = workdir / "eval"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"--workdir={workdir} is not writable ({out}: {err})") from err
     if _uses_inception(exp):
         try:  # a missing file raises InceptionWeightsNotFoundError (a FileNotFoundError) naming the path
             evaluate.load_inception(e.inception_path or None)
@@ -253,6 +245,7 @@ def preflight_eval(exp: Experiment, workdir: Path) -> None:
             load_dataset(exp.data, train=ref.split == "train")  # a DataError naming the path if absent
     if e.likelihood and exp.data.dataset != "toy":
         load_dataset(exp.data, train=False)
+    validate.check_writable(workdir / "eval", workdir)
 
 
 def _reference_images(exp: Experiment, workdir: Path, test: ImageData | None) -> torch.Tensor | None:
@@ -343,7 +336,8 @@ def run_eval(exp: Experiment, workdir: Path, overwrite: bool = False) -> dict[st
             results.update(evaluate.evaluate_samples(x, **evaluation_arguments(
                 exp, workdir, None if data is None else data.images)))
     if e.likelihood:
-        results.update(likelihood_metrics(exp, nets[0], data, rt))
+        with batch_fits("eval.batch_size", e.batch_size, rt.device):
+            results.update(likelihood_metrics(exp, nets[0], data, rt))
     if rt.is_main:
         _write_json(workdir / "eval" / "metrics.json", results)
         print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list | dict | str)}, default=float))
@@ -356,7 +350,8 @@ def run_likelihood(exp: Experiment, workdir: Path) -> dict[str, Any]:
     """`likelihood_metrics` of the checkpoint on the test split, sharded over the processes; rank 0 writes
     WORKDIR/eval/likelihood.json."""
     rt = runtime(exp)
-    out = likelihood_metrics(exp, trained_network(exp, rt.device), load_dataset(exp.data, train=False), rt)
+    with batch_fits("eval.batch_size", exp.f.eval.batch_size, rt.device):
+        out = likelihood_metrics(exp, trained_network(exp, rt.device), load_dataset(exp.data, train=False), rt)
     if rt.is_main:
         _write_json(workdir / "eval" / "likelihood.json", out)
         print(json.dumps(out))
@@ -437,11 +432,8 @@ def phema_snapshots(workdir: Path) -> list[EMASnapshot]:
 
 
 def load_phema_file(path: Path) -> dict[str, Any]:
-    """One snapshot file, read with weights_only=True (a CheckpointError names it)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        raise CheckpointError(f"{path} is not a readable power-EMA snapshot: {str(e).splitlines()[0][:160]}") from e
+    """One snapshot file, memory-mapped (`checkpoint.read_torch`: one CheckpointError line names it)."""
+    return read_torch(path, mmap=True)
 
 
 def run_phema(exp: Experiment, workdir: Path) -> Path:

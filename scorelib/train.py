@@ -43,7 +43,7 @@ from .checkpoint import (
 from .data import ImageData, load_dataset, prepare_batch, save_image_grid, toy_data
 from .ema import PowerEMA
 from .metrics.fid import to_unit_range
-from .runtime import Runtime, setup_runtime, step_seed
+from .runtime import Runtime, batch_fits, setup_runtime, step_seed
 from .sampling import sample_images
 from .utils import format_duration
 
@@ -323,7 +323,8 @@ def train(exp: Experiment, workdir: str | Path) -> dict[str, Any]:
     try:
         with _stop_signals() as caught:
             for step in range(run.start, t.n_iters):
-                lr, grad_norm = _train_step(exp, run, objective, batches, step, rt)
+                with batch_fits("training.batch_size", t.batch_size, rt.device):  # out of memory: one line
+                    lr, grad_norm = _train_step(exp, run, objective, batches, step, rt)
                 log.step(run.last_loss)
                 done = step + 1
                 if done % t.log_freq == 0 or done % t.snapshot_freq == 0 or done == t.n_iters:

@@ -87,3 +87,13 @@ def format_duration(seconds: float) -> str:
         return "?"
     s = round(max(seconds, 0.0))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def format_bytes(n: int) -> str:
+    """n bytes in binary units: 512 -> "512 bytes", 1536 -> "1.50 KiB", 3 * 2**40 -> "3.00 TiB"."""
+    value, unit = float(n), "bytes"
+    for larger in ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    return f"{n} bytes" if unit == "bytes" else f"{value:.2f} {unit}"

@@ -23,6 +23,7 @@ from .builder.configs import ARCHITECTURE_DATA_FIELDS, stored_config
 from .builder.declare import ConfigError, format_value
 from .builder.fields import leaves
 from .builder.samplers import METHOD_FIELDS
+from .checkpoint import CheckpointError, list_checkpoints, read_torch
 
 
 def check_buildable(exp: Experiment) -> None:
@@ -67,6 +68,21 @@ def check_workdir(workdir: str | Path) -> None:
                           "(a directory you can write to)")
 
 
+def check_writable(out: Path, workdir: Path) -> None:
+    """A file can be written in the folder `out` (a folder of `workdir`), checked without leaving anything behind."""
+    made = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"--workdir={workdir} is not writable ({out}: {err})") from err
+    finally:
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+
 def _network_shapes(config: object) -> dict[str, tuple[int, ...]] | None:
     try:
         exp = experiment(config, mode="resume")
@@ -83,6 +99,7 @@ def check_resume(config: object, workdir: str | Path) -> None:
     workdir = Path(workdir)
     stored = stored_config(workdir / "checkpoints") if (workdir / "checkpoints").is_dir() else None
     if stored is None:
+        check_some_checkpoint_readable(workdir / "checkpoints")
         return
     want, have = _network_shapes(config), _network_shapes(stored)
     if want is None or have is None or want == have:
@@ -94,6 +111,23 @@ def check_resume(config: object, workdir: str | Path) -> None:
     raise ConfigError(f"{workdir}: its checkpoints hold a different network ({shown or 'other layer shapes'}); "
                       f"training would resume from them (use a new --workdir, e.g. {workdir}-2, or the stored "
                       f"values{' of ' + ', '.join(diff[:4]) if diff else ''})")
+
+
+def check_some_checkpoint_readable(directory: Path) -> None:
+    """A workdir whose checkpoints are all unreadable (empty, truncated, ...) is not trained again from step 0
+    over them: that would lose the run without a word. The error names the newest file and what it is."""
+    found, newest_error = list_checkpoints(directory), None
+    for _, path in reversed(found):
+        try:
+            read_torch(path, mmap=True)  # memory-mapped: no weights are read
+            return
+        except CheckpointError as e:
+            newest_error = newest_error or e
+    if newest_error is not None:
+        one = len(found) == 1
+        it, others = ("it", "it is the only checkpoint there") if one else ("them", "no older one is readable")
+        raise ConfigError(f"{newest_error}, and {others}: training does not start again from step 0 over {it} "
+                          f"(move {it} away to train from scratch)")
 
 
 def check_checkpoint_source(exp: Experiment, workdir: Path, overridden: Iterable[str]) -> None:

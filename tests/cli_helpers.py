@@ -14,10 +14,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_main(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_main(*args: str, timeout: float = 600, env: dict[str, str] | None = None,
+             memory_limit_gib: float | None = None) -> subprocess.CompletedProcess:
+    """main.py with `args` in a subprocess (one thread); `memory_limit_gib` caps its address space (ulimit -v),
+    so a test of an allocation failure cannot take the machine's memory even if the allocation were granted."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
+    command = [sys.executable, str(ROOT / "main.py"), *args]
+    if memory_limit_gib is not None:
+        command = ["/bin/sh", "-c", f'ulimit -v {int(memory_limit_gib * 2**20)} && exec "$@"', "sh", *command]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
 def free_port() -> int:

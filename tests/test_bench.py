@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -199,7 +200,7 @@ def test_no_checkpoint_and_no_exact_score_is_a_clear_error(tmp_path):
 
 def test_module_entry_point(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    args = ["--config", "configs/toy_gmm.py", "--workdir", str(tmp_path), "--quick", "--no-peers", "--no-progress",
+    args = ["--config", "configs/toy_gmm.py", "--workdir", str(tmp_path), "--quick", "--no-peers",
             "--n-samples", "32", "--config.sampling.n_steps_each=2", "--config.eval.n_samples=256"]
     r = subprocess.run([sys.executable, "-m", "scorelib.bench", *args], cwd=ROOT, capture_output=True, text=True,
                        timeout=300, env=env)
@@ -207,6 +208,10 @@ def test_module_entry_point(tmp_path):
     assert "| family | settings | NFE |" in r.stdout
     rows = json.loads((tmp_path / "bench" / "results.json").read_text())["rows"]
     assert rows[2]["family"] == "config" and rows[2]["nfe"] == 20 * 2 + 1
+    # stderr is no terminal here: plain progress lines as --mode=sample writes them, no tqdm carriage returns
+    n = len(rows) - 2
+    assert "\r" not in r.stderr and r.stderr.splitlines()[0].startswith(f"bench: 1/{n} runs (")
+    assert re.search(rf"^bench: {n}/{n} runs \(100%\), \S+ runs/s, ETA 0:00:00; ", r.stderr, re.M), r.stderr
 
 
 @pytest.mark.parametrize(("args", "needle"), [

@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .. import evaluate
 from ..builder import Experiment
 from ..data import load_dataset, toy_data
 from ..runtime import Runtime
+from ..sampling import Progress
 from ..tasks import evaluation_arguments, runtime
 from .cases import Case, default_cases
 from .measure import (
@@ -190,25 +190,24 @@ def run(exp: Experiment, workdir: str | Path, *, quick: bool = False, n_samples:
                             f"dopri5, rtol=atol={reference_tol:g}, float64", "reference"))
         rows[-1].update(nfe=round(ref_nfe, 1), wall_s=ref_seconds, samples_per_s=n / ref_seconds)
         add_quality(rows[-1], ref)
-    bar = tqdm(cases, desc="bench", unit="run", file=sys.stderr, disable=not (progress and rt.is_main),
-               dynamic_ncols=True)
-    for case in bar:
-        bar.set_postfix_str(f"{case.family}, {case.settings}"[:60])
+    # a bar on a terminal, plain lines in a log (as --mode=sample)
+    bar = Progress(len(cases), "bench", enabled=progress and rt.is_main, unit="runs")
+    for case in cases:
+        bar.set_note(f"{case.family}, {case.settings}"[:60])
         row = new_row(columns, case.name, case.family, case.settings, "ok", case.flags)
         row["nfe_expected"] = case.nfe
         rows.append(row)
         if case.skip or case.sample is None:
             row.update(status="skipped", error=case.skip or "no sampler", nfe=math.nan)
-            continue
-        x = measure_case(case, row, scores, x0s, starts, mine, seed, rt)
-        if x is None:
+        elif (x := measure_case(case, row, scores, x0s, starts, mine, seed, rt)) is None:
             if rt.is_main:
-                bar.write(f"{case.family} [{case.settings}] failed: {row['error']}", file=sys.stderr)
-            continue
-        if ref is not None and case.deterministic:
-            row["transport_error"] = float((x.double() - ref).flatten(1).norm(dim=1).mean())
-        add_quality(row, x)
-        float_cols(row)
+                bar.write(f"{case.family} [{case.settings}] failed: {row['error']}")
+        else:
+            if ref is not None and case.deterministic:
+                row["transport_error"] = float((x.double() - ref).flatten(1).norm(dim=1).mean())
+            add_quality(row, x)
+            float_cols(row)
+        bar.update(1)
     bar.close()
 
     meta = {

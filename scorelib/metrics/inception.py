@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from ..checkpoint import CheckpointError, read_torch
+
 INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{INCEPTION_FILENAME}"
 INCEPTION_ENV = "SCORELIB_INCEPTION"
@@ -258,12 +260,12 @@ def inception_weights_path(path: str | os.PathLike | None = None) -> Path:
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     """A state_dict from a .safetensors file or a torch.save file (weights_only: never runs code)."""
     try:
-        if path.suffix == ".safetensors":
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read Inception weights from {path}: {err}") from err
+        state = load_file(str(path)) if path.suffix == ".safetensors" else read_torch(path)
+    except CheckpointError as err:
+        raise ValueError(f"the Inception weights file {err}") from err
+    except Exception as err:  # safetensors' own errors are one line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"the Inception weights file {path} is not a readable safetensors file ({first})") from err
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
