@@ -31,7 +31,7 @@ from .configs import for_evaluation, sampling_fingerprint, stored_config, with_s
 from .declare import ConfigError, show
 from .fields import Fields, check_fields, records
 from .guidance import Guidance, make_guidance
-from .networks import NETWORKS, build_classifier, class_conditional, wrap_classifier, wrapper
+from .networks import NETWORKS, build_classifier, check_noise_kind, class_conditional, wrap_classifier, wrapper
 from .noise import Noise, make_noise
 from .objectives import AUGMENTED, LOSSES, LearningRate, LossFn, learning_rate, loss_fn, optimizer_factory
 from .samplers import SAMPLERS, Sampler
@@ -242,6 +242,8 @@ def _experiment(config: Any, workdir: str | Path | None, mode: str) -> Experimen
         except ConfigError as e:
             raise CheckpointError(f"{source}: its stored config does not describe a known network ({e})") from e
     f = records(config)
+    if stored is None and f.training.target != "classifier":
+        check_noise_kind(f, f.noise.kind)  # before the schedule, whose own limits depend on the kind
     noise = make_noise(f.noise)
     try:
         network, wrap = _network(f, noise)

@@ -275,13 +275,19 @@ def precond_name(f: Any) -> str:
     return p
 
 
-def wrapper(f: Any, noise: Noise) -> Wrap:
-    """The one conditioning of the config's network: its native wrapper, or an EDM preconditioning."""
+def check_noise_kind(f: Any, kind: str) -> None:
+    """ConfigError unless noise kind `kind` is one the config's network (or its preconditioning) is trained in."""
     entry, p = NETWORKS[f.model.name], precond_name(f)
     kinds = entry.noise if p == "native" else PRECONDS[p].noise
-    if noise.kind not in kinds:
+    if kind not in kinds:
         what = {"score": "a score network", "eps": "an ε network", "denoised": f"EDM's {p} preconditioning"}
         what = "indexed by the NCSN levels" if entry.noise == ("ve",) else what[entry.output]
-        raise ConfigError(f"noise.kind: {noise.kind!r} does not fit model.name={f.model.name!r} ({what}) "
+        raise ConfigError(f"noise.kind: {kind!r} does not fit model.name={f.model.name!r} ({what}) "
                           f"({', '.join(kinds)})")
-    return entry.wrap(f, noise) if p == "native" else PRECONDS[p].make(f)
+
+
+def wrapper(f: Any, noise: Noise) -> Wrap:
+    """The one conditioning of the config's network: its native wrapper, or an EDM preconditioning."""
+    check_noise_kind(f, noise.kind)
+    p = precond_name(f)
+    return NETWORKS[f.model.name].wrap(f, noise) if p == "native" else PRECONDS[p].make(f)

@@ -69,6 +69,9 @@ def make_noise(n: Any) -> Noise:
     _above(n, "sigma_max", "sigma_min")
     if kind == "ddpm" and n.beta_schedule == "linear":
         _above(n, "beta_end", "beta_start")
+        if n.beta_end * 1000.0 / n.num_scales >= 1:  # β's given at T = 1000, rescaled by 1000/T (linear_betas)
+            raise ConfigError(f"noise.num_scales: {n.num_scales} is too few for noise.beta_end={show(n.beta_end)} "
+                              f"(β_T = beta_end·1000/num_scales must stay below 1)")
     if kind in ("vp", "subvp"):
         _above(n, "beta_max", "beta_min")
     if kind == "ve":
