@@ -60,6 +60,9 @@ from .schedules import (
     geometric_sigmas,
     karras_sigmas,
     linear_betas,
+    respace_timesteps,
+    space_timesteps,
+    timesteps_to_sigmas,
     vp_sigmas,
 )
 
@@ -117,10 +120,13 @@ __all__ = [
     "posthoc_ema",
     "probability_flow",
     "read_pickle",
+    "respace_timesteps",
     "save",
     "score_to_denoised",
     "score_to_eps",
+    "space_timesteps",
     "ssm_loss",
+    "timesteps_to_sigmas",
     "unipc",
     "ve_loss",
     "vlb_loss",
