@@ -2,7 +2,7 @@
 18 steps), measured by the digits FID (scorelib.metrics.digits; floor = two halves of the real digits):
 
 1. autoguidance (Karras et al. 2024b): the `edm_digits` model guided by an early checkpoint of the same run
-   (step 500 of 1500: a worse version of itself), D_w = w D_main + (1 - w) D_guide, for a few w;
+   (step 500 of 1000: a worse version of itself), D_w = w D_main + (1 - w) D_guide, for a few w;
 2. post-hoc EMA (Karras et al. 2024a, §3): `edm2_digits` tracks two power-function EMAs (σ_rel 0.05 and 0.10)
    in snapshots every 100 steps; the EMA of any σ_rel is reconstructed afterwards (`--mode=phema`) and
    swept, against the run's classic EMA; the sweep is plotted (benchmarks/results/phema_sweep.png);

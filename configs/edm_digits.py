@@ -10,7 +10,7 @@ def get_config():
     c.data.dataset, c.data.image_size, c.data.channels, c.data.augment_p = "digits", 8, 1, 0.0
     c.model.nf, c.model.ch_mult, c.model.num_res_blocks, c.model.attn_resolutions = 32, (1, 2), 1, ()
     c.model.dropout, c.model.augment_dim = 0.0, 0
-    c.training.batch_size, c.training.n_iters = 128, 1500
+    c.training.batch_size, c.training.n_iters = 128, 1000  # 3.5 min on 2 cores: digits FID 4.4 (floor 4.22)
     c.training.snapshot_freq, c.training.log_freq, c.training.snapshot_samples = 500, 50, 64
     c.training.ema_halflife_kimg, c.training.ema_rampup_ratio = 20.0, 0.05
     c.training.eval_at_end = True

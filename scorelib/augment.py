@@ -85,11 +85,17 @@ class AugmentPipe:
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """images [N, C, H, W] -> (augmented images, labels [N, label_dim] float32)."""
-        n, _, h, w = images.shape
+        n = images.shape[0]
         draw = _Draws(n, images.device, generator)
         labels: list[Tensor] = []
+        images = self._pixel_moves(images, draw, labels)  # exact pixel moves, then the resampled ones
+        images = self._geometric(images, draw, labels, generator)
+        rows = [lab.to(torch.float32).reshape(n, -1) for lab in labels]
+        return images, torch.cat(rows, dim=1) if rows else images.new_zeros(n, 0, dtype=torch.float32)
 
-        # Exact pixel moves.
+    def _pixel_moves(self, images: Tensor, draw: _Draws, labels: list[Tensor]) -> Tensor:
+        """x/y flips, quarter turns and integer translation (exact pixel moves); appends their labels."""
+        n, _, h, w = images.shape
         if self.xflip > 0:
             flip = draw.coin(2, self.xflip * self.p)
             images = torch.where(flip[:, None, None, None] == 1, images.flip(3), images)
@@ -114,6 +120,13 @@ class AugmentPipe:
             images = _reflect_shift(images, tx, ty)
             labels += [tx / (w * self.translate_int_max), ty / (h * self.translate_int_max)]
 
+        return images
+
+    def _geometric(self, images: Tensor, draw: _Draws, labels: list[Tensor],
+                   generator: torch.Generator | None) -> Tensor:
+        """Isotropic and anisotropic scaling, rotation and fractional translation as one resampled affine map;
+        appends their labels."""
+        n, _, h, w = images.shape
         # The affine map from output to input pixel coordinates (centred), composed in float64.
         g_inv = torch.eye(3, dtype=torch.float64, device=images.device).expand(n, 3, 3)
         geometric = False
@@ -145,11 +158,7 @@ class AugmentPipe:
                                        -z[1].double() * (h * self.translate_frac_std))
             labels += [z[0], z[1]]
             geometric = True
-        if geometric:
-            images = _resample(images, g_inv)
-
-        rows = [lab.to(torch.float32).reshape(n, -1) for lab in labels]
-        return images, torch.cat(rows, dim=1) if rows else images.new_zeros(n, 0, dtype=torch.float32)
+        return _resample(images, g_inv) if geometric else images
 
 
 class _Draws:

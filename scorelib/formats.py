@@ -164,76 +164,85 @@ def ncsnpp_reference_names(net: nn.Module) -> list[tuple[str, str, bool]]:
     [out, in, 1, 1]): `is_nin` marks the tensors that need that transpose.
     """
     prefix = {id(m): name for name, m in net.named_modules()}
-
-    def order() -> Iterator[nn.Module]:
-        if net.fourier is not None:
-            yield net.fourier
-        if net.temb_mlp is not None:
-            yield from (net.temb_mlp[0], net.temb_mlp[2])
-        yield net.conv_in
-        for level in net.down:
-            for block, attn in zip(level.blocks, level.attns, strict=True):
-                yield block
-                if not isinstance(attn, nn.Identity):
-                    yield attn
-            if level.downsample is not None:
-                yield level.downsample
-                if level.progressive_input == "input_skip":  # its FIR / pooling downsampler is no list entry
-                    yield level.combine
-                elif level.progressive_input == "residual":
-                    yield level.pyramid_down
-        yield from (net.mid_block1, net.mid_attn, net.mid_block2)
-        for level in net.up:
-            yield from level.blocks
-            if not isinstance(level.attn, nn.Identity):
-                yield level.attn
-            if level.progressive != "none":
-                if level.pyramid_up is not None and level.progressive == "residual":
-                    yield level.pyramid_up  # output_skip's conv-less upsampler is no list entry
-                if level.pyramid_norm is not None:
-                    yield from (level.pyramid_norm, level.pyramid_conv)
-            if level.upsample is not None:
-                yield level.upsample
-        if net.norm_out is not None:
-            yield from (net.norm_out, net.conv_out)
-
-    def tensors(m: nn.Module) -> list[tuple[str, str, bool]]:
-        wb = ("weight", "bias")
-        if isinstance(m, GaussianFourierProjection):
-            return [("W", "W", False)]
-        if isinstance(m, nn.Linear | nn.Conv2d | nn.GroupNorm | FIRConv2d | Combine):
-            sub = "conv." if isinstance(m, Combine) else ""
-            return [(f"{'Conv_0.' if sub else ''}{p}", f"{sub}{p}", False) for p in wb]
-        if isinstance(m, Upsample | Downsample):
-            if m.conv is None:
-                return []
-            ref = "Conv2d_0" if isinstance(m.conv, FIRConv2d) else "Conv_0"
-            return [(f"{ref}.{p}", f"conv.{p}", False) for p in wb]
-        if isinstance(m, AttnBlockpp):
-            out = [(f"GroupNorm_0.{p}", f"norm.{p}", False) for p in wb]
-            for i, ours in enumerate(("q", "k", "v", "proj_out")):
-                out += [(f"NIN_{i}.W", f"{ours}.weight", True), (f"NIN_{i}.b", f"{ours}.bias", True)]
-            return out
-        if isinstance(m, ResnetBlockBigGANpp | ResnetBlockDDPMpp):
-            out = [(f"GroupNorm_0.{p}", f"norm0.{p}", False) for p in wb]
-            out += [(f"Conv_0.{p}", f"conv0.{p}", False) for p in wb]
-            if m.temb_proj is not None:
-                out += [(f"Dense_0.{p}", f"temb_proj.{p}", False) for p in wb]
-            out += [(f"GroupNorm_1.{p}", f"norm1.{p}", False) for p in wb]
-            out += [(f"Conv_1.{p}", f"conv1.{p}", False) for p in wb]
-            if m.shortcut is not None:
-                if isinstance(m, ResnetBlockBigGANpp):  # a real 1×1 conv (layerspp.conv1x1)
-                    out += [(f"Conv_2.{p}", f"shortcut.{p}", False) for p in wb]
-                else:  # layers.NIN
-                    out += [("NIN_0.W", "shortcut.weight", True), ("NIN_0.b", "shortcut.bias", True)]
-            return out
-        raise CheckpointError(f"no score_sde name for {type(m).__name__}")
-
     names = []
-    for i, m in enumerate(order()):
+    for i, m in enumerate(_ncsnpp_modules(net)):
         base = prefix[id(m)]
-        names += [(f"all_modules.{i}.{ref}", f"{base}.{ours}", nin) for ref, ours, nin in tensors(m)]
+        names += [(f"all_modules.{i}.{ref}", f"{base}.{ours}", nin) for ref, ours, nin in _score_sde_tensors(m)]
     return names
+
+
+def _ncsnpp_modules(net: nn.Module) -> Iterator[nn.Module]:
+    """The modules of an `NCSNpp` that hold tensors, in the order of score_sde's `all_modules`."""
+    if net.fourier is not None:
+        yield net.fourier
+    if net.temb_mlp is not None:
+        yield from (net.temb_mlp[0], net.temb_mlp[2])
+    yield net.conv_in
+    for level in net.down:
+        for block, attn in zip(level.blocks, level.attns, strict=True):
+            yield block
+            if not isinstance(attn, nn.Identity):
+                yield attn
+        if level.downsample is not None:
+            yield level.downsample
+            if level.progressive_input == "input_skip":  # its FIR / pooling downsampler is no list entry
+                yield level.combine
+            elif level.progressive_input == "residual":
+                yield level.pyramid_down
+    yield from (net.mid_block1, net.mid_attn, net.mid_block2)
+    for level in net.up:
+        yield from level.blocks
+        if not isinstance(level.attn, nn.Identity):
+            yield level.attn
+        if level.progressive != "none":
+            if level.pyramid_up is not None and level.progressive == "residual":
+                yield level.pyramid_up  # output_skip's conv-less upsampler is no list entry
+            if level.pyramid_norm is not None:
+                yield from (level.pyramid_norm, level.pyramid_conv)
+        if level.upsample is not None:
+            yield level.upsample
+    if net.norm_out is not None:
+        yield from (net.norm_out, net.conv_out)
+
+
+def _score_sde_tensors(m: nn.Module) -> list[tuple[str, str, bool]]:
+    """(score_sde name inside its `all_modules` entry, our name inside the module, is_nin) of a module's tensors."""
+    wb = ("weight", "bias")
+    if isinstance(m, GaussianFourierProjection):
+        return [("W", "W", False)]
+    if isinstance(m, nn.Linear | nn.Conv2d | nn.GroupNorm | FIRConv2d | Combine):
+        sub = "conv." if isinstance(m, Combine) else ""
+        return [(f"{'Conv_0.' if sub else ''}{p}", f"{sub}{p}", False) for p in wb]
+    if isinstance(m, Upsample | Downsample):
+        if m.conv is None:
+            return []
+        ref = "Conv2d_0" if isinstance(m.conv, FIRConv2d) else "Conv_0"
+        return [(f"{ref}.{p}", f"conv.{p}", False) for p in wb]
+    if isinstance(m, AttnBlockpp):
+        out = [(f"GroupNorm_0.{p}", f"norm.{p}", False) for p in wb]
+        for i, ours in enumerate(("q", "k", "v", "proj_out")):
+            out += [(f"NIN_{i}.W", f"{ours}.weight", True), (f"NIN_{i}.b", f"{ours}.bias", True)]
+        return out
+    if isinstance(m, ResnetBlockBigGANpp | ResnetBlockDDPMpp):
+        return _score_sde_resnet_tensors(m)
+    raise CheckpointError(f"no score_sde name for {type(m).__name__}")
+
+
+def _score_sde_resnet_tensors(m: nn.Module) -> list[tuple[str, str, bool]]:
+    """A ResNet block's tensors (layerspp.py `ResnetBlockBigGANpp` / `ResnetBlockDDPMpp`)."""
+    wb = ("weight", "bias")
+    out = [(f"GroupNorm_0.{p}", f"norm0.{p}", False) for p in wb]
+    out += [(f"Conv_0.{p}", f"conv0.{p}", False) for p in wb]
+    if m.temb_proj is not None:
+        out += [(f"Dense_0.{p}", f"temb_proj.{p}", False) for p in wb]
+    out += [(f"GroupNorm_1.{p}", f"norm1.{p}", False) for p in wb]
+    out += [(f"Conv_1.{p}", f"conv1.{p}", False) for p in wb]
+    if m.shortcut is not None:
+        if isinstance(m, ResnetBlockBigGANpp):  # a real 1×1 conv (layerspp.conv1x1)
+            out += [(f"Conv_2.{p}", f"shortcut.{p}", False) for p in wb]
+        else:  # layers.NIN
+            out += [("NIN_0.W", "shortcut.weight", True), ("NIN_0.b", "shortcut.bias", True)]
+    return out
 
 
 def _score_sde_weights(obj: Mapping[str, Any], net: nn.Module, ema: bool, path: Path) -> dict[str, Tensor]:

@@ -225,6 +225,12 @@ def results(tmp_path_factory):
     workers = max(2, min(4, os.cpu_count() or 2))
     with ThreadPoolExecutor(workers) as pool:
         out = dict(pool.map(one, CASES))
+    if os.environ.get("SCORELIB_BAD_INPUT_TABLE"):  # the table of what each case prints, for the docs
+        rows = [f"| {n} | `{' '.join(a.format(**keys) for a in c.args)}` | `{out[n][0].stderr.strip()}` |"
+                for n, c in zip(names, CASES, strict=True)]
+        Path(os.environ["SCORELIB_BAD_INPUT_TABLE"]).write_text(
+            "| case | arguments | what it prints (exit 2) |\n|---|---|---|\n" + "\n".join(rows).replace(str(tmp), "TMP")
+            + "\n")
     return tmp, out, before, names
 
 

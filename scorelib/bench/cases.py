@@ -4,6 +4,7 @@ few options changed, and the peers' (k-diffusion, diffusers) on the same score a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -213,65 +214,66 @@ def diffusers_cases(exp: Experiment, spec: GridSpec) -> list[Case]:
         return [Case("diffusers", "diffusers", "", None, None, True,
                      skip="diffusers is not installed (pip install 'scorelib[peers]')")]
     sigma_max, sigma_min = exp.noise.sigma_range
-    cases: list[Case] = []
-    kind = exp.noise.kind
-    if kind == "ddpm":
-        betas, abar = exp.noise.schedule.betas.numpy(), exp.noise.schedule.alphas_cumprod
-
-        def vp_loop(make: Callable[[], Any], n: int, step_kwargs: dict[str, Any]) -> SampleFn:
-            def sample(score: ScoreFn, x0: Tensor, g: torch.Generator) -> Tensor:
-                sched = make()
-                sched.set_timesteps(n, device=x0.device)
-                eps_model = ScoreToEps(score, abar).to(x0.device)
-                x = x0 / math.sqrt(1 + sigma_max**2)
-                for t in sched.timesteps:
-                    eps = eps_model(x, t.to(x0.device).long().expand(x0.shape[0]))
-                    x = sched.step(eps, t, x, **step_kwargs).prev_sample
-                return x
-
-            return sample
-
+    if exp.noise.kind == "ddpm":
+        betas = exp.noise.schedule.betas.numpy()
         T = len(betas)
+        cases = []
         for n in spec.diffusers_ddim_steps:
-            make = lambda: sch.DDIMScheduler(num_train_timesteps=T, trained_betas=betas, clip_sample=False,  # noqa: E731
-                                             set_alpha_to_one=True, timestep_spacing="trailing")
+            make = functools.partial(sch.DDIMScheduler, num_train_timesteps=T, trained_betas=betas,
+                                     clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
             cases.append(Case("diffusers DDIMScheduler", "diffusers DDIMScheduler η=0", f"{n} trailing timesteps",
-                              vp_loop(make, n, {"eta": 0.0}), n, True))
+                              _diffusers_vp_loop(exp, make, n, {"eta": 0.0}), n, True))
         for n in spec.solver_steps:
-            make = lambda: sch.DPMSolverMultistepScheduler(  # noqa: E731
-                num_train_timesteps=T, trained_betas=betas, algorithm_type="dpmsolver++", solver_order=2,
-                timestep_spacing="trailing", final_sigmas_type="zero")
+            make = functools.partial(sch.DPMSolverMultistepScheduler, num_train_timesteps=T, trained_betas=betas,
+                                     algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing",
+                                     final_sigmas_type="zero")
             cases.append(Case("diffusers DPMSolverMultistepScheduler", "diffusers dpm-solver++ 2M",
-                              f"{n} trailing timesteps", vp_loop(make, n, {}), n, True))
+                              f"{n} trailing timesteps", _diffusers_vp_loop(exp, make, n, {}), n, True))
         return cases
+    skip = Case("diffusers DDIMScheduler", "diffusers DDIMScheduler η=0", "", None, None, True,
+                skip=f"noise.kind={exp.noise.kind!r} (σ {sigma_max:g} → {sigma_min:g}) is not a DDPM "
+                     f"schedule: DDIMScheduler needs discrete ᾱ_t")
+    make = functools.partial(sch.EDMDPMSolverMultistepScheduler, sigma_min=sigma_min, sigma_max=sigma_max,
+                             sigma_data=0.5, sigma_schedule="karras", solver_order=2, algorithm_type="dpmsolver++",
+                             final_sigmas_type="zero")
+    return [skip] + [Case("diffusers EDMDPMSolverMultistepScheduler", "diffusers EDM dpm-solver++ 2M",
+                          f"{n} Karras levels", _diffusers_edm_loop(make, n), n, True) for n in spec.solver_steps]
 
-    cases.append(Case("diffusers DDIMScheduler", "diffusers DDIMScheduler η=0", "", None, None, True,
-                      skip=f"noise.kind={kind!r} (σ {sigma_max:g} → {sigma_min:g}) is not a DDPM "
-                           f"schedule: DDIMScheduler needs discrete ᾱ_t"))
-    sigma_data = 0.5
 
-    def edm_sample(n: int) -> SampleFn:
-        def sample(score: ScoreFn, x0: Tensor, g: torch.Generator) -> Tensor:
-            sched = sch.EDMDPMSolverMultistepScheduler(sigma_min=sigma_min, sigma_max=sigma_max, sigma_data=sigma_data,
-                                                       sigma_schedule="karras", solver_order=2,
-                                                       algorithm_type="dpmsolver++", final_sigmas_type="zero")
-            sched.set_timesteps(n, device=x0.device)
-            x = x0
-            for i, t in enumerate(sched.timesteps):
-                sigma = float(sched.sigmas[i])
-                sigma_b = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
-                d = score_to_denoised(x, score(x, sigma_b), sigma_b)
-                c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
-                c_out = sigma * sigma_data / math.sqrt(sigma**2 + sigma_data**2)
-                x = sched.step((d - c_skip * x) / c_out, t, x).prev_sample  # its D = c_skip·x + c_out·out
-            return x
+def _diffusers_vp_loop(exp: Experiment, make: Callable[[], Any], n: int, step_kwargs: dict[str, Any]) -> SampleFn:
+    """A diffusers DDPM-family scheduler's loop on the ε of the score (`ScoreToEps`), from x_T = x0/√(1+σ_max²)."""
+    abar, sigma_max = exp.noise.schedule.alphas_cumprod, exp.noise.sigma_range[0]
 
-        return sample
+    def sample(score: ScoreFn, x0: Tensor, g: torch.Generator) -> Tensor:
+        sched = make()
+        sched.set_timesteps(n, device=x0.device)
+        eps_model = ScoreToEps(score, abar).to(x0.device)
+        x = x0 / math.sqrt(1 + sigma_max**2)
+        for t in sched.timesteps:
+            eps = eps_model(x, t.to(x0.device).long().expand(x0.shape[0]))
+            x = sched.step(eps, t, x, **step_kwargs).prev_sample
+        return x
 
-    for n in spec.solver_steps:
-        cases.append(Case("diffusers EDMDPMSolverMultistepScheduler", "diffusers EDM dpm-solver++ 2M",
-                          f"{n} Karras levels", edm_sample(n), n, True))
-    return cases
+    return sample
+
+
+def _diffusers_edm_loop(make: Callable[[], Any], n: int) -> SampleFn:
+    """diffusers' EDM scheduler's loop, fed the network output F its EDM preconditioning maps to our D."""
+
+    def sample(score: ScoreFn, x0: Tensor, g: torch.Generator) -> Tensor:
+        sched = make()
+        sched.set_timesteps(n, device=x0.device)
+        sigma_data, x = sched.config.sigma_data, x0
+        for i, t in enumerate(sched.timesteps):
+            sigma = float(sched.sigmas[i])
+            sigma_b = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
+            d = score_to_denoised(x, score(x, sigma_b), sigma_b)
+            c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
+            c_out = sigma * sigma_data / math.sqrt(sigma**2 + sigma_data**2)
+            x = sched.step((d - c_skip * x) / c_out, t, x).prev_sample  # its D = c_skip·x + c_out·out
+        return x
+
+    return sample
 
 
 def default_cases(exp: Experiment, quick: bool = False, peers: bool = True) -> list[Case]:

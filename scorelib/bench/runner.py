@@ -7,7 +7,8 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,29 +137,16 @@ def run(exp: Experiment, workdir: str | Path, *, quick: bool = False, n_samples:
         print("scorelib.bench: OMP_WAIT_POLICY is unset; spinning OpenMP threads distort timings on shared cores "
               "(set OMP_WAIT_POLICY=PASSIVE)", file=sys.stderr)
     model = load_model(exp, workdir, device)
-    sigma_max, sigma_min = exp.noise.sigma_range
     d, e = exp.data, exp.f.eval
     n = n_samples or (min(256, e.n_samples) if quick else e.n_samples)
-    bs = min(batch_size or exp.f.sampling.batch_size, n)
-    seed = exp.f.seed + 3 if seed is None else seed
-    starts = list(range(0, n, bs))
-    x0s = [sigma_max * torch.randn((min(bs, n - s), *d.shape), generator=torch.Generator(device).manual_seed(seed + k),
-                                   device=device) for k, s in enumerate(starts)]
-    mine = list(range(len(starts)))[rt.rank::rt.world]  # the batches this process samples
-    scores = batch_scores(exp, model.score, model.net, device, n, seed)
+    g = _Grid(n, min(batch_size or exp.f.sampling.batch_size, n), exp.f.seed + 3 if seed is None else seed, rt)
+    x0s = [exp.noise.sigma_range[0] * torch.randn((min(g.bs, n - s), *d.shape), device=device,
+                                                  generator=torch.Generator(device).manual_seed(g.seed + k))
+           for k, s in enumerate(g.starts)]
+    scores = batch_scores(exp, model.score, model.net, device, n, g.seed)
     cases = list(default_cases(exp, quick, peers) if cases is None else cases)
-
-    # the tight ODE solution from the same noise, for the transport error of deterministic samplers
     want_ref = d.dataset == "toy" if reference is None else reference
-    ref, ref_info, ref_nfe, ref_seconds = None, "not computed (image data: pass reference=True)", math.nan, math.nan
-    if want_ref:
-        t0 = time.perf_counter()
-        ref_parts, ref_nfes, ref_info = reference_solution(exp, model, [x0s[k] for k in mine],
-                                                           [starts[k] for k in mine], n, seed, device, reference_tol)
-        ref_seconds = max_over_processes(rt, time.perf_counter() - t0)
-        ref = torch.cat(all_batches(rt, mine, ref_parts)).to(device)
-        ref_nfe = sum(all_batches(rt, mine, ref_nfes)) / len(starts)
-        ref_info += f"; {ref_nfe:.0f} NFE per batch, {ref_seconds:.1f} s"
+    ref = _tight_reference(exp, model, g, x0s, reference_tol) if want_ref else None
 
     data = load_dataset(d, train=False)
     eval_kwargs = evaluation_arguments(exp, workdir, None if data is None else data.images)
@@ -166,32 +154,107 @@ def run(exp: Experiment, workdir: str | Path, *, quick: bool = False, n_samples:
         eval_kwargs["device"] = device
     metric_cols = metric_columns(eval_kwargs)
     columns = BASE_COLUMNS + metric_cols + TAIL_COLUMNS
-
     with torch.no_grad():  # warm-up: one untimed evaluation (lazy initialisation, first-call costs)
-        scores(0, len(x0s[0]))(x0s[0], torch.full((len(x0s[0]),), sigma_max, device=device))
+        scores(0, len(x0s[0]))(x0s[0], torch.full((len(x0s[0]),), exp.noise.sigma_range[0], device=device))
     mem_probe = PeakMemory(device)
     reference_metrics: dict[str, Any] = {}
 
     def add_quality(row: dict[str, Any], x: Tensor) -> None:  # rank 0 scores the samples
         if rt.is_main:
-            cols, extra = quality(x, eval_kwargs, metric_cols, seed)
+            cols, extra = quality(x, eval_kwargs, metric_cols, g.seed)
             row.update(cols)
             for key, value in extra.items():
                 reference_metrics.setdefault(key, value)
 
-    # reference rows: independent draws of the data (the metrics' sampling noise at this n), and the tight
-    # ODE solution from the shared noise (what an exact deterministic solver would give)
+    rows = _reference_rows(exp, columns, ref, g, reference_tol, eval_kwargs["kind"], add_quality)
+    rows += _case_rows(cases, columns, scores, x0s, g, ref, add_quality, progress)
+    meta = _meta(exp, model.source, device, g, quick, mem_probe.kind, eval_kwargs["kind"], ref, reference_metrics)
+    if not rt.is_main:
+        return BenchReport(rows, meta, columns)
+    return write_outputs(rows, meta, columns, metric_cols, workdir / "bench", plots)
+
+
+def _meta(exp: Experiment, source: str, device: torch.device, g: _Grid, quick: bool, memory: str, kind: str,
+          ref: _Reference | None, reference_metrics: dict[str, Any]) -> dict[str, Any]:
+    """What the table was measured on and how (results.json's `meta`)."""
+    sigma_max, sigma_min = exp.noise.sigma_range
+    return {
+        "config": exp.describe(), "model": source, "device": str(device),
+        "torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+        "python": platform.python_version(), "torch": torch.__version__, "machine": platform.processor() or
+        platform.machine(), "sigma_max": sigma_max, "sigma_min": sigma_min, "sample_shape": list(exp.data.shape),
+        "n_samples": g.n, "batch_size": g.bs, "seed": g.seed, "quick": quick,
+        "initial_noise": "σ_max·z for every sampler, z from torch.Generator(device).manual_seed(seed + batch)",
+        "wall_time": "sampling only (all batches), one run per row; metrics excluded",
+        "peak_memory": memory, "metrics": f"evaluate.evaluate_samples kind={kind!r}",
+        "transport_reference": ref.info if ref is not None else "not computed (image data: pass reference=True)",
+        "reference_metrics": reference_metrics,
+    }
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """How the n samples of every row are batched and shared out: batch k = [starts[k], starts[k] + bs),
+    drawn by process k mod world (`mine`: this process's batches), its noise seeded by seed + k."""
+
+    n: int
+    bs: int
+    seed: int
+    rt: Any
+
+    @property
+    def starts(self) -> list[int]:
+        return list(range(0, self.n, self.bs))
+
+    @property
+    def mine(self) -> list[int]:
+        return list(range(len(self.starts)))[self.rt.rank::self.rt.world]
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """The tight probability-flow solution from the rows' shared noise, for the transport error."""
+
+    x: Tensor
+    nfe: float
+    seconds: float
+    info: str
+
+
+def _tight_reference(exp: Experiment, model: Any, g: _Grid, x0s: list[Tensor], tol: float) -> _Reference:
+    t0 = time.perf_counter()
+    parts, nfes, info = reference_solution(exp, model, [x0s[k] for k in g.mine], [g.starts[k] for k in g.mine], g.n,
+                                           g.seed, x0s[0].device, tol)
+    seconds = max_over_processes(g.rt, time.perf_counter() - t0)
+    nfe = sum(all_batches(g.rt, g.mine, nfes)) / len(g.starts)
+    x = torch.cat(all_batches(g.rt, g.mine, parts)).to(x0s[0].device)
+    return _Reference(x, nfe, seconds, info + f"; {nfe:.0f} NFE per batch, {seconds:.1f} s")
+
+
+def _reference_rows(exp: Experiment, columns: list[str], ref: _Reference | None, g: _Grid, tol: float, kind: str,
+                    add_quality: Callable[[dict[str, Any], Tensor], None]) -> list[dict[str, Any]]:
+    """Independent draws of the data (the metrics' sampling noise at this n) and the tight ODE solution from
+    the shared noise (what an exact deterministic solver would give)."""
     rows: list[dict[str, Any]] = []
-    if eval_kwargs["kind"] == "toy":
-        rows.append(new_row(columns, "true samples", "true samples", f"{n} fresh draws of {d.toy}", "reference"))
-        add_quality(rows[-1], toy_data(d.toy, n, torch.Generator().manual_seed(seed + 11)))
+    if kind == "toy":
+        d = exp.data
+        rows.append(new_row(columns, "true samples", "true samples", f"{g.n} fresh draws of {d.toy}", "reference"))
+        add_quality(rows[-1], toy_data(d.toy, g.n, torch.Generator().manual_seed(g.seed + 11)))
     if ref is not None:
         rows.append(new_row(columns, "probability_flow (reference)", "tight ODE (reference)",
-                            f"dopri5, rtol=atol={reference_tol:g}, float64", "reference"))
-        rows[-1].update(nfe=round(ref_nfe, 1), wall_s=ref_seconds, samples_per_s=n / ref_seconds)
-        add_quality(rows[-1], ref)
-    # a bar on a terminal, plain lines in a log (as --mode=sample)
-    bar = Progress(len(cases), "bench", enabled=progress and rt.is_main, unit="runs")
+                            f"dopri5, rtol=atol={tol:g}, float64", "reference"))
+        rows[-1].update(nfe=round(ref.nfe, 1), wall_s=ref.seconds, samples_per_s=g.n / ref.seconds)
+        add_quality(rows[-1], ref.x)
+    return rows
+
+
+def _case_rows(cases: list[Case], columns: list[str], scores: Any, x0s: list[Tensor], g: _Grid,
+               ref: _Reference | None, add_quality: Callable[[dict[str, Any], Tensor], None],
+               progress: bool) -> list[dict[str, Any]]:
+    """One row per case: its samples from the shared noise, timed, with the transport error of a
+    deterministic sampler and the quality metrics; a bar on a terminal, plain lines in a log."""
+    rows: list[dict[str, Any]] = []
+    bar = Progress(len(cases), "bench", enabled=progress and g.rt.is_main, unit="runs")
     for case in cases:
         bar.set_note(f"{case.family}, {case.settings}"[:60])
         row = new_row(columns, case.name, case.family, case.settings, "ok", case.flags)
@@ -199,28 +262,14 @@ def run(exp: Experiment, workdir: str | Path, *, quick: bool = False, n_samples:
         rows.append(row)
         if case.skip or case.sample is None:
             row.update(status="skipped", error=case.skip or "no sampler", nfe=math.nan)
-        elif (x := measure_case(case, row, scores, x0s, starts, mine, seed, rt)) is None:
-            if rt.is_main:
+        elif (x := measure_case(case, row, scores, x0s, g.starts, g.mine, g.seed, g.rt)) is None:
+            if g.rt.is_main:
                 bar.write(f"{case.family} [{case.settings}] failed: {row['error']}")
         else:
             if ref is not None and case.deterministic:
-                row["transport_error"] = float((x.double() - ref).flatten(1).norm(dim=1).mean())
+                row["transport_error"] = float((x.double() - ref.x).flatten(1).norm(dim=1).mean())
             add_quality(row, x)
             float_cols(row)
         bar.update(1)
     bar.close()
-
-    meta = {
-        "config": exp.describe(), "model": model.source, "device": str(device),
-        "torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
-        "python": platform.python_version(), "torch": torch.__version__, "machine": platform.processor() or
-        platform.machine(), "sigma_max": sigma_max, "sigma_min": sigma_min, "sample_shape": list(d.shape),
-        "n_samples": n, "batch_size": bs, "seed": seed, "quick": quick,
-        "initial_noise": "σ_max·z for every sampler, z from torch.Generator(device).manual_seed(seed + batch)",
-        "wall_time": "sampling only (all batches), one run per row; metrics excluded",
-        "peak_memory": mem_probe.kind, "transport_reference": ref_info,
-        "metrics": f"evaluate.evaluate_samples kind={eval_kwargs['kind']!r}", "reference_metrics": reference_metrics,
-    }
-    if not rt.is_main:
-        return BenchReport(rows, meta, columns)
-    return write_outputs(rows, meta, columns, metric_cols, workdir / "bench", plots)
+    return rows

@@ -186,22 +186,7 @@ def pc_sampler(score: ScoreFn, x: Tensor, sigmas: Tensor, *, predictor: str = "r
     if corrector not in CORRECTORS:
         raise ValueError(f"unknown corrector {corrector!r}; expected one of {', '.join(CORRECTORS)}")
     s64, sig_b = prepare_grid(sigmas, x)
-    if sde is None:
-        if times is not None:
-            raise ValueError("`times` needs `sde`")
-        a, c, tau = predictor_coefficients(s64, predictor, betas, tweedie is not False)
-        alphas = torch.ones_like(c) if betas is None else 1 - torch.as_tensor(betas, dtype=F64)
-        ald_sigma = s64[:-1]
-    else:
-        if betas is not None or times is None:
-            raise ValueError("score_sde's form takes `sde` and `times`, not `betas`")
-        t64 = torch.as_tensor(times, dtype=F64).cpu()
-        _check_sde_grid(s64, sde, t64)
-        a, c, tau, alphas = sde_coefficients(sde, t64, predictor)
-        ald_sigma = sde.sigma(t64)
-        if tweedie and predictor != "none":
-            a[-1], c[-1], tau[-1] = 1.0, float(s64[-2]) ** 2, 0.0
-    a, c, tau, alphas, ald_sigma = (v.tolist() for v in (a, c, tau, alphas, ald_sigma))
+    a, c, tau, alphas, ald_sigma = _pc_coefficients(s64, predictor, betas, sde, times, tweedie)
     levels = s64.tolist()
     x_mean = x
     for i in range(len(levels) - 1):
@@ -221,3 +206,25 @@ def pc_sampler(score: ScoreFn, x: Tensor, sigmas: Tensor, *, predictor: str = "r
         if callback is not None:
             callback({"i": i, "sigma": sig_b[i][0], "x": x, "x_mean": x_mean})
     return x_mean if denoise else x
+
+
+def _pc_coefficients(s64: Tensor, predictor: str, betas: Tensor | None, sde: SDE | None, times: Tensor | None,
+                     tweedie: bool | None) -> tuple[list[float], ...]:
+    """Per step i of the grid s64 [n]: the predictor's x' = a·x + c·s + τ·z, the corrector's α_i and the σ
+    its annealed-Langevin step size uses; in the σ-grid form or score_sde's (see `pc_sampler`)."""
+    if sde is None:
+        if times is not None:
+            raise ValueError("`times` needs `sde`")
+        a, c, tau = predictor_coefficients(s64, predictor, betas, tweedie is not False)
+        alphas = torch.ones_like(c) if betas is None else 1 - torch.as_tensor(betas, dtype=F64)
+        ald_sigma = s64[:-1]
+    else:
+        if betas is not None or times is None:
+            raise ValueError("score_sde's form takes `sde` and `times`, not `betas`")
+        t64 = torch.as_tensor(times, dtype=F64).cpu()
+        _check_sde_grid(s64, sde, t64)
+        a, c, tau, alphas = sde_coefficients(sde, t64, predictor)
+        ald_sigma = sde.sigma(t64)
+        if tweedie and predictor != "none":
+            a[-1], c[-1], tau[-1] = 1.0, float(s64[-2]) ** 2, 0.0
+    return tuple(v.tolist() for v in (a, c, tau, alphas, ald_sigma))
