@@ -17,7 +17,8 @@ from scorelib.train import train
 
 
 def tiny(name: str, root) -> object:
-    c = importlib.import_module(f"configs.{name}").get_config()
+    module, *arg = name.split(":")
+    c = importlib.import_module(f"configs.{module}").get_config(*arg)
     c.data.root = str(root)
     c.model.nf = 32 if c.model.name not in ("ncsn", "ncsnv2") else 8
     c.model.ch_mult = (1, 2)
@@ -35,7 +36,7 @@ def tiny(name: str, root) -> object:
 
 
 @pytest.mark.parametrize("name", ["ddpm_cifar", "iddpm_cifar", "adm_cifar", "ncsnpp_cifar", "ddpmpp_cifar",
-                                  "ncsnv2_cifar"])
+                                  "ncsnv2_cifar", "edm_cifar", "edm_cifar:vp", "edm_cifar:ve", "edm_cifar_ve"])
 def test_few_training_steps(name, tmp_path):
     data = write_fake_cifar10(tmp_path / "data", n_per_batch=4)
     c = tiny(name, data)
