@@ -159,7 +159,7 @@ def _published_config(path: Path, state: Any, config: Any) -> ConfigDict:
     return resolve_config(config)
 
 
-def _experiment(config: Any, source: Path, whose: str) -> Experiment:
+def _network_experiment(config: Any, source: Path, whose: str) -> Experiment:
     try:
         return experiment(config, mode="network")
     except (ConfigError, AttributeError, KeyError, TypeError, ValueError) as e:
@@ -175,12 +175,12 @@ def load_network(path: str | Path, ema: bool = True, config: Any = None) -> tupl
     weights, stored, source = read_checkpoint(path, ema)
     if stored is None:
         config = _published_config(source, weights, config)
-        exp = _experiment(config, source, "the")
+        exp = _network_experiment(config, source, "the")
         _check_format(formats.detect_format(weights, source), exp.formats, exp.family, source)
         net = load_experiment_weights(exp, exp.network(), source, ema)
         return net.eval(), config, exp
     config = config_from_json(stored, source.with_suffix(".json") if source.suffix == ".safetensors" else source)
-    exp = _experiment(config, source, "its")
+    exp = _network_experiment(config, source, "its")
     net = exp.network()
     _fit(net, weights, source)
     return net.eval(), config, exp

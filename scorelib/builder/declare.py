@@ -80,6 +80,9 @@ class Field:
         return isinstance(value, tuple | list)
 
 
+F = Field  # the short name the declaration tables use
+
+
 def choice(value: str, allowed: Iterable[str], field: str) -> str:
     """`value` if it is one of `allowed`, else a ConfigError naming `field`."""
     allowed = tuple(allowed)

@@ -26,6 +26,7 @@ from .declare import (
     RATE,
     UNIT,
     ConfigError,
+    F,
     Field,
     at_least,
     each,
@@ -37,8 +38,6 @@ from .networks import NETWORKS, PRECONDS
 from .noise import BETA_SCHEDULES, NOISE_KINDS
 from .objectives import LOSSES, LR_SCHEDULES, OPTIMIZERS, TIMESTEP_SAMPLERS
 from .samplers import COMMON_OPTIONS, OPTIONS
-
-F = Field
 
 SECTIONS: dict[str, dict[str, Field]] = {
     "": {

@@ -85,7 +85,7 @@ def _ssm(model: nn.Module, x: Tensor, cond: dict[str, Tensor], g: torch.Generato
                               n_projections=ctx.t.n_projections, anneal_power=ctx.t.anneal_power, generator=g)
 
 
-def _ddpm(which: str) -> LossCall:
+def _ddpm_loss(which: str) -> LossCall:
     """L_simple, the hybrid loss or the VLB at uniform or importance-sampled timesteps (improved DDPM)."""
 
     def call(model: nn.Module, x: Tensor, cond: dict[str, Tensor], g: torch.Generator, ctx: LossFn) -> Tensor:
@@ -132,7 +132,7 @@ def _edm_ve(model: nn.Module, x: Tensor, cond: dict[str, Tensor], g: torch.Gener
     return losses.ve_loss(model, x, n.sigma_min, n.sigma_max, generator=g, augment=ctx.augment, **cond)
 
 
-def _edm2(model: nn.Module, x: Tensor, cond: dict[str, Tensor], g: torch.Generator, ctx: LossFn) -> Tensor:
+def _edm2_loss(model: nn.Module, x: Tensor, cond: dict[str, Tensor], g: torch.Generator, ctx: LossFn) -> Tensor:
     """EDM2's loss with the learned uncertainty u(σ) (Karras et al. 2024, eq. 21)."""
     n = ctx.noise
     return losses.edm2_loss(model, x, n.P_mean, n.P_std, ctx.f.model.sigma_data, generator=g, **cond)
@@ -141,13 +141,13 @@ def _edm2(model: nn.Module, x: Tensor, cond: dict[str, Tensor], g: torch.Generat
 LOSSES: dict[str, Loss] = {
     "dsm": Loss(_dsm, ("ve", "ve_continuous", "vp", "subvp", "edm")),
     "ssm": Loss(_ssm, ("ve", "ve_continuous", "vp", "subvp", "edm")),
-    "eps": Loss(_ddpm("eps"), ("ddpm",)),
-    "hybrid": Loss(_ddpm("hybrid"), ("ddpm",), learned_variance=True),
-    "vlb": Loss(_ddpm("vlb"), ("ddpm",), learned_variance=True),
+    "eps": Loss(_ddpm_loss("eps"), ("ddpm",)),
+    "hybrid": Loss(_ddpm_loss("hybrid"), ("ddpm",), learned_variance=True),
+    "vlb": Loss(_ddpm_loss("vlb"), ("ddpm",), learned_variance=True),
     "edm": Loss(_edm, ("edm",)),
     "edm_vp": Loss(_edm_vp, ("vp",)),
     "edm_ve": Loss(_edm_ve, ("ve_continuous",)),
-    "edm2": Loss(_edm2, ("edm",)),
+    "edm2": Loss(_edm2_loss, ("edm",)),
 }
 AUGMENTED = ("edm", "edm_vp", "edm_ve")  # the losses that take EDM's augmentation
 CLASSIFIER_LOSS = Loss(_classifier, ("ddpm",))

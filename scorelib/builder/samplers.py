@@ -41,10 +41,20 @@ from ..schedules import (
     timesteps_to_sigmas,
 )
 from ..utils import ScoreFn
-from .declare import NON_NEGATIVE, POSITIVE, POSITIVE_OR_INF, UNIT, ConfigError, Field, at_least, format_value, one_of
+from .declare import (
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_OR_INF,
+    UNIT,
+    ConfigError,
+    F,
+    Field,
+    at_least,
+    format_value,
+    one_of,
+)
 from .noise import Noise
 
-F = Field
 FAST_DEFAULT_NFE = 10  # sampling.method=fast with sampling.n_steps=0: the README's 10-NFE budget
 SPACINGS = ("uniform", "leading", "trailing", "quadratic")  # schedules.respace_timesteps
 # improved-/guided-diffusion's respacing strings ("10,15,20", "ddim50"), read by schedules.space_timesteps
@@ -290,7 +300,7 @@ def fast_budget(s: Sampler) -> int:
 # The table
 # ---------------------------------------------------------------------------------------------
 
-Run = Callable[[Sampler, ScoreFn, Tensor, Tensor, "torch.Generator | None"], Tensor]
+SamplerCall = Callable[[Sampler, ScoreFn, Tensor, Tensor, "torch.Generator | None"], Tensor]
 
 
 @dataclass(frozen=True)
@@ -299,7 +309,7 @@ class Method:
     options it reads, `deterministic(o)` (no noise after x), and `adaptive` (the NFE is the solver's)."""
 
     grid: Grid
-    run: Run
+    run: SamplerCall
     options: tuple[str, ...]
     deterministic: Callable[[Any], bool]
     adaptive: bool = False
