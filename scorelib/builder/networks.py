@@ -241,6 +241,7 @@ NETWORKS: dict[str, Network] = {
     "edm2": Network(_edm2, None, (), "denoised", conditional=True, formats=("edm2",), preconds=("edm2",)),
 }
 
+
 def build_classifier(f: Any, noise: Noise | None = None) -> nn.Module:
     """The ADM noisy-image classifier of the classifier.* section (classifier guidance)."""
     c, d = f.classifier, f.data
