@@ -13,7 +13,7 @@
 
 Everything goes through the library's own entry points (the builder, the training loop, the post-hoc EMA
 task, the sampler and guidance of an Experiment), as `python main.py` runs them. Prints one markdown table
-and writes benchmarks/results/edm2_digits.json (and the plot). About 12 minutes on 2 CPU cores.
+and writes benchmarks/results/edm2_digits.json (and the plot). About 19 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
