@@ -331,7 +331,7 @@ def likelihoods(exp: Any, net: torch.nn.Module, seed: int, full_vlb: bool = Fals
         g = torch.Generator(device).manual_seed(seed)
         with Timer() as t:
             total, _ = ddpm_vlb(exp.wrap(net).eval(), x8.to(device), schedule, exp.vlb_variance, g,
-                                clip_denoised=exp.f.sampling.clip_denoised)
+                                clip_denoised=True)  # as --mode=likelihood and improved-diffusion's calc_bpd_loop
         out.update({"vlb_bpd": float(total.mean()), "vlb_steps": schedule.T, "vlb_examples": len(x8),
                     "vlb_s": t.wall})
     return out
