@@ -4,7 +4,7 @@ network which learned nothing, or learned with the wrong conditioning, does not.
 
 The thresholds come from measurements at this budget (seed 0, one torch thread per recipe, two recipes at a
 time; numbers in the comments): each sits well above the trained recipe's FID and far below what its
-untrained network scores. The iddpm miniature is also trained longer, where the code before the timestep
+untrained network scores. The iddpm miniature is trained longer instead, where the code before the timestep
 fix (commit ed27fca: the network saw the raw t in training and t·1000/T in sampling) scores twice the FID.
 """
 
@@ -41,7 +41,7 @@ THRESHOLDS = {
 }
 
 
-# iddpm once more at the budget where its conditioning bug shows clearly: 1000 steps, 500 samples, digits FID
+# iddpm at the budget where its conditioning bug shows clearly: 1000 steps, 500 samples, digits FID
 # 11.5 here against 21.6 on ed27fca (same command with --tree, --only iddpm --steps 1000 --samples 500).
 IDDPM_BUDGET = bench.Budget(batch_size=32, n_iters=1000, n_samples=500, seed=0)
 IDDPM_THRESHOLD = 16.0
@@ -58,13 +58,13 @@ def fids(tmp_path_factory):
     from concurrent.futures import ProcessPoolExecutor
 
     workdir = str(tmp_path_factory.mktemp("recipes"))
-    jobs = [("iddpm-long", "iddpm", IDDPM_BUDGET)] + [(n, n, BUDGET) for n in bench.RECIPES]
+    jobs = [("iddpm-long", "iddpm", IDDPM_BUDGET)] + [(n, n, BUDGET) for n in bench.RECIPES if n != "iddpm"]
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {key: pool.submit(bench.miniature_fid, name, budget, workdir) for key, name, budget in jobs}
         return {key: f.result() for key, f in futures.items()}
 
 
-@pytest.mark.parametrize("name", list(bench.RECIPES))
+@pytest.mark.parametrize("name", [n for n in bench.RECIPES if n != "iddpm"])  # iddpm: trained longer, below
 def test_recipe_learns(name, fids):
     assert fids[name] < THRESHOLDS[name], f"{name}: digits FID {fids[name]:.1f} after {BUDGET.n_iters} steps"
 
@@ -72,4 +72,4 @@ def test_recipe_learns(name, fids):
 def test_iddpm_trains_with_the_labels_it_samples_with(fids):
     """improved-diffusion's t·1000/T in training, sampling and the VLB alike: with the raw t in training the
     miniature scores 21.6."""
-    assert fids["iddpm-long"] < IDDPM_THRESHOLD, fids["iddpm-long"]
+    assert fids["iddpm-long"] < min(IDDPM_THRESHOLD, THRESHOLDS["iddpm"]), fids["iddpm-long"]
