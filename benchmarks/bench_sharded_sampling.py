@@ -123,7 +123,7 @@ def overhead_table(tmp: Path, reps: int) -> str:
             np.savez(run / "plain.npz", samples=x.float().numpy())
 
         def draws(exp=exp, net=net, n=n, run=run, fresh=fresh) -> tuple:
-            drawn, cs, _ = sampling.draw(exp, (net, None), n, 1, rt, run / f"chunks_{next(fresh)}", "sample",
+            drawn, cs, _ = sampling.draw(exp, (net, None, None), n, 1, rt, run / f"chunks_{next(fresh)}", "sample",
                                          progress=False)
             return drawn.store, cs
 

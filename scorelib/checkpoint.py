@@ -143,6 +143,16 @@ def checkpoint_path(directory: str | Path, step: int) -> Path:
     return Path(directory) / f"checkpoint_{step:08d}.pt"
 
 
+def phema_path(workdir: str | Path, step: int) -> Path:
+    """WORKDIR/phema/phema_<step>.pt: the power-EMA snapshots of one training step (never pruned)."""
+    return Path(workdir) / "phema" / f"phema_{step:08d}.pt"
+
+
+def list_phema(workdir: str | Path) -> list[Path]:
+    """The power-EMA snapshot files of a run (`phema_path`), oldest first."""
+    return sorted(phema_path(workdir, 0).parent.glob("phema_*.pt"))
+
+
 def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
     """(step, path) of every checkpoint in `directory`, oldest first."""
     d = Path(directory)
@@ -189,8 +199,13 @@ def load_newest(directory: str | Path, map_location: str | torch.device = "cpu")
         return state
     if not errors:
         return None
-    others = "it is the only checkpoint there" if len(found) == 1 else "no older one is readable"
-    raise CheckpointError(f"{errors[0][1]}, and {others}")
+    raise CheckpointError(none_readable(errors[0][1], len(found)))
+
+
+def none_readable(newest: CheckpointError, found: int) -> str:
+    """The line for a folder of `found` checkpoints none of which is readable: the newest's error, and why no
+    other one is used."""
+    return f"{newest}, and {'it is the only checkpoint there' if found == 1 else 'no older one is readable'}"
 
 
 def prune_checkpoints(directory: str | Path, keep: int) -> None:

@@ -318,8 +318,8 @@ def setting(exp: Experiment, nets: tuple[nn.Module | None, ...], seed: int, size
     return Draw(ChunkStore(directory / stem, fingerprint, describe), stem)
 
 
-def draw(exp: Experiment, nets: tuple[nn.Module, ...], n: int, seed: int, rt: Runtime, directory: Path,
-         purpose: str, extra: Callable[[Tensor], dict[str, np.ndarray]] | None = None,
+def draw(exp: Experiment, nets: tuple[nn.Module, nn.Module | None, nn.Module | None], n: int, seed: int,
+         rt: Runtime, directory: Path, purpose: str, extra: Callable[[Tensor], dict[str, np.ndarray]] | None = None,
          keys: tuple[str, ...] = ("samples",), progress: bool = True,
          overwrite: bool = False) -> tuple[Draw, list[Chunk], DrawReport]:
     """Draw n samples of the experiment's sampler with `nets` = (network, guidance classifier or None, σ-space
@@ -333,7 +333,7 @@ def draw(exp: Experiment, nets: tuple[nn.Module, ...], n: int, seed: int, rt: Ru
     d = setting(exp, nets, seed, size, rt.device, directory, purpose)
     if overwrite and rt.is_main and d.store.directory.exists():
         shutil.rmtree(d.store.directory)
-    net, classifier, guide = (*nets, None, None)[:3]
+    net, classifier, guide = nets
     wrapped = None if classifier is None else exp.wrap_classifier(classifier).eval()
 
     def one(c: Chunk) -> dict[str, np.ndarray]:

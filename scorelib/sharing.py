@@ -54,8 +54,6 @@ def _newest_in(path: Path, ema: bool) -> tuple[Weights, str, Path]:
     if not ckpts:
         raise CheckpointError(f"no checkpoint_*.pt in {directory}")
     state = load_newest(directory)  # a CheckpointError naming the newest file when none is readable
-    if state is None:
-        raise CheckpointError(f"no checkpoint_*.pt in {directory}")
     used = checkpoint_path(directory, int(state["step"])) if "step" in state else ckpts[-1][1]
     return state["ema"] if ema and state.get("ema") else state["model"], state["config"], used
 

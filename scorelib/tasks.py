@@ -16,7 +16,7 @@ import torch
 
 from . import evaluate, sampling, validate
 from .builder import ConfigError, Experiment
-from .checkpoint import CheckpointError, atomic_write_bytes, read_torch, save_checkpoint
+from .checkpoint import CheckpointError, atomic_write_bytes, list_phema, phema_path, read_torch, save_checkpoint
 from .data import DataError, ImageData, load_dataset, save_image_grid, toy_data, toy_mixture
 from .ema import EMASnapshot, posthoc_ema
 from .evaluate import cache_key, inception_weights_path
@@ -423,10 +423,9 @@ def likelihood_metrics(exp: Experiment, net: torch.nn.Module, data: ImageData | 
 
 
 def phema_snapshots(workdir: Path) -> list[EMASnapshot]:
-    """The power-EMA snapshots of a run (WORKDIR/phema/phema_*.pt), each loaded only when read."""
-    files = sorted((Path(workdir) / "phema").glob("phema_*.pt"))
+    """The power-EMA snapshots of a run (`checkpoint.list_phema`), each loaded only when read."""
     out = []
-    for path in files:
+    for path in list_phema(workdir):
         for i, snap in enumerate(load_phema_file(path)["snapshots"]):
             out.append(EMASnapshot(int(snap["step"]), float(snap["gamma"]),
                                    lambda path=path, i=i: load_phema_file(path)["snapshots"][i]["state_dict"]))
@@ -452,7 +451,7 @@ def run_phema(exp: Experiment, workdir: Path) -> Path:
         state = posthoc_ema(snaps, p.sigma_rel)
         name = f"ema-{p.sigma_rel:.3f}.pt"
     exp.network().load_state_dict(state)  # the run's network: a mismatch is an error now, not when sampling
-    out = Path(workdir) / "phema" / name
+    out = phema_path(workdir, step).with_name(name)  # beside the snapshots
     save_checkpoint(out, {"model": state, "ema": state, "step": step, "config": exp.record})
     print(f"post-hoc EMA at step {step} from {len(snaps)} snapshots -> {out}")
     return out

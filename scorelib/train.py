@@ -35,6 +35,7 @@ from .checkpoint import (
     checkpoint_path,
     list_checkpoints,
     load_newest,
+    phema_path,
     prune_checkpoints,
     rng_state,
     save_checkpoint,
@@ -201,11 +202,6 @@ def _save(exp: Experiment, workdir: Path, run: Run, step: int) -> Path:
     save_checkpoint(path, run.state(exp, step))
     prune_checkpoints(workdir / "checkpoints", exp.f.training.keep_checkpoints)
     return path
-
-
-def phema_path(workdir: Path, step: int) -> Path:
-    """WORKDIR/phema/phema_<step>.pt: the power-EMA snapshots of one step (never pruned)."""
-    return Path(workdir) / "phema" / f"phema_{step:08d}.pt"
 
 
 def _save_phema(exp: Experiment, workdir: Path, run: Run, step: int) -> None:

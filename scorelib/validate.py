@@ -23,7 +23,7 @@ from .builder.configs import ARCHITECTURE_DATA_FIELDS, stored_config
 from .builder.declare import ConfigError, format_value
 from .builder.fields import leaves
 from .builder.samplers import METHOD_FIELDS
-from .checkpoint import CheckpointError, list_checkpoints, read_torch
+from .checkpoint import CheckpointError, list_checkpoints, list_phema, none_readable, read_torch
 
 
 def check_buildable(exp: Experiment) -> None:
@@ -124,10 +124,9 @@ def check_some_checkpoint_readable(directory: Path) -> None:
         except CheckpointError as e:
             newest_error = newest_error or e
     if newest_error is not None:
-        one = len(found) == 1
-        it, others = ("it", "it is the only checkpoint there") if one else ("them", "no older one is readable")
-        raise ConfigError(f"{newest_error}, and {others}: training does not start again from step 0 over {it} "
-                          f"(move {it} away to train from scratch)")
+        it = "it" if len(found) == 1 else "them"
+        raise ConfigError(f"{none_readable(newest_error, len(found))}: training does not start again from step 0 "
+                          f"over {it} (move {it} away to train from scratch)")
 
 
 def check_checkpoint_source(exp: Experiment, workdir: Path, overridden: Iterable[str]) -> None:
@@ -187,7 +186,7 @@ def check(exp: Experiment, config: object, workdir: str | Path, overridden: Iter
         check_resume(config, workdir)
     elif exp.mode in ("sample", "eval", "likelihood"):
         check_checkpoint_source(exp, workdir, overridden)
-    elif exp.mode == "phema" and not list((workdir / "phema").glob("phema_*.pt")):
+    elif exp.mode == "phema" and not list_phema(workdir):
         raise ConfigError(f"{workdir / 'phema'}: no power-EMA snapshots (train with "
                           "--config.training.phema_sigma_rels='(0.05, 0.1)' first)")
     return ignored_fields(exp, overridden, quick)

@@ -20,6 +20,7 @@ from ..models.edm import DHARIWALUNET_DEFAULTS, PRECOND_DEFAULTS, PRECOND_KINDS,
 from ..pickles import PickledObject
 from .declare import ConfigError
 from .fields import base
+from .networks import PRECONDS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # holds configs/, which the config files import
 # the data fields that shape the network: a checkpoint's stored values replace the current ones
@@ -114,7 +115,7 @@ def _edm_network(config: ConfigDict, record: PickledObject) -> None:
     m.channel_mult_emb = k["channel_mult_emb"]
     m.augment_dim, m.class_dropout = k["augment_dim"], k["label_dropout"]
     d.image_size, d.channels, d.num_classes = k["img_resolution"], k["in_channels"], k["label_dim"]
-    n.kind = {"edm": "edm", "iddpm": "edm", "vp": "vp", "ve": "ve_continuous"}[m.precond]
+    n.kind = PRECONDS[m.precond].noise[0]  # the noise process the preconditioning is trained and sampled in
     if m.precond == "edm":
         m.sigma_data = p["sigma_data"]
     if m.precond == "vp":
@@ -132,7 +133,7 @@ def _edm2_network(config: ConfigDict, record: PickledObject) -> None:
     m.num_head_channels, m.logvar_channels = k.get("channels_per_head", 64), k.get("logvar_channels", 128)
     m.sigma_data = k.get("sigma_data", 0.5)
     d.image_size, d.channels, d.num_classes = k["img_resolution"], k["img_channels"], k.get("label_dim", 0)
-    config.noise.kind = "edm"
+    config.noise.kind = PRECONDS[m.precond].noise[0]
 
 
 def snapshot_config(path: str | Path, over: Any) -> ConfigDict:
