@@ -313,8 +313,8 @@ def likelihoods(exp: Any, net: torch.nn.Module, seed: int, full_vlb: bool = Fals
     eval.likelihood_rtol) and, for DDPM-family recipes, the discrete VLB (`likelihood.ddpm_vlb`) of those digits
     written as 8-bit images (its decoder's 256 bins) on the chain the recipe samples with (its respaced
     timesteps), or on all T with `full_vlb`."""
+    from scorelib.builder.datasets import load_dataset
     from scorelib.builder.samplers import respaced_timesteps
-    from scorelib.data import load_dataset
     from scorelib.likelihood import ddpm_vlb
     from scorelib.tasks import likelihood_metrics, runtime
 

@@ -98,6 +98,7 @@ def overhead_table(tmp: Path, reps: int) -> str:
     from scorelib import sampling
     from scorelib.builder import experiment
     from scorelib.builder.configs import with_overrides
+    from scorelib.chunked import write_npz_streamed
     from scorelib.runtime import Runtime
     from scorelib.sampling import sample_images
     from scorelib.sharing import load_network
@@ -129,7 +130,7 @@ def overhead_table(tmp: Path, reps: int) -> str:
 
         def assembled(exp=exp, n=n, run=run, draws=draws) -> None:
             store, cs = draws()
-            sampling.write_npz_streamed(run / "sharded.npz", "samples", store.iter(cs), (n, *exp.data.shape))
+            write_npz_streamed(run / "sharded.npz", "samples", store.iter(cs), (n, *exp.data.shape))
 
         wall, _ = interleaved({"plain": plain, "draws": draws, "assembled": assembled}, reps)
         cells = [f"{statistics.median(wall['plain']):.3f}"]

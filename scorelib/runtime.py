@@ -1,14 +1,17 @@
-"""The process a run executes in: its device, under torchrun its rank in the process group, and the
-lock that makes it the one writer of its workdir."""
+"""The process a run executes in: its device, under torchrun its rank in the process group (barriers and
+sums over the processes), its progress lines, and the lock that makes it the one writer of its workdir.
+No config is read here."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import re
 import socket
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,9 +20,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
+from tqdm import tqdm
 
 from .checkpoint import CheckpointSkipped
-from .utils import format_bytes
+from .utils import format_bytes, format_duration
 
 
 class RuntimeSetupError(RuntimeError):
@@ -63,6 +68,77 @@ def setup_runtime(device: str = "auto", threads: int = 0) -> Runtime:
 def step_seed(seed: int, step: int, rank: int) -> int:
     """A 63-bit seed that depends on (seed, step, rank) only."""
     return (seed * 1_000_003 + step * 7919 + rank * 104_729 + 12_345) % (2**63 - 1)
+
+
+def barrier(rt: Runtime) -> None:
+    """Wait for every process (nothing to do in a single-process run)."""
+    if rt.world > 1:
+        dist.barrier()
+
+
+def reduce_sum(values: list[Tensor], rt: Runtime) -> list[Tensor]:
+    """Element-wise sums of the tensors over all processes, on every process (float64 recommended)."""
+    if rt.world == 1:
+        return values
+    out = []
+    for v in values:
+        t = v.to(rt.device).clone()
+        dist.all_reduce(t)
+        out.append(t.cpu())
+    return out
+
+
+def progress_label(desc: str, rt: Runtime) -> str:
+    """`desc`, marked as rank 0's share in a multi-process run."""
+    return f"{desc} (rank 0 of {rt.world})" if rt.world > 1 else desc
+
+
+class Progress:
+    """Work done of `total`: a tqdm bar when stderr is a terminal, else a plain line on stderr every
+    `every` of the total, with the rate, the ETA and the note (`set_note`: what is being worked on). Disabled:
+    silent."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True, every: float = 0.05, unit: str = "samples"):
+        self.total, self.desc, self.every, self.unit, self.note = total, desc, every, unit, ""
+        self.enabled = enabled and total > 0
+        self.done, self.next_report, self.t0 = 0, every * total, time.perf_counter()
+        self.bar = None
+        if self.enabled and sys.stderr.isatty():
+            self.bar = tqdm(total=total, desc=desc, unit=unit.rstrip("s"), dynamic_ncols=True)
+
+    def line(self) -> str:
+        """`desc: done/total samples (p%), r samples/s, ETA h:mm:ss[; note]` (with `unit` for "samples")."""
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        rate = self.done / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else math.inf
+        return (f"{self.desc}: {self.done}/{self.total} {self.unit} ({100 * self.done / self.total:.0f}%), "
+                f"{rate:.3g} {self.unit}/s, ETA {format_duration(eta)}" + (f"; {self.note}" if self.note else ""))
+
+    def set_note(self, note: str) -> None:
+        """What the work now done is (shown beside the bar, or at the end of the next plain line)."""
+        self.note = note
+        if self.bar is not None:
+            self.bar.set_postfix_str(note)
+
+    def write(self, message: str) -> None:
+        """A message on stderr, above the bar when there is one."""
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.enabled and (self.done >= self.next_report or self.done >= self.total):
+            print(self.line(), file=sys.stderr, flush=True)
+            while self.next_report <= self.done:
+                self.next_report += self.every * self.total
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class WorkdirLocked(Exception):

@@ -16,13 +16,26 @@ import torch
 
 from . import evaluate, sampling, validate
 from .builder import ConfigError, Experiment
+from .builder.datasets import load_dataset
 from .checkpoint import CheckpointError, atomic_write_bytes, list_phema, phema_path, read_torch, save_checkpoint
-from .data import DataError, ImageData, load_dataset, save_image_grid, toy_data, toy_mixture
+from .chunked import Chunk, chunk_seed, write_npz_streamed
+from .data import DataError, ImageData, save_image_grid, toy_data, toy_mixture
 from .ema import EMASnapshot, posthoc_ema
 from .evaluate import cache_key, inception_weights_path
 from .likelihood import bits_per_dim, ddpm_vlb, dequantize, log_likelihood
 from .metrics.fid import to_unit_range
-from .runtime import BatchTooLarge, Runtime, RuntimeSetupError, WorkdirLocked, batch_fits, setup_runtime
+from .runtime import (
+    BatchTooLarge,
+    Progress,
+    Runtime,
+    RuntimeSetupError,
+    WorkdirLocked,
+    barrier,
+    batch_fits,
+    progress_label,
+    reduce_sum,
+    setup_runtime,
+)
 from .sharing import load, load_experiment_weights, load_weights
 from .train import TrainingError, train
 
@@ -105,7 +118,7 @@ def run_sample(exp: Experiment, workdir: Path, overwrite: bool = False) -> Path:
     elapsed = time.perf_counter() - start
     out = workdir / "samples" / f"{drawn.stem}-n{s.n_samples}.npz"
     if rt.is_main:
-        sampling.write_npz_streamed(out, "samples", drawn.store.iter(all_chunks), (s.n_samples, *d.shape))
+        write_npz_streamed(out, "samples", drawn.store.iter(all_chunks), (s.n_samples, *d.shape))
         png = out.with_suffix(".png")
         if d.dataset == "toy":  # 2-D points: all of them fit in memory
             _scatter_png(torch.from_numpy(np.concatenate(list(drawn.store.iter(all_chunks)))), png)
@@ -120,7 +133,7 @@ def run_sample(exp: Experiment, workdir: Path, overwrite: bool = False) -> Path:
         nfe = exp.sampler.nfe
         print(f"{s.n_samples} samples with {s.method} ({nfe if nfe > 0 else 'adaptive'} NFE) in {elapsed:.1f}s -> "
               f"{out} ({report.note(rt.world)})")
-    sampling.barrier(rt)
+    barrier(rt)
     return out
 
 
@@ -275,7 +288,7 @@ def _inception_extra(exp: Experiment, workdir: Path, device: torch.device) -> Ca
     return extra
 
 
-def _inception_results(exp: Experiment, workdir: Path, drawn: sampling.Draw, all_chunks: list[sampling.Chunk],
+def _inception_results(exp: Experiment, workdir: Path, drawn: sampling.Draw, all_chunks: list[Chunk],
                        test: ImageData | None, ref: FidReference | None, rt: Runtime) -> dict[str, Any]:
     """FID / KID / IS of the chunks' samples against `ref` (None: no FID/KID requested) and, with a FID, the
     record of what it was computed from (`evaluate.fid_protocol`, the split, file and cache). The FID
@@ -285,7 +298,7 @@ def _inception_results(exp: Experiment, workdir: Path, drawn: sampling.Draw, all
     stats = evaluate.StreamingStatistics(2048)
     for feats in store.iter(all_chunks[rt.rank::rt.world], "features"):
         stats.update(feats)
-    stats = evaluate.StreamingStatistics.from_tensors(sampling.reduce_sum(stats.tensors(), rt))
+    stats = evaluate.StreamingStatistics.from_tensors(reduce_sum(stats.tensors(), rt))
     if not rt.is_main:
         return {}
 
@@ -342,7 +355,7 @@ def run_eval(exp: Experiment, workdir: Path, overwrite: bool = False) -> dict[st
         _write_json(workdir / "eval" / "metrics.json", results)
         print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list | dict | str)}, default=float))
         print(f"eval samples: {report.note(rt.world)}")
-    sampling.barrier(rt)
+    barrier(rt)
     return results
 
 
@@ -371,7 +384,7 @@ def likelihood_metrics(exp: Experiment, net: torch.nn.Module, data: ImageData | 
     """Bits/dim of `data` (the test split; None: fresh toy points) under the probability-flow ODE and,
     for DDPM models on 8-bit data, the discrete VLB: eval.likelihood_batches batches of eval.batch_size,
     both through the network's one wrapper. Batch i is computed by process i mod world with the generator
-    seeded `sampling.chunk_seed(seed, i)` (dequantisation and Hutchinson probes), so the result does not
+    seeded `chunk_seed(seed, i)` (dequantisation and Hutchinson probes), so the result does not
     depend on the number of processes; per-process float64 sums are added up over all of them."""
     model = exp.wrap(net).eval()
     sigma_max, sigma_min = exp.noise.likelihood_range
@@ -384,10 +397,10 @@ def likelihood_metrics(exp: Experiment, net: torch.nn.Module, data: ImageData | 
     with_vlb = exp.vlb_variance is not None and data is not None and d.centered and data.levels == 256
     mine = list(range(n_batches))[rt.rank::rt.world]
     sums = torch.zeros(6, dtype=torch.float64)  # [Σ ode bpd, examples, Σ nfe, batches, Σ vlb bpd, vlb examples]
-    bar = sampling.Progress(len(mine), sampling.progress_label("likelihood", rt), enabled=rt.is_main,
+    bar = Progress(len(mine), progress_label("likelihood", rt), enabled=rt.is_main,
                             unit="batches")
     for i in mine:
-        g = torch.Generator(rt.device).manual_seed(sampling.chunk_seed(exp.f.seed, i))
+        g = torch.Generator(rt.device).manual_seed(chunk_seed(exp.f.seed, i))
         if data is None:
             raw = toy_data(d.toy, e.batch_size, torch.Generator().manual_seed(exp.f.seed + i)).to(rt.device)
             x = raw.float()
@@ -407,7 +420,7 @@ def likelihood_metrics(exp: Experiment, net: torch.nn.Module, data: ImageData | 
             sums[4:] += torch.tensor([float(total.double().sum()), len(total)], dtype=torch.float64)
         bar.update(1)
     bar.close()
-    (sums,) = sampling.reduce_sum([sums], rt)
+    (sums,) = reduce_sum([sums], rt)
     out: dict[str, Any] = {"ode_bpd": float(sums[0] / sums[1]), "ode_nfe_mean": float(sums[2] / sums[3]),
                            "likelihood_examples": int(sums[1])}
     if data is None:

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .builder import Experiment
+from .builder.datasets import load_dataset
 from .builder.objectives import LossFn
 from .checkpoint import (
     checkpoint_path,
@@ -41,7 +42,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .data import ImageData, load_dataset, prepare_batch, save_image_grid, toy_data
+from .data import ImageData, prepare_batch, save_image_grid, toy_data
 from .ema import PowerEMA
 from .metrics.fid import to_unit_range
 from .runtime import Runtime, batch_fits, setup_runtime, step_seed

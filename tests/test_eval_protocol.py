@@ -20,7 +20,8 @@ from scorelib import evaluate as ev
 from scorelib import sampling, tasks
 from scorelib.builder import ConfigError, experiment
 from scorelib.builder.configs import with_overrides
-from scorelib.data import DataError, in_test_split, load_dataset, load_image_folder
+from scorelib.builder.datasets import load_dataset
+from scorelib.data import DataError, in_test_split, load_image_folder
 from scorelib.train import train
 
 # --- dataset=folder: a deterministic train/test split -------------------------------------------

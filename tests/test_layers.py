@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "scorelib"
-EXPERIMENT = {"builder", "validate", "data", "runtime", "train", "tasks", "sampling", "bench", "sharing", "presets",
+EXPERIMENT = {"builder", "validate", "train", "tasks", "sampling", "bench", "sharing", "presets",
               "peers", "cli"}
 
 

@@ -483,7 +483,8 @@ CLI_NCSNV2 = ("--config=ncsnv2_cifar", "--config.model.nf=16", "--config.data.im
 
 def test_cli_samples_from_a_published_ncsnv2_checkpoint(tmp_path: Path) -> None:
     from scorelib.builder import experiment
-    from scorelib.sampling import chunk_seed, sample_images
+    from scorelib.chunked import chunk_seed
+    from scorelib.sampling import sample_images
     from scorelib.sharing import load_network
 
     path = tmp_path / "checkpoint_5000.pth"

@@ -16,7 +16,7 @@ import pytest
 import torch
 from cli_helpers import ROOT, chunk_dir, run_main, run_torchrun, sample_file
 
-from scorelib import sampling
+from scorelib import chunked, runtime, sampling
 from scorelib.metrics.fid import StreamingStatistics, feature_statistics, fid_from_features, frechet_distance
 from scorelib.runtime import Runtime
 
@@ -71,26 +71,26 @@ def test_streamed_statistics_add_up_over_processes():
 
 
 def test_chunks_cover_indices_and_seeds_depend_on_seed_and_index_only():
-    cs = sampling.chunks(10, 4)
+    cs = chunked.chunks(10, 4)
     assert [(c.k, c.start, c.stop) for c in cs] == [(0, 0, 4), (1, 4, 8), (2, 8, 10)]
-    assert sampling.chunks(8, 4) == cs[:2]  # a longer run shares its first chunks with a shorter one
-    seeds = {sampling.chunk_seed(s, k) for s in range(3) for k in range(100)}
-    assert len(seeds) == 300 and sampling.chunk_seed(1, 5) == sampling.chunk_seed(1, 5)
+    assert chunked.chunks(8, 4) == cs[:2]  # a longer run shares its first chunks with a shorter one
+    seeds = {chunked.chunk_seed(s, k) for s in range(3) for k in range(100)}
+    assert len(seeds) == 300 and chunked.chunk_seed(1, 5) == chunked.chunk_seed(1, 5)
 
 
 def test_chunk_store_accepts_only_its_own_complete_chunks(tmp_path):
-    store = sampling.ChunkStore(tmp_path / "c", "fp-a")
+    store = chunked.ChunkStore(tmp_path / "c", "fp-a")
     store.prepare(CPU1)
-    c0, c1 = sampling.chunks(7, 4)
+    c0, c1 = chunked.chunks(7, 4)
     assert not store.is_complete(c0)
     store.write(c0, {"samples": np.ones((4, 2), np.float32)})
     assert store.is_complete(c0) and not store.is_complete(c0, ("samples", "features"))
     store.path(c1).write_bytes(b"truncated")  # unreadable: drawn again
     assert not store.is_complete(c1)
-    longer = sampling.chunks(9, 4)[1]  # chunk 1 of a run with more samples holds other indices
+    longer = chunked.chunks(9, 4)[1]  # chunk 1 of a run with more samples holds other indices
     store.write(longer, {"samples": np.zeros((4, 2), np.float32)})
     assert not store.is_complete(c1) and store.is_complete(longer)
-    other = sampling.ChunkStore(tmp_path / "c", "fp-b")
+    other = chunked.ChunkStore(tmp_path / "c", "fp-b")
     assert not other.is_complete(c0)
     with pytest.raises(RuntimeError, match="another setting"):  # another fingerprint: refused, nothing discarded
         other.prepare(CPU1)
@@ -104,27 +104,27 @@ def test_draw_missing_draws_each_chunk_once(tmp_path):
         calls.append(c.k)
         return {"samples": np.full((c.size, 3), c.k, np.float32)}
 
-    store, cs = sampling.ChunkStore(tmp_path, "fp"), sampling.chunks(10, 3)
+    store, cs = chunked.ChunkStore(tmp_path, "fp"), chunked.chunks(10, 3)
     store.prepare(CPU1)
     store.write(cs[1], draw(cs[1]))
-    report = sampling.draw_missing(store, cs, CPU1, draw, progress=False)
+    report = chunked.draw_missing(store, cs, CPU1, draw, progress=False)
     assert calls == [1, 0, 2, 3] and (report.total, report.found, report.drawn_here) == (4, 1, 3)
-    again = sampling.draw_missing(store, cs, CPU1, draw, progress=False)
+    again = chunked.draw_missing(store, cs, CPU1, draw, progress=False)
     assert calls == [1, 0, 2, 3] and again.found == 4
 
 
 def test_npz_written_in_pieces_loads_as_one_array(tmp_path):
     x = np.random.default_rng(0).normal(size=(11, 3, 2, 2)).astype(np.float32)
-    sampling.write_npz_streamed(tmp_path / "s.npz", "samples", np.array_split(x, 4), x.shape)
+    chunked.write_npz_streamed(tmp_path / "s.npz", "samples", np.array_split(x, 4), x.shape)
     with np.load(tmp_path / "s.npz") as f:
         assert f.files == ["samples"] and np.array_equal(f["samples"], x)
     with pytest.raises(ValueError, match="10 rows"):
-        sampling.write_npz_streamed(tmp_path / "t.npz", "samples", [x[:10]], x.shape)
+        chunked.write_npz_streamed(tmp_path / "t.npz", "samples", [x[:10]], x.shape)
     assert not (tmp_path / "t.npz").exists()
 
 
 def test_progress_prints_plain_lines_every_few_percent(capsys):
-    bar = sampling.Progress(100, "sample", every=0.25)
+    bar = runtime.Progress(100, "sample", every=0.25)
     for _ in range(10):
         bar.update(10)
     bar.close()
@@ -231,8 +231,8 @@ def test_image_eval_streams_inception_features_per_chunk(tmp_path, monkeypatch):
     from scorelib import evaluate as ev
     from scorelib import tasks
     from scorelib.builder import experiment
+    from scorelib.builder.datasets import load_dataset
     from scorelib.builder.fields import base
-    from scorelib.data import load_dataset
 
     data = write_fake_cifar10(tmp_path / "data", n_per_batch=6)
     run = tmp_path / "run"

@@ -23,9 +23,9 @@ from scorelib.checkpoint import (
     read_torch,
     save_checkpoint,
 )
+from scorelib.chunked import ChunkStore
 from scorelib.metrics.inception import load_inception
-from scorelib.runtime import BatchTooLarge, batch_fits, out_of_memory
-from scorelib.sampling import ChunkStore, Progress
+from scorelib.runtime import BatchTooLarge, Progress, batch_fits, out_of_memory
 from scorelib.utils import format_bytes
 from scorelib.validate import check_writable
 

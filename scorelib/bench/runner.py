@@ -17,9 +17,9 @@ from torch import Tensor
 
 from .. import evaluate
 from ..builder import Experiment
-from ..data import load_dataset, toy_data
-from ..runtime import Runtime
-from ..sampling import Progress
+from ..builder.datasets import load_dataset
+from ..data import toy_data
+from ..runtime import Progress, Runtime
 from ..tasks import evaluation_arguments, runtime
 from .cases import Case, default_cases
 from .measure import (

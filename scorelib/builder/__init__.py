@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError, config_to_json, unknown_network, weights_source
-from ..data import DATASETS
 from .configs import for_evaluation, sampling_fingerprint, stored_config, with_stored_model
+from .datasets import DATASETS
 from .declare import ConfigError, show
 from .fields import Fields, check_fields, records
 from .guidance import Guidance, make_guidance

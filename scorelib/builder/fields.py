@@ -16,7 +16,8 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from ..data import DATASETS, TOY_NAMES, DataShape
+from ..data import TOY_NAMES
+from .datasets import DATASETS, DataShape
 from .declare import (
     FINITE,
     NETWORK_SIZE,
