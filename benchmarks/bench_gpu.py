@@ -32,8 +32,8 @@ from _common import markdown_table
 
 from scorelib.bench import PeakMemory
 from scorelib.builder import ConfigError, experiment
+from scorelib.ema import ema_update
 from scorelib.likelihood import log_likelihood
-from scorelib.train import ema_update
 
 CONFIGS = ("toy_gmm", "ncsn_digits", "ncsn_mnist", "ncsn_cifar", "ncsnv2_cifar", "ncsnv2_celeba", "ddpm_cifar",
            "iddpm_cifar", "adm_cifar", "ncsnpp_cifar", "ddpmpp_cifar", "edm_cifar", "edm_cifar_ve", "edm_digits",

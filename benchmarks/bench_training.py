@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ensure_passive_omp, markdown_table
 
 from scorelib.builder import experiment
-from scorelib.train import ema_update
+from scorelib.ema import ema_update
 
 CONFIGS = ("ncsn_cifar", "ncsnv2_cifar", "ddpm_cifar", "iddpm_cifar", "adm_cifar", "ncsnpp_cifar", "ddpmpp_cifar")
 

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .ema import EMASnapshot
+
 CHECKPOINT_RE = re.compile(r"checkpoint_(\d+)\.pt$")
 
 
@@ -271,3 +273,18 @@ def stored_config_text(source: str | Path) -> tuple[str, Path] | None:
         if isinstance(state, dict) and isinstance(state.get("config"), str):
             return state["config"], p
     return None
+
+
+def phema_snapshots(workdir: Path) -> list[EMASnapshot]:
+    """The power-EMA snapshots of a run (`list_phema`), each loaded only when read."""
+    out = []
+    for path in list_phema(workdir):
+        for i, snap in enumerate(load_phema_file(path)["snapshots"]):
+            out.append(EMASnapshot(int(snap["step"]), float(snap["gamma"]),
+                                   lambda path=path, i=i: load_phema_file(path)["snapshots"][i]["state_dict"]))
+    return out
+
+
+def load_phema_file(path: Path) -> dict[str, Any]:
+    """One snapshot file, memory-mapped (`read_torch`: one CheckpointError line names it)."""
+    return read_torch(path, mmap=True)

@@ -356,3 +356,15 @@ def save_image_grid(images: Tensor, path: str | Path, nrow: int | None = None) -
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(buf.getvalue())
     os.replace(tmp, path)
+
+
+def save_scatter_png(x: Tensor, path: str | Path) -> None:
+    """A 2-D point cloud as a 256×256 density image (no plotting library needed)."""
+    pts = x[:, :2].float().cpu()
+    lim = float(pts.abs().quantile(0.995)) * 1.1 + 1e-6
+    bins = 256
+    idx = ((pts / lim + 1) / 2 * (bins - 1)).round().long().clamp(0, bins - 1)
+    hist = torch.zeros(bins, bins)
+    hist.index_put_((bins - 1 - idx[:, 1], idx[:, 0]), torch.ones(len(idx)), accumulate=True)
+    img = (hist / hist.max().clamp(min=1)).sqrt()
+    save_image_grid((1 - img)[None, None], path, nrow=1)

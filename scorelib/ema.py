@@ -275,3 +275,13 @@ def posthoc_ema(snapshots: Iterable[EMASnapshot | Sequence | Mapping], sigma_rel
             term = v.detach().to(acc) * c
             sums[k] = term if k not in sums else sums[k].add_(term)
     return {k: (sums[k].to(v.dtype) if k in sums else v.clone()) for k, v in last.items()}
+
+
+def ema_update(ema: nn.Module, model: nn.Module, rate: float) -> None:
+    """θ_ema ← rate·θ_ema + (1 - rate)·θ; buffers copied."""
+    with torch.no_grad():
+        e_params = [p for p in ema.parameters()]
+        m_params = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(e_params, m_params, 1.0 - rate)
+        for eb, mb in zip(ema.buffers(), model.buffers(), strict=True):
+            eb.copy_(mb)

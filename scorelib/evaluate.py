@@ -77,6 +77,10 @@ from .metrics.inception import (
 )
 from .metrics.toy import mean_log_density, median_bandwidth, mmd_rbf, sliced_wasserstein, toy_metrics, wasserstein_1d
 
+# how `inception_features` preprocesses images: part of the key of cached reference statistics
+INCEPTION_PREPROCESSING = "uint8/255 -> [0,1], bilinear 299x299 (align_corners=False), 2x-1; pool3"
+INCEPTION_METRICS = ("fid", "kid", "is")  # the metrics computed on Inception features
+
 __all__ = [
     "FID_REFERENCE_SAMPLES",
     "INCEPTION_ENV",

@@ -24,7 +24,9 @@ improved-/guided-diffusion release presets). Formats and the layouts they are wr
 - ``diffusers``: a folder written by diffusers' `save_pretrained` (``unet/`` + ``scheduler/``, or a
   model folder with ``scheduler_config.json`` beside it), read through diffusers when it is installed.
 
-EDM's `network-snapshot-*.pkl` files are pickles of code (torch_utils.persistence) and are refused.
+EDM's `network-snapshot-*.pkl` files are pickles of code (torch_utils.persistence): `scorelib.pickles`
+reads them as data. `read_checkpoint` reads any of these, or scorelib's own files (a training checkpoint,
+a workdir's newest, a shared .safetensors model with its JSON config), without knowing any config.
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from .adapters import timestep_to_sigma
-from .checkpoint import CheckpointError, read_torch
+from .checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_newest, read_torch
 from .models.edm import convert_dhariwalunet_state, convert_songunet_state
 from .models.ncsn_layers import convert_reference_state_dict
 from .models.ncsnpp_layers import (
@@ -384,3 +388,71 @@ def load_diffusers(path: Path) -> nn.Module:
         raise CheckpointError(f"{sched_path}: prediction_type={kind!r} is not supported (epsilon, v_prediction)")
     abar = scheduler.alphas_cumprod.to(torch.float64)
     return EpsToScore(DiffusersEps(unet, kind, abar), abar).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Any checkpoint: scorelib's own (training checkpoints, workdirs, shared .safetensors) or a published one
+# ---------------------------------------------------------------------------------------------
+
+Weights = dict[str, torch.Tensor]
+
+
+def newest_checkpoint(path: Path, ema: bool) -> tuple[Weights, str, Path]:
+    """(weights, stored config JSON, file) of the newest readable checkpoint of a workdir or folder."""
+    directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    ckpts = list_checkpoints(directory)
+    if not ckpts:
+        raise CheckpointError(f"no checkpoint_*.pt in {directory}")
+    state = load_newest(directory)  # a CheckpointError naming the newest file when none is readable
+    used = checkpoint_path(directory, int(state["step"])) if "step" in state else ckpts[-1][1]
+    return state["ema"] if ema and state.get("ema") else state["model"], state["config"], used
+
+
+def read_safetensors(path: Path) -> tuple[Weights, str, Path]:
+    """(weights, config JSON, its file) of a shared model (`save`'s format)."""
+    cfg_path = path.with_suffix(".json")
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
+    if not cfg_path.exists():
+        raise CheckpointError(f"{path}: its config {cfg_path} is missing")
+    try:
+        weights = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from e
+    return weights, cfg_path.read_text(), path
+
+
+def read_checkpoint(path: str | Path, ema: bool = True) -> tuple[Any, str | None, Path]:
+    """What a checkpoint file or folder holds: (weights, stored config JSON, source) for scorelib's own
+    formats (EMA weights when present and `ema`), or (the object as read, None, path) for a published
+    file of the reference code, whose layout `detect_format` tells."""
+    path = Path(path)
+    if path.is_dir() and is_diffusers_folder(path):
+        raise CheckpointError(f"{path} is a diffusers folder: scorelib.load gives its score model, but it has "
+                              f"no scorelib network to train, sample with the CLI or export")
+    if path.is_dir():
+        return newest_checkpoint(path, ema)
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    state = read_torch_file(path)
+    if isinstance(state, dict) and "model" in state and "config" in state:
+        return state["ema"] if ema and state.get("ema") else state["model"], state["config"], path
+    return state, None, path
+
+
+def fit_state(net: nn.Module, state: Weights, source: Path) -> None:
+    """Load scorelib-format weights into `net`; a mismatch names the keys or the shapes that differ."""
+    missing, unexpected = set(net.state_dict()) - set(state), set(state) - set(net.state_dict())
+    if missing or unexpected:
+        def fmt(keys: set[str]) -> str:
+            keys_sorted = sorted(keys)
+            return ", ".join(keys_sorted[:5]) + (f" (+{len(keys_sorted) - 5} more)" if len(keys_sorted) > 5 else "")
+
+        parts = ([f"missing {fmt(missing)}"] if missing else []) + ([f"unexpected {fmt(unexpected)}"] if unexpected
+                                                                    else [])
+        raise CheckpointError(f"{source}: the weights do not match the config's network: {'; '.join(parts)}")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{source}: the weights do not match the config's network: "
+                              f"{str(e).splitlines()[-1].strip()}") from e

@@ -236,3 +236,18 @@ EDM2_GUIDANCE_INTERVALS: Mapping[str, IntervalPreset] = frozen(**{
     "img512-xxl-fid": IntervalPreset(_EDM2_GRID[23], _EDM2_GRID[17], 2.0, "fid"),  # (0.19, 1.61]
     "img512-xxl-dino": IntervalPreset(_EDM2_GRID[20], _EDM2_GRID[13], 2.9, "fd_dinov2"),  # (0.60, 5.00]
 })
+
+
+class Labelled(nn.Module):
+    """A class-conditional score model with its labels bound: score(x, sigma) = model(x, sigma, y=y)
+    (and its learned variance, when it has one)."""
+
+    def __init__(self, model: nn.Module, y: Tensor | None):
+        super().__init__()
+        self.model, self.y = model, y
+
+    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self.model(x, sigma, y=self.y)
+
+    def score_and_variance(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.score_and_variance(x, sigma, y=self.y)

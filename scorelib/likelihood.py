@@ -102,10 +102,17 @@ def uniform_dequantize(k: Tensor, levels: int, generator: torch.Generator | None
     return (k + u) / levels
 
 
-def dequantize(images: Tensor, centered: bool, generator: torch.Generator | None = None) -> Tensor:
-    """Uniformly dequantised 8-bit images (uint8 [B, ...]) in [0, 1] or [-1, 1]: (k + u)/256 (·2 - 1)."""
-    x = uniform_dequantize(images.double(), 256, generator)
-    return (2 * x - 1 if centered else x).float()
+def dequantize(images: Tensor, centered: bool, generator: torch.Generator | None = None,
+               levels: int = 256) -> Tensor:
+    """Uniformly dequantised images in [0, 1] or [-1, 1]: 8-bit images (uint8 [B, ...]) as (k + u)/256
+    (·2 - 1), in float64 before the cast; float images in [0, 1] with `levels` levels (e.g. the digits' 17)
+    as (x·(L - 1) + u)/L."""
+    if levels == 256:
+        x = uniform_dequantize(images.double(), 256, generator)
+        return (2 * x - 1 if centered else x).float()
+    u = torch.rand(images.shape, generator=generator, device=images.device)
+    x = (images.float() * (levels - 1) + u) / levels
+    return 2 * x - 1 if centered else x
 
 
 def ddpm_vlb(model: Any, x0: Tensor, schedule: DDPMSchedule, variance: str = "learned",

@@ -9,6 +9,7 @@ import fcntl
 import math
 import os
 import re
+import signal
 import socket
 import sys
 import time
@@ -228,3 +229,25 @@ def batch_fits(field: str, size: int, device: torch.device | str) -> Iterator[No
         asked = f"an allocation of {needed} failed" if needed else "an allocation failed"
         raise BatchTooLarge(f"{field}={size}: the batch does not fit in {kind} memory ({asked}); use a smaller "
                             f"{field}") from None
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[list[int]]:
+    """While training, SIGTERM and SIGINT set a flag (the signal number) instead of killing the process,
+    so the loop can checkpoint the step it reached; the previous handlers come back afterwards."""
+    caught: list[int] = []
+    handler = lambda signum, frame: caught.append(signum)  # noqa: E731
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield caught
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def stop_requested(caught: list[int], rt: Runtime) -> bool:
+    """Whether any process caught a stop signal (all processes agree, so they stop at the same step)."""
+    flag = torch.tensor([float(bool(caught))], device=rt.device)
+    if rt.world > 1:
+        dist.all_reduce(flag)
+    return bool(flag.item() > 0)

@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 from ml_collections import ConfigDict
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from . import formats
@@ -27,15 +26,13 @@ from .builder.networks import NETWORKS
 from .checkpoint import (
     CheckpointError,
     atomic_write_bytes,
-    checkpoint_path,
     config_to_json,
-    list_checkpoints,
-    load_newest,
     unknown_network,
 )
-from .presets import resolve_config, stem_preset
+from .formats import Weights
+from .presets import resolve_config
+from .releases import stem_preset
 
-Weights = dict[str, torch.Tensor]
 # Example configs to name in errors when a published checkpoint comes without one
 FORMAT_CONFIGS = {"ncsn": "ncsn_cifar", "ncsnv2": "ncsnv2_cifar", "score_sde": "ncsnpp_cifar or ddpmpp_cifar",
                   "ddim": "ddpm_cifar", "openai": "openai:cifar10_uncond (see scorelib.presets.OPENAI_PRESETS)",
@@ -45,67 +42,6 @@ FORMAT_CONFIGS = {"ncsn": "ncsn_cifar", "ncsnv2": "ncsnv2_cifar", "score_sde": "
 # ---------------------------------------------------------------------------------------------
 # Reading weights
 # ---------------------------------------------------------------------------------------------
-
-
-def _newest_in(path: Path, ema: bool) -> tuple[Weights, str, Path]:
-    """(weights, stored config JSON, file) of the newest readable checkpoint of a workdir or folder."""
-    directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    ckpts = list_checkpoints(directory)
-    if not ckpts:
-        raise CheckpointError(f"no checkpoint_*.pt in {directory}")
-    state = load_newest(directory)  # a CheckpointError naming the newest file when none is readable
-    used = checkpoint_path(directory, int(state["step"])) if "step" in state else ckpts[-1][1]
-    return state["ema"] if ema and state.get("ema") else state["model"], state["config"], used
-
-
-def _safetensors(path: Path) -> tuple[Weights, str, Path]:
-    """(weights, config JSON, its file) of a shared model (`save`'s format)."""
-    cfg_path = path.with_suffix(".json")
-    if not path.exists():
-        raise CheckpointError(f"{path} does not exist")
-    if not cfg_path.exists():
-        raise CheckpointError(f"{path}: its config {cfg_path} is missing")
-    try:
-        weights = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from e
-    return weights, cfg_path.read_text(), path
-
-
-def read_checkpoint(path: str | Path, ema: bool = True) -> tuple[Any, str | None, Path]:
-    """What a checkpoint file or folder holds: (weights, stored config JSON, source) for scorelib's own
-    formats (EMA weights when present and `ema`), or (the object as read, None, path) for a published
-    file of the reference code, whose layout `scorelib.formats` tells."""
-    path = Path(path)
-    if path.is_dir() and formats.is_diffusers_folder(path):
-        raise CheckpointError(f"{path} is a diffusers folder: scorelib.load gives its score model, but it has "
-                              f"no scorelib network to train, sample with the CLI or export")
-    if path.is_dir():
-        return _newest_in(path, ema)
-    if path.suffix == ".safetensors":
-        return _safetensors(path)
-    state = formats.read_torch_file(path)
-    if isinstance(state, dict) and "model" in state and "config" in state:
-        return state["ema"] if ema and state.get("ema") else state["model"], state["config"], path
-    return state, None, path
-
-
-def _fit(net: nn.Module, state: Weights, source: Path) -> None:
-    """Load scorelib-format weights into `net`; a mismatch names the keys or the shapes that differ."""
-    missing, unexpected = set(net.state_dict()) - set(state), set(state) - set(net.state_dict())
-    if missing or unexpected:
-        def fmt(keys: set[str]) -> str:
-            keys_sorted = sorted(keys)
-            return ", ".join(keys_sorted[:5]) + (f" (+{len(keys_sorted) - 5} more)" if len(keys_sorted) > 5 else "")
-
-        parts = ([f"missing {fmt(missing)}"] if missing else []) + ([f"unexpected {fmt(unexpected)}"] if unexpected
-                                                                    else [])
-        raise CheckpointError(f"{source}: the weights do not match the config's network: {'; '.join(parts)}")
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{source}: the weights do not match the config's network: "
-                              f"{str(e).splitlines()[-1].strip()}") from e
 
 
 def _check_format(fmt: str, accepts: tuple[str, ...], family: str, path: Path) -> None:
@@ -121,13 +57,13 @@ def load_weights(net: nn.Module, path: str | Path, formats_: tuple[str, ...] = (
     """`net` (a new network, e.g. `Experiment.network()`) with the weights of the checkpoint at `path` (any
     format of `read_checkpoint`), in eval mode; a published file must be of a layout in `formats_` (the
     network table's `formats` of `family`; NCSN depth `variant`). A CheckpointError names the file."""
-    weights, stored, source = read_checkpoint(path, ema)
+    weights, stored, source = formats.read_checkpoint(path, ema)
     if stored is None:
         fmt = formats.detect_format(weights, source)
         _check_format(fmt, formats_, family, source)
         formats.fit_weights(net, formats.published_weights(fmt, weights, net, variant, ema, source), source, fmt)
     else:
-        _fit(net, weights, source)
+        formats.fit_state(net, weights, source)
     return net.eval()
 
 
@@ -170,7 +106,7 @@ def load_network(path: str | Path, ema: bool = True, config: Any = None) -> tupl
     published checkpoint of the reference code (scorelib.formats: ncsn, ncsnv2, score_sde, ddim,
     improved-/guided-diffusion), whose architecture and noise process `config` gives (a ConfigDict, a
     configs/ name, a path or "openai:<preset>"; the released OpenAI files are also known by name)."""
-    weights, stored, source = read_checkpoint(path, ema)
+    weights, stored, source = formats.read_checkpoint(path, ema)
     if stored is None:
         config = _published_config(source, weights, config)
         exp = _network_experiment(config, source, "the")
@@ -180,7 +116,7 @@ def load_network(path: str | Path, ema: bool = True, config: Any = None) -> tupl
     config = config_from_json(stored, source.with_suffix(".json") if source.suffix == ".safetensors" else source)
     exp = _network_experiment(config, source, "its")
     net = exp.network()
-    _fit(net, weights, source)
+    formats.fit_state(net, weights, source)
     return net.eval(), config, exp
 
 

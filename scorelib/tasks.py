@@ -17,11 +17,11 @@ import torch
 from . import evaluate, sampling, validate
 from .builder import ConfigError, Experiment
 from .builder.datasets import load_dataset
-from .checkpoint import CheckpointError, atomic_write_bytes, list_phema, phema_path, read_torch, save_checkpoint
+from .checkpoint import CheckpointError, atomic_write_bytes, phema_path, phema_snapshots, save_checkpoint
 from .chunked import Chunk, chunk_seed, write_npz_streamed
-from .data import DataError, ImageData, save_image_grid, toy_data, toy_mixture
-from .ema import EMASnapshot, posthoc_ema
-from .evaluate import cache_key, inception_weights_path
+from .data import DataError, ImageData, save_image_grid, save_scatter_png, toy_data, toy_mixture
+from .ema import posthoc_ema
+from .evaluate import INCEPTION_METRICS, INCEPTION_PREPROCESSING, cache_key, inception_weights_path
 from .likelihood import bits_per_dim, ddpm_vlb, dequantize, log_likelihood
 from .metrics.fid import to_unit_range
 from .runtime import (
@@ -41,9 +41,6 @@ from .train import TrainingError, train
 
 USER_ERRORS = (DataError, ConfigError, CheckpointError, TrainingError, RuntimeSetupError, WorkdirLocked,
                FileNotFoundError, BatchTooLarge)
-# the preprocessing behind the reference features (evaluate.inception_features): part of the cache key
-INCEPTION_PREPROCESSING = "uint8/255 -> [0,1], bilinear 299x299 (align_corners=False), 2x-1; pool3"
-INCEPTION_METRICS = ("fid", "kid", "is")
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
@@ -121,7 +118,7 @@ def run_sample(exp: Experiment, workdir: Path, overwrite: bool = False) -> Path:
         write_npz_streamed(out, "samples", drawn.store.iter(all_chunks), (s.n_samples, *d.shape))
         png = out.with_suffix(".png")
         if d.dataset == "toy":  # 2-D points: all of them fit in memory
-            _scatter_png(torch.from_numpy(np.concatenate(list(drawn.store.iter(all_chunks)))), png)
+            save_scatter_png(torch.from_numpy(np.concatenate(list(drawn.store.iter(all_chunks)))), png)
         else:
             first, have = [], 0  # the grid shows the first 256 samples
             for part in drawn.store.iter(all_chunks):
@@ -135,18 +132,6 @@ def run_sample(exp: Experiment, workdir: Path, overwrite: bool = False) -> Path:
               f"{out} ({report.note(rt.world)})")
     barrier(rt)
     return out
-
-
-def _scatter_png(x: torch.Tensor, path: Path) -> None:
-    """A 2-D point cloud as a 256×256 density image (no plotting library needed)."""
-    pts = x[:, :2].float().cpu()
-    lim = float(pts.abs().quantile(0.995)) * 1.1 + 1e-6
-    bins = 256
-    idx = ((pts / lim + 1) / 2 * (bins - 1)).round().long().clamp(0, bins - 1)
-    hist = torch.zeros(bins, bins)
-    hist.index_put_((bins - 1 - idx[:, 1], idx[:, 0]), torch.ones(len(idx)), accumulate=True)
-    img = (hist / hist.max().clamp(min=1)).sqrt()
-    save_image_grid((1 - img)[None, None], path, nrow=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,15 +356,6 @@ def run_likelihood(exp: Experiment, workdir: Path) -> dict[str, Any]:
     return out
 
 
-def _dequantized(exp: Experiment, raw: torch.Tensor, levels: int, g: torch.Generator) -> torch.Tensor:
-    """Test images uniformly dequantised within their bins, in model space."""
-    if levels == 256:
-        return dequantize(raw, exp.data.centered, g)
-    u = torch.rand(raw.shape, generator=g, device=raw.device)  # float data with `levels` levels in [0, 1]
-    x = (raw.float() * (levels - 1) + u) / levels
-    return 2 * x - 1 if exp.data.centered else x
-
-
 def likelihood_metrics(exp: Experiment, net: torch.nn.Module, data: ImageData | None, rt: Runtime) -> dict[str, Any]:
     """Bits/dim of `data` (the test split; None: fresh toy points) under the probability-flow ODE and,
     for DDPM models on 8-bit data, the discrete VLB: eval.likelihood_batches batches of eval.batch_size,
@@ -406,7 +382,7 @@ def likelihood_metrics(exp: Experiment, net: torch.nn.Module, data: ImageData | 
             x = raw.float()
         else:
             raw = data.images[i * e.batch_size:(i + 1) * e.batch_size].to(rt.device)
-            x = _dequantized(exp, raw, data.levels, g)
+            x = dequantize(raw, d.centered, g, data.levels)
         nats, nfe = log_likelihood(model, x, sigma_max, sigma_min, rtol=e.likelihood_rtol, atol=e.likelihood_rtol,
                                    exact_trace=e.exact_trace, generator=g, return_nfe=True)
         dims = int(np.prod(x.shape[1:]))
@@ -433,21 +409,6 @@ def likelihood_metrics(exp: Experiment, net: torch.nn.Module, data: ImageData | 
 # ---------------------------------------------------------------------------------------------
 # Post-hoc EMA (EDM2 §3)
 # ---------------------------------------------------------------------------------------------
-
-
-def phema_snapshots(workdir: Path) -> list[EMASnapshot]:
-    """The power-EMA snapshots of a run (`checkpoint.list_phema`), each loaded only when read."""
-    out = []
-    for path in list_phema(workdir):
-        for i, snap in enumerate(load_phema_file(path)["snapshots"]):
-            out.append(EMASnapshot(int(snap["step"]), float(snap["gamma"]),
-                                   lambda path=path, i=i: load_phema_file(path)["snapshots"][i]["state_dict"]))
-    return out
-
-
-def load_phema_file(path: Path) -> dict[str, Any]:
-    """One snapshot file, memory-mapped (`checkpoint.read_torch`: one CheckpointError line names it)."""
-    return read_torch(path, mmap=True)
 
 
 def run_phema(exp: Experiment, workdir: Path) -> Path:

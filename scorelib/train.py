@@ -16,10 +16,8 @@ import contextlib
 import copy
 import json
 import math
-import signal
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,9 +41,9 @@ from .checkpoint import (
     set_rng_state,
 )
 from .data import ImageData, prepare_batch, save_image_grid, toy_data
-from .ema import PowerEMA
+from .ema import PowerEMA, ema_update
 from .metrics.fid import to_unit_range
-from .runtime import Runtime, batch_fits, setup_runtime, step_seed
+from .runtime import Runtime, batch_fits, setup_runtime, step_seed, stop_requested, stop_signals
 from .sampling import sample_images
 from .utils import format_duration
 
@@ -114,16 +112,6 @@ def ema_rate_at(f: Any, step: int) -> float:
             half = min(half, (step + 1) * t.batch_size * t.ema_rampup_ratio)
         return 0.5 ** (t.batch_size / max(half, 1e-8))
     return min(f.model.ema_rate, (1 + step) / (10 + step))
-
-
-def ema_update(ema: nn.Module, model: nn.Module, rate: float) -> None:
-    """θ_ema ← rate·θ_ema + (1 - rate)·θ; buffers copied."""
-    with torch.no_grad():
-        e_params = [p for p in ema.parameters()]
-        m_params = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(e_params, m_params, 1.0 - rate)
-        for eb, mb in zip(ema.buffers(), model.buffers(), strict=True):
-            eb.copy_(mb)
 
 
 def _metrics_writer(workdir: Path, resume_step: int) -> Any:
@@ -211,28 +199,6 @@ def _save_phema(exp: Experiment, workdir: Path, run: Run, step: int) -> None:
     save_checkpoint(phema_path(workdir, step), {"snapshots": snaps, "step": step, "config": exp.record})
 
 
-@contextlib.contextmanager
-def _stop_signals() -> Iterator[list[int]]:
-    """While training, SIGTERM and SIGINT set a flag (the signal number) instead of killing the process,
-    so the loop can checkpoint the step it reached; the previous handlers come back afterwards."""
-    caught: list[int] = []
-    handler = lambda signum, frame: caught.append(signum)  # noqa: E731
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield caught
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def _stop_requested(caught: list[int], rt: Runtime) -> bool:
-    """Whether any process caught a stop signal (all processes agree, so they stop at the same step)."""
-    flag = torch.tensor([float(bool(caught))], device=rt.device)
-    if rt.world > 1:
-        dist.all_reduce(flag)
-    return bool(flag.item() > 0)
-
-
 class _Log:
     """The loss window between log lines: metrics.jsonl, tensorboard, the bar or plain progress lines."""
 
@@ -318,7 +284,7 @@ def train(exp: Experiment, workdir: str | Path) -> dict[str, Any]:
     log = _Log(workdir, t, run.start, rt)
     saved_at = time.monotonic()
     try:
-        with _stop_signals() as caught:
+        with stop_signals() as caught:
             for step in range(run.start, t.n_iters):
                 with batch_fits("training.batch_size", t.batch_size, rt.device):  # out of memory: one line
                     lr, grad_norm = _train_step(exp, run, objective, batches, step, rt)
@@ -326,7 +292,7 @@ def train(exp: Experiment, workdir: str | Path) -> dict[str, Any]:
                 done = step + 1
                 if done % t.log_freq == 0 or done % t.snapshot_freq == 0 or done == t.n_iters:
                     log.write(done, lr, grad_norm, workdir)
-                stop = _stop_requested(caught, rt)
+                stop = stop_requested(caught, rt)
                 due = t.checkpoint_minutes > 0 and time.monotonic() - saved_at > 60 * t.checkpoint_minutes
                 if rt.is_main and run.phema is not None and (done % (t.phema_snapshot_freq or t.snapshot_freq) == 0
                                                               or done == t.n_iters):

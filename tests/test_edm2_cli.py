@@ -12,9 +12,8 @@ import pytest
 import torch
 from cli_helpers import run_main
 
-from scorelib.checkpoint import load_checkpoint
+from scorelib.checkpoint import load_checkpoint, phema_snapshots
 from scorelib.ema import posthoc_ema
-from scorelib.tasks import phema_snapshots
 
 TINY = ["--config=edm2_digits", "--config.model.nf=8", "--config.model.num_head_channels=8",
         "--config.model.logvar_channels=8", "--config.training.batch_size=8", "--config.training.n_iters=6",

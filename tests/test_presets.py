@@ -32,7 +32,8 @@ import scorelib
 from scorelib.builder.configs import with_overrides
 from scorelib.builder.fields import base
 from scorelib.builder.samplers import respaced_timesteps
-from scorelib.presets import OPENAI_PRESETS, openai_config, stem_preset
+from scorelib.presets import OPENAI_PRESETS, openai_config
+from scorelib.releases import stem_preset
 
 DATA = Path(__file__).parent / "data"
 

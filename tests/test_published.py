@@ -26,7 +26,7 @@ from cli_helpers import run_main, sample_file
 from ml_collections import ConfigDict
 
 import scorelib
-from scorelib import formats, presets
+from scorelib import formats, presets, releases
 from scorelib.builder.configs import with_overrides
 from scorelib.builder.fields import base
 from scorelib.checkpoint import CheckpointError
@@ -338,11 +338,11 @@ def test_openai_presets_build_the_released_networks(name: str) -> None:
 
 
 def test_released_file_names_pick_their_preset() -> None:
-    assert presets.stem_preset(Path("cifar10_uncond_50M_500K.pt")) == "cifar10_uncond"
-    assert presets.stem_preset(Path("lsun_uncond_100M_2400K_bs64.pt")) == "lsun_uncond"
-    assert presets.stem_preset(Path("imagenet64_cond_270M_250K.pt")) == "imagenet64_cond"
-    assert presets.stem_preset(Path("256x256_diffusion_uncond.pt")) == "256x256_diffusion_uncond"
-    assert presets.stem_preset(Path("my_model.pt")) is None
+    assert releases.stem_preset(Path("cifar10_uncond_50M_500K.pt")) == "cifar10_uncond"
+    assert releases.stem_preset(Path("lsun_uncond_100M_2400K_bs64.pt")) == "lsun_uncond"
+    assert releases.stem_preset(Path("imagenet64_cond_270M_250K.pt")) == "imagenet64_cond"
+    assert releases.stem_preset(Path("256x256_diffusion_uncond.pt")) == "256x256_diffusion_uncond"
+    assert releases.stem_preset(Path("my_model.pt")) is None
 
 
 # ------------------------------------------------------------------------------ diffusers

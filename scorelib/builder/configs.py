@@ -5,7 +5,6 @@ sample depends on."""
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.util
 import json
 import sys
@@ -198,8 +197,3 @@ def sampling_fingerprint(config: Any, purpose: str) -> str:
 def for_evaluation(config: Any) -> Any:
     """The config with sampling.batch_size = eval.batch_size (evaluation draws in its own batches)."""
     return with_overrides(config, {"sampling.batch_size": config.eval.batch_size})
-
-
-def digest(text: str) -> str:
-    """SHA-256 hex digest of a string."""
-    return hashlib.sha256(text.encode()).hexdigest()

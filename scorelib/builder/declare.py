@@ -83,14 +83,6 @@ class Field:
 F = Field  # the short name the declaration tables use
 
 
-def choice(value: str, allowed: Iterable[str], field: str) -> str:
-    """`value` if it is one of `allowed`, else a ConfigError naming `field`."""
-    allowed = tuple(allowed)
-    if value not in allowed:
-        raise ConfigError(f"{field}: {value!r} is not allowed (one of: {', '.join(allowed)})")
-    return value
-
-
 def format_value(v: object) -> str:
     """A config value as a flag writes it (floats with %g)."""
     return f"{v:g}" if isinstance(v, float) else str(v)

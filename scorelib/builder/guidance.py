@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..guidance import AutoGuidance, ClassifierFreeGuidance, ClassifierGuidance, guidance_interval
+from ..guidance import AutoGuidance, ClassifierFreeGuidance, ClassifierGuidance, Labelled, guidance_interval
 from ..utils import ScoreFn
 from .declare import NON_NEGATIVE, ConfigError, Field, Rule, one_of
 
@@ -32,21 +32,6 @@ FIELDS: dict[str, Field] = {
                                  "diffusion condition_mean) | score (condition_score); auto: mean for method ddpm, "
                                  "score otherwise, as guided-diffusion", one_of(CONVENTIONS)),
 }
-
-
-class Labelled(nn.Module):
-    """A class-conditional score model with its labels bound: score(x, sigma) = model(x, sigma, y=y)
-    (and its learned variance, when it has one)."""
-
-    def __init__(self, model: nn.Module, y: Tensor | None):
-        super().__init__()
-        self.model, self.y = model, y
-
-    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
-        return self.model(x, sigma, y=self.y)
-
-    def score_and_variance(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model.score_and_variance(x, sigma, y=self.y)
 
 
 @dataclass(frozen=True, eq=False)

@@ -30,6 +30,7 @@ from ..samplers import (
     probability_flow,
     unipc,
 )
+from ..samplers._common import DryScore
 from ..samplers.pc import CORRECTORS, PREDICTORS
 from ..schedules import (
     append_zero,
@@ -150,7 +151,7 @@ class Sampler:
             raise ConfigError(problem)
         if self.entry.adaptive:
             return -1
-        counter = _DryScore()
+        counter = DryScore()
         self.entry.run(self, counter, torch.zeros(1, 1, dtype=torch.float64), self.grid.double(),
                        torch.Generator().manual_seed(0))
         return counter.calls
@@ -198,20 +199,6 @@ class Sampler:
         if problem := self.problem():
             raise ConfigError(problem)
         return self.entry.run(self, score, self.initial(shape, generator, device), self.grid, generator)
-
-
-class _DryScore:
-    """A zero score model that counts its calls (a learned variance of zeros, too)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, x: Tensor, sigma: Tensor, **kw: Any) -> Tensor:
-        self.calls += 1
-        return torch.zeros_like(x)
-
-    def score_and_variance(self, x: Tensor, sigma: Tensor, **kw: Any) -> tuple[Tensor, Tensor]:
-        return self(x, sigma), torch.full_like(x, 0.5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,3 +46,18 @@ class CountingScore:
     def __call__(self, x: Tensor, sigma: Tensor, **kwargs) -> Tensor:
         self.nfe += 1
         return self.score(x, sigma, **kwargs)
+
+
+class DryScore:
+    """A zero score model that counts its calls (`calls`), with a learned variance of ½: the dry run that
+    counts a sampler's network evaluations."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, x: Tensor, sigma: Tensor, **kw: Any) -> Tensor:
+        self.calls += 1
+        return torch.zeros_like(x)
+
+    def score_and_variance(self, x: Tensor, sigma: Tensor, **kw: Any) -> tuple[Tensor, Tensor]:
+        return self(x, sigma), torch.full_like(x, 0.5)
