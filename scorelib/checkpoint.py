@@ -7,6 +7,7 @@ file, fsync, rename). Turning a file into a network is `scorelib.sharing`'s (it 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickletools
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from .ema import EMASnapshot
 
@@ -52,6 +54,24 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write `obj` as indented JSON (floats for numpy / tensor scalars), atomically."""
+    atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2, default=float) + "\n").encode()))
+
+
+def weights_digest(*nets: nn.Module | None) -> str:
+    """SHA-256 of the networks' state dicts (names, dtypes, shapes and bytes): which weights drew a sample."""
+    h = hashlib.sha256()
+    for net in nets:
+        if net is None:
+            continue
+        for name, v in net.state_dict().items():
+            t = v.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import atomic_write_bytes
+from .checkpoint import atomic_write_bytes, atomic_write_json
 from .runtime import Progress, Runtime, barrier, progress_label, step_seed
 
 
@@ -83,8 +83,7 @@ class ChunkStore:
             if old is not None and old != self.fingerprint:
                 raise RuntimeError(f"{self.directory} holds samples of another setting; nothing was changed")
             if old is None:
-                text = json.dumps({"fingerprint": self.fingerprint, "holds": self.description}, indent=2) + "\n"
-                atomic_write_bytes(manifest, lambda f: f.write(text.encode()))
+                atomic_write_json(manifest, {"fingerprint": self.fingerprint, "holds": self.description})
         barrier(rt)
 
     def discard_if_empty(self) -> None:

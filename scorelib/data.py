@@ -24,6 +24,7 @@ from torch import Tensor
 from .analytic import GaussianMixture
 from .likelihood import uniform_dequantize
 from .metrics.digits import read_digits
+from .runtime import step_seed
 
 F64 = torch.float64
 TOY_NAMES = ("gmm8", "grid25", "two_modes", "rings", "swissroll", "moons", "checkerboard")
@@ -330,6 +331,45 @@ def prepare_batch(images: Tensor, levels: int, random_flip: bool, uniform_dequan
         flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     return 2 * x - 1 if centered else x
+
+
+class Batches:
+    """The training batch of step k for process `rank` of `world`: positions [kB, (k+1)B) of an endless
+    sequence of per-epoch permutations of `data` (seeded by (seed, epoch)), this rank's B/world of them,
+    prepared on `device` by `prepare_batch`; with `data` None, fresh points of the 2-D toy `toy` from a
+    generator seeded by (seed, step, rank). So the batch of a step is the same in a resumed run."""
+
+    def __init__(self, data: ImageData | None, seed: int, batch_size: int, rank: int = 0, world: int = 1,
+                 device: torch.device | str = "cpu", toy: str = "", random_flip: bool = False,
+                 uniform_dequantization: bool = False, centered: bool = False):
+        if batch_size % world:
+            raise ValueError(f"batch size {batch_size} is not divisible by the {world} processes")
+        self.data, self.seed, self.rank, self.device, self.toy = data, seed, rank, torch.device(device), toy
+        self.global_batch, self.local_batch = batch_size, batch_size // world
+        self.prepare = (random_flip, uniform_dequantization, centered)
+        if data is not None:
+            self.images = data.images.to(device)
+            self.labels = None if data.labels is None else data.labels.to(device)
+        self._perms: dict[int, Tensor] = {}
+
+    def _perm(self, epoch: int) -> Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 31 + epoch)
+            self._perms = {epoch: torch.randperm(len(self.data), generator=g)}
+        return self._perms[epoch]
+
+    def __call__(self, step: int, g: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        """(x [B/world, ...], labels [B/world] or None) of `step`; `g` draws the flips and dequantisation."""
+        if self.data is None:
+            cpu_g = torch.Generator().manual_seed(step_seed(self.seed, step, self.rank))
+            return toy_data(self.toy, self.local_batch, cpu_g).to(self.device), None
+        n = len(self.data)
+        start = step * self.global_batch + self.rank * self.local_batch
+        pos = torch.arange(start, start + self.local_batch)
+        idx = torch.cat([self._perm(int(e))[pos[pos // n == e] % n] for e in torch.unique(pos // n)])
+        idx = idx.to(self.device)
+        x = prepare_batch(self.images[idx], self.data.levels, *self.prepare, g)
+        return x, None if self.labels is None else self.labels[idx]
 
 
 def save_image_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .builder import Experiment
+from .checkpoint import weights_digest
 from .chunked import Chunk, ChunkStore, DrawReport, chunk_seed, chunks, draw_missing
 from .runtime import Runtime, batch_fits
 
@@ -36,19 +37,6 @@ def sample_images(exp: Experiment, net: nn.Module, n: int, device: torch.device,
             y = exp.guidance.labels(b, g, device)
             out.append(exp.sampler(exp.guidance.guided(score, y, classifier, guide), (b, *exp.data.shape), g, device))
     return torch.cat(out)
-
-
-def weights_digest(*nets: nn.Module | None) -> str:
-    """SHA-256 of the networks' state dicts (names, dtypes, shapes and bytes): which weights drew a sample."""
-    h = hashlib.sha256()
-    for net in nets:
-        if net is None:
-            continue
-        for name, v in net.state_dict().items():
-            t = v.detach().cpu().contiguous()
-            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,13 @@ def load_weights(net: nn.Module, path: str | Path, formats_: tuple[str, ...] = (
     """`net` (a new network, e.g. `Experiment.network()`) with the weights of the checkpoint at `path` (any
     format of `read_checkpoint`), in eval mode; a published file must be of a layout in `formats_` (the
     network table's `formats` of `family`; NCSN depth `variant`). A CheckpointError names the file."""
-    weights, stored, source = formats.read_checkpoint(path, ema)
+    return _fit(net, formats.read_checkpoint(path, ema), formats_, family, variant, ema)
+
+
+def _fit(net: nn.Module, read: tuple[Any, str | None, Path], formats_: tuple[str, ...], family: str, variant: str,
+         ema: bool) -> nn.Module:
+    """`net` with the weights `formats.read_checkpoint` gave (weights, stored config or None, file)."""
+    weights, stored, source = read
     if stored is None:
         fmt = formats.detect_format(weights, source)
         _check_format(fmt, formats_, family, source)
@@ -106,18 +112,13 @@ def load_network(path: str | Path, ema: bool = True, config: Any = None) -> tupl
     published checkpoint of the reference code (scorelib.formats: ncsn, ncsnv2, score_sde, ddim,
     improved-/guided-diffusion), whose architecture and noise process `config` gives (a ConfigDict, a
     configs/ name, a path or "openai:<preset>"; the released OpenAI files are also known by name)."""
-    weights, stored, source = formats.read_checkpoint(path, ema)
+    read = weights, stored, source = formats.read_checkpoint(path, ema)  # the file is read once
     if stored is None:
         config = _published_config(source, weights, config)
-        exp = _network_experiment(config, source, "the")
-        _check_format(formats.detect_format(weights, source), exp.formats, exp.family, source)
-        net = load_experiment_weights(exp, exp.network(), source, ema)
-        return net.eval(), config, exp
-    config = config_from_json(stored, source.with_suffix(".json") if source.suffix == ".safetensors" else source)
-    exp = _network_experiment(config, source, "its")
-    net = exp.network()
-    formats.fit_state(net, weights, source)
-    return net.eval(), config, exp
+    else:
+        config = config_from_json(stored, source.with_suffix(".json") if source.suffix == ".safetensors" else source)
+    exp = _network_experiment(config, source, "the" if stored is None else "its")
+    return _fit(exp.network(), read, exp.formats, exp.family, exp.f.model.variant, ema), config, exp
 
 
 def load(path: str | Path, config: Any = None, ema: bool = True) -> nn.Module:

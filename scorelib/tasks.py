@@ -17,7 +17,7 @@ import torch
 from . import evaluate, sampling, validate
 from .builder import ConfigError, Experiment
 from .builder.datasets import load_dataset
-from .checkpoint import CheckpointError, atomic_write_bytes, phema_path, phema_snapshots, save_checkpoint
+from .checkpoint import CheckpointError, atomic_write_json, phema_path, phema_snapshots, save_checkpoint
 from .chunked import Chunk, chunk_seed, write_npz_streamed
 from .data import DataError, ImageData, save_image_grid, save_scatter_png, toy_data, toy_mixture
 from .ema import posthoc_ema
@@ -41,10 +41,6 @@ from .train import TrainingError, train
 
 USER_ERRORS = (DataError, ConfigError, CheckpointError, TrainingError, RuntimeSetupError, WorkdirLocked,
                FileNotFoundError, BatchTooLarge)
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2, default=float) + "\n").encode()))
 
 
 def runtime(exp: Experiment) -> Runtime:
@@ -120,13 +116,8 @@ def run_sample(exp: Experiment, workdir: Path, overwrite: bool = False) -> Path:
         if d.dataset == "toy":  # 2-D points: all of them fit in memory
             save_scatter_png(torch.from_numpy(np.concatenate(list(drawn.store.iter(all_chunks)))), png)
         else:
-            first, have = [], 0  # the grid shows the first 256 samples
-            for part in drawn.store.iter(all_chunks):
-                first.append(part[:256 - have])
-                have += len(first[-1])
-                if have >= 256:
-                    break
-            save_image_grid(to_unit_range(torch.from_numpy(np.concatenate(first)), d.value_range), png)
+            first = np.concatenate(list(drawn.store.iter([c for c in all_chunks if c.start < 256])))[:256]
+            save_image_grid(to_unit_range(torch.from_numpy(first), d.value_range), png)  # the first 256 samples
         nfe = exp.sampler.nfe
         print(f"{s.n_samples} samples with {s.method} ({nfe if nfe > 0 else 'adaptive'} NFE) in {elapsed:.1f}s -> "
               f"{out} ({report.note(rt.world)})")
@@ -337,7 +328,7 @@ def run_eval(exp: Experiment, workdir: Path, overwrite: bool = False) -> dict[st
         with batch_fits("eval.batch_size", e.batch_size, rt.device):
             results.update(likelihood_metrics(exp, nets[0], data, rt))
     if rt.is_main:
-        _write_json(workdir / "eval" / "metrics.json", results)
+        atomic_write_json(workdir / "eval" / "metrics.json", results)
         print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list | dict | str)}, default=float))
         print(f"eval samples: {report.note(rt.world)}")
     barrier(rt)
@@ -351,7 +342,7 @@ def run_likelihood(exp: Experiment, workdir: Path) -> dict[str, Any]:
     with batch_fits("eval.batch_size", exp.f.eval.batch_size, rt.device):
         out = likelihood_metrics(exp, trained_network(exp, rt.device), load_dataset(exp.data, train=False), rt)
     if rt.is_main:
-        _write_json(workdir / "eval" / "likelihood.json", out)
+        atomic_write_json(workdir / "eval" / "likelihood.json", out)
         print(json.dumps(out))
     return out
 

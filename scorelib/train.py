@@ -40,7 +40,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .data import ImageData, prepare_batch, save_image_grid, toy_data
+from .data import Batches, save_image_grid
 from .ema import PowerEMA, ema_update
 from .metrics.fid import to_unit_range
 from .runtime import Runtime, batch_fits, setup_runtime, step_seed, stop_requested, stop_signals
@@ -54,45 +54,6 @@ class TrainingError(RuntimeError):
 
 class TrainingInterrupted(Exception):
     """SIGTERM or SIGINT arrived; a checkpoint of the step reached was written first."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------------
-
-
-class Batches:
-    """The batch of step k: positions [kB, (k+1)B) of an endless sequence of per-epoch permutations
-    (seeded by epoch), this rank's slice of it, prepared on the device."""
-
-    def __init__(self, spec: Any, seed: int, batch_size: int, data: ImageData | None, rt: Runtime):
-        self.spec, self.seed, self.data, self.rt = spec, seed, data, rt
-        if batch_size % rt.world:
-            raise TrainingError(f"training.batch_size={batch_size} is not divisible by the {rt.world} processes")
-        self.global_batch, self.local_batch = batch_size, batch_size // rt.world
-        if data is not None:
-            self.images = data.images.to(rt.device)
-            self.labels = None if data.labels is None else data.labels.to(rt.device)
-        self._perms: dict[int, Tensor] = {}
-
-    def _perm(self, epoch: int) -> Tensor:
-        if epoch not in self._perms:
-            g = torch.Generator().manual_seed(self.seed * 31 + epoch)
-            self._perms = {epoch: torch.randperm(len(self.data), generator=g)}
-        return self._perms[epoch]
-
-    def __call__(self, step: int, g: torch.Generator) -> tuple[Tensor, Tensor | None]:
-        d = self.spec
-        if self.data is None:
-            cpu_g = torch.Generator().manual_seed(step_seed(self.seed, step, self.rt.rank))
-            return toy_data(d.toy, self.local_batch, cpu_g).to(self.rt.device), None
-        n = len(self.data)
-        start = step * self.global_batch + self.rt.rank * self.local_batch
-        pos = torch.arange(start, start + self.local_batch)
-        idx = torch.cat([self._perm(int(e))[pos[pos // n == e] % n] for e in torch.unique(pos // n)])
-        idx = idx.to(self.rt.device)
-        x = prepare_batch(self.images[idx], self.data.levels, d.random_flip, d.uniform_dequantization, d.centered, g)
-        return x, None if self.labels is None else self.labels[idx]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,11 +91,6 @@ def _tensorboard(workdir: Path) -> Any:
     except ImportError:
         return None
     return SummaryWriter(str(workdir / "tensorboard"))
-
-
-def _progress(total: int, initial: int, enabled: bool) -> Any:
-    return tqdm(total=total, initial=initial, disable=not (enabled and sys.stderr.isatty()), dynamic_ncols=True,
-                desc="train")
 
 
 @dataclass
@@ -206,7 +162,8 @@ class _Log:
         self.t, self.rt, self.start = t, rt, start
         self.metrics = _metrics_writer(workdir, start) if rt.is_main else None
         self.board = _tensorboard(workdir) if rt.is_main else None
-        self.bar = _progress(t.n_iters, start, rt.is_main)
+        self.bar = tqdm(total=t.n_iters, initial=start, disable=not (rt.is_main and sys.stderr.isatty()),
+                        dynamic_ncols=True, desc="train")
         self.plain = rt.is_main and not sys.stderr.isatty()
         self.loss = torch.zeros((), device=rt.device, dtype=torch.float64)
         self.steps, self.last_good = 0, start
@@ -271,7 +228,11 @@ def train(exp: Experiment, workdir: str | Path) -> dict[str, Any]:
         raise TrainingError("the experiment has no training objective (build it with mode='train')")
     t, workdir = exp.f.training, Path(workdir)
     rt = setup_runtime(exp.f.device, t.threads)
-    batches = Batches(exp.data, exp.f.seed, t.batch_size, load_dataset(exp.data), rt)
+    if t.batch_size % rt.world:
+        raise TrainingError(f"training.batch_size={t.batch_size} is not divisible by the {rt.world} processes")
+    d = exp.data
+    batches = Batches(load_dataset(d), exp.f.seed, t.batch_size, rt.rank, rt.world, rt.device, d.toy, d.random_flip,
+                      d.uniform_dequantization, d.centered)
     run = _new_run(exp, workdir, rt)
     if rt.is_main:
         workdir.mkdir(parents=True, exist_ok=True)

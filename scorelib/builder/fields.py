@@ -274,21 +274,10 @@ def _record_type(section: str, fields: Mapping[str, Field]) -> type:
 RECORD_TYPES = {section: _record_type(section, fields) for section, fields in SECTIONS.items()}
 
 
-@dataclasses.dataclass(frozen=True)
-class Fields:
-    """A checked config as frozen records: `f.seed`, `f.data.image_size`, `f.sampling.eta`, ..."""
-
-    seed: int
-    device: str
-    data: Any
-    model: Any
-    noise: Any
-    training: Any
-    sampling: Any
-    optim: Any
-    eval: Any
-    classifier: Any
-    phema: Any
+# A checked config as frozen records: `f.seed`, `f.data.image_size`, `f.sampling.eta`, ... (the top-level
+# fields, then one record per section)
+Fields = dataclasses.make_dataclass("Fields", [*((k, type(f.default)) for k, f in SECTIONS[""].items()),
+                                               *((s, RECORD_TYPES[s]) for s in SECTIONS if s)], frozen=True)
 
 
 def records(config: Any) -> Fields:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .. import losses
 from ..augment import EDM_AUGMENT, AugmentPipe
 from ..models.edm2 import edm2_learning_rate
-from ..utils import append_dims
+from ..utils import append_dims, randn_like
 from .noise import Noise
 
 TIMESTEP_SAMPLERS = ("uniform", "importance")
@@ -68,19 +68,15 @@ class LossFn:
         return dataclasses.replace(self, timesteps=copy.deepcopy(self.timesteps))
 
 
-def _normal(x: Tensor, g: torch.Generator) -> Tensor:
-    return torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
-
-
 def _dsm(model: nn.Module, x: Tensor, cond: dict[str, Tensor], g: torch.Generator, ctx: LossFn) -> Tensor:
     sigma = ctx.noise.sample_sigma(x.shape[0], g, x.device, x.dtype)
-    return losses.dsm_loss_at(lambda xx, ss: model(xx, ss, **cond), x, sigma, _normal(x, g),
+    return losses.dsm_loss_at(lambda xx, ss: model(xx, ss, **cond), x, sigma, randn_like(x, g),
                               anneal_power=ctx.t.anneal_power, reduce_mean=ctx.t.reduce_mean)
 
 
 def _ssm(model: nn.Module, x: Tensor, cond: dict[str, Tensor], g: torch.Generator, ctx: LossFn) -> Tensor:
     sigma = ctx.noise.sample_sigma(x.shape[0], g, x.device, x.dtype)
-    x_tilde = x + append_dims(sigma, x.ndim) * _normal(x, g)
+    x_tilde = x + append_dims(sigma, x.ndim) * randn_like(x, g)
     return losses.ssm_loss_at(lambda xx, ss: model(xx, ss, **cond), x_tilde, sigma,
                               n_projections=ctx.t.n_projections, anneal_power=ctx.t.anneal_power, generator=g)
 
@@ -91,7 +87,7 @@ def _ddpm_loss(which: str) -> LossCall:
     def call(model: nn.Module, x: Tensor, cond: dict[str, Tensor], g: torch.Generator, ctx: LossFn) -> Tensor:
         sched = ctx.noise.schedule
         t, w = ctx.timesteps.sample(x.shape[0], x.device, g)
-        noise = _normal(x, g)
+        noise = randn_like(x, g)
         if which == "eps":
             per = losses.eps_loss(model, x, sched, t, noise, **cond)
         elif which == "hybrid":
@@ -108,7 +104,7 @@ def _classifier(model: nn.Module, x: Tensor, cond: dict[str, Tensor], g: torch.G
     """Cross-entropy of the noisy classifier on x_σ at uniform t (Dhariwal & Nichol 2021, §4), through its
     σ-space wrapper (the inputs it is sampled with)."""
     sigma = ctx.noise.sample_sigma(x.shape[0], g, x.device, x.dtype)
-    logits = model(x + append_dims(sigma, x.ndim) * _normal(x, g), sigma)
+    logits = model(x + append_dims(sigma, x.ndim) * randn_like(x, g), sigma)
     return nn.functional.cross_entropy(logits, cond["y"], reduction="none")
 
 
