@@ -11,7 +11,7 @@
 The command line itself is scorelib/cli.py.
 """
 
-from scorelib.cli import run
+from scorelib.cli import run_command_line
 
 if __name__ == "__main__":
-    run()
+    run_command_line()

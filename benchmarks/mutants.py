@@ -157,6 +157,10 @@ CORE: list[Mutant] = [
            "return torch.lerp(uncond, cond, 1 + _weight(w, x))",
            "return torch.lerp(uncond, cond, _weight(w, x))",
            ("tests/test_guidance.py",), "classifier-free guidance w·cond + (1-w)·uncond instead of (1+w, -w)"),
+    Mutant("ema-rampup-counts-the-step", "scorelib/ema.py",
+           "half = min(half, step * batch_size * rampup_ratio)",
+           "half = min(half, (step + 1) * batch_size * rampup_ratio)",
+           ("tests/test_ema.py",), "EDM's EMA ramp-up counts the images of the step being taken"),
     Mutant("pc-sigma-grid-em", "scorelib/samplers/pc.py",
            "c = 2 * cur * (cur - nxt)",
            "c = cur * (cur - nxt)",
@@ -192,7 +196,7 @@ EXPERIMENT: list[Mutant] = [
            ("tests/test_published.py::test_score_sde_discrete_checkpoints_use_level_and_timestep_labels",),
            "a score_sde checkpoint loads its raw weights where the EMA is asked for"),
     Mutant("fingerprint-without-weights", "scorelib/sampling.py",
-           "fingerprint = hashlib.sha256((exp.fingerprints[purpose] + weights_digest(*nets)",
+           "fingerprint = hashlib.sha256((exp.fingerprints[purpose] + weights",
            "fingerprint = hashlib.sha256((exp.fingerprints[purpose]",
            ("tests/test_sharding.py::test_a_setting_is_named_by_its_config_weights_seed_and_chunk",),
            "chunks drawn with other weights are found again and reused"),
@@ -210,6 +214,10 @@ EXPERIMENT: list[Mutant] = [
            '"ema_rate": F(0.999, "EMA decay per step (used when training.ema_halflife_kimg is 0)", UNIT),',
            '"ema_rate": F(0.999, "EMA decay per step (used when training.ema_halflife_kimg is 0)"),',
            ("tests/test_validate.py::test_range_rules",), "model.ema_rate = 1.5 passes validation"),
+    Mutant("sigma-max-ignored", "scorelib/builder/samplers.py",
+           "return min(cap, self.noise.sigma_max) if cap > 0 else self.noise.sigma_max",
+           "return self.noise.sigma_max",
+           ("tests/test_sampler_table.py",), "sampling.sigma_max does not move where the samplers start"),
 ]
 
 MUTANTS = CORE + EXPERIMENT

@@ -192,7 +192,7 @@ def main(argv: list[str]) -> None:
              "the finished chunks)")
 
 
-def run(argv: list[str] | None = None, prog: str = "scorelib") -> None:
+def run_command_line(argv: list[str] | None = None, prog: str = "scorelib") -> None:
     """The command line: `argv` (default sys.argv) parsed by absl; mistakes are reported as `prog`."""
     PROG[0] = prog
     app.run(main, argv=argv, flags_parser=parse_flags)

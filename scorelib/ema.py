@@ -285,3 +285,18 @@ def ema_update(ema: nn.Module, model: nn.Module, rate: float) -> None:
         torch._foreach_lerp_(e_params, m_params, 1.0 - rate)
         for eb, mb in zip(ema.buffers(), model.buffers(), strict=True):
             eb.copy_(mb)
+
+
+def ema_rate(step: int, batch_size: int, rate: float, halflife_kimg: float = 0.0, rampup_ratio: float = 0.0) -> float:
+    """The EMA decay of optimiser step `step` (0-based). With `halflife_kimg` > 0, EDM's half-life in
+    images: 0.5^(B / h), h = 1000·halflife_kimg, at most `rampup_ratio` × the images seen before the step
+    (EDM training_loop.py: `cur_nimg` before its increment, so the first step copies the network); else
+    min(rate, (1 + step)/(10 + step)) (TensorFlow's ExponentialMovingAverage with num_updates), so short runs
+    do not keep the initial weights."""
+    if halflife_kimg > 0:
+        half = halflife_kimg * 1000
+        if rampup_ratio > 0:
+            half = min(half, step * batch_size * rampup_ratio)
+        return 0.5 ** (batch_size / max(half, 1e-8))
+    return min(rate, (1 + step) / (10 + step))
+

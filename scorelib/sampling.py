@@ -51,12 +51,12 @@ def setting(exp: Experiment, nets: tuple[nn.Module | None, ...], seed: int, size
             directory: Path, purpose: str) -> Draw:
     """The chunk store of the samples `nets` draw with the experiment's `purpose` settings ("sample" /
     "eval"), `seed` and chunk `size` on `device`: DIRECTORY/<method>-<nfe>nfe-<fingerprint[:10]>/."""
-    fingerprint = hashlib.sha256((exp.fingerprints[purpose] + weights_digest(*nets)
+    weights = weights_digest(*nets)  # hashed once: a large network's bytes take seconds
+    fingerprint = hashlib.sha256((exp.fingerprints[purpose] + weights
                                   + f"|seed={seed}|chunk={size}|device={device.type}").encode()).hexdigest()
     nfe = exp.sampler.nfe
     stem = f"{exp.sampler.method}-{f'{nfe}nfe' if nfe > 0 else 'adaptive'}-{fingerprint[:10]}"
-    describe = (f"{exp.sampler.describe()}; {purpose} chunks of {size}, seed {seed}, weights "
-                f"{weights_digest(*nets)[:12]}")
+    describe = f"{exp.sampler.describe()}; {purpose} chunks of {size}, seed {seed}, weights {weights[:12]}"
     return Draw(ChunkStore(directory / stem, fingerprint, describe), stem)
 
 

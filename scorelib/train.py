@@ -41,7 +41,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .data import Batches, save_image_grid
-from .ema import PowerEMA, ema_update
+from .ema import PowerEMA, ema_rate, ema_update
 from .metrics.fid import to_unit_range
 from .runtime import Runtime, batch_fits, setup_runtime, step_seed, stop_requested, stop_signals
 from .sampling import sample_images
@@ -59,20 +59,6 @@ class TrainingInterrupted(Exception):
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
-
-
-def ema_rate_at(f: Any, step: int) -> float:
-    """The EMA rate of update `step` for the config records `f`:
-    with training.ema_halflife_kimg > 0, EDM's half-life in images, 0.5^(B / h) with h at most
-    ema_rampup_ratio × the images seen (EDM training_loop.py); else min(rate, (1 + n)/(10 + n)) (TensorFlow's
-    ExponentialMovingAverage with num_updates), so short runs do not keep the initial weights."""
-    t = f.training
-    if t.ema_halflife_kimg > 0:
-        half = t.ema_halflife_kimg * 1000
-        if t.ema_rampup_ratio > 0:
-            half = min(half, (step + 1) * t.batch_size * t.ema_rampup_ratio)
-        return 0.5 ** (t.batch_size / max(half, 1e-8))
-    return min(f.model.ema_rate, (1 + step) / (10 + step))
 
 
 def _metrics_writer(workdir: Path, resume_step: int) -> Any:
@@ -293,7 +279,8 @@ def _train_step(exp: Experiment, run: Run, objective: Any, batches: Batches, ste
     clip = f.optim.grad_clip if f.optim.grad_clip > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(run.net.parameters(), clip)
     run.opt.step()
-    ema_update(run.ema, run.net, ema_rate_at(f, step))
+    rate = ema_rate(step, t.batch_size, f.model.ema_rate, t.ema_halflife_kimg, t.ema_rampup_ratio)
+    ema_update(run.ema, run.net, rate)
     if run.phema is not None:
         run.phema.update(step + 1)  # t = optimiser steps done (EDM2 phema.py counts from 1)
     run.last_loss = loss.detach()

@@ -16,6 +16,7 @@ from scorelib.ema import (
     EMASnapshot,
     PowerEMA,
     _log_exponential_inner,
+    ema_rate,
     gamma_to_sigma_rel,
     posthoc_coefficients,
     posthoc_ema,
@@ -171,3 +172,38 @@ def test_module_snapshots_store_step_and_gamma_and_load_weights_only():
     assert int(out["count"]) == 30 and out["count"].dtype == torch.long  # non-float entries: the latest
     with pytest.raises(ValueError, match="sigma_rels"):
         PowerEMA(_Net(), sigma_rels=(0.05,)).load_state_dict(loaded["ema"])
+
+
+def test_ema_rate_follows_edms_training_loop_and_tensorflows_warm_up():
+    """EDM training_loop.py, written out: after each optimiser step the half-life is
+    min(ema_halflife_kimg·1000, cur_nimg·ema_rampup_ratio) with cur_nimg the images seen *before* the step,
+    β = 0.5^(batch / max(half-life, 1e-8)), then cur_nimg += batch. So the first step copies the network."""
+    batch, kimg, ratio, cur_nimg = 512, 500.0, 0.05, 0
+    for step in range(300):
+        half = min(kimg * 1000, cur_nimg * ratio)
+        assert ema_rate(step, batch, 0.999, kimg, ratio) == 0.5 ** (batch / max(half, 1e-8)), step
+        cur_nimg += batch
+    assert ema_rate(0, batch, 0.999, kimg, ratio) == 0.0
+    assert ema_rate(10**6, batch, 0.999, kimg, ratio) == 0.5 ** (batch / (kimg * 1000))  # the ramp-up is over
+    assert ema_rate(10**6, batch, 0.999, kimg, 0.0) == 0.5 ** (batch / (kimg * 1000))  # no ramp-up
+    # without a half-life: TensorFlow's ExponentialMovingAverage(num_updates) warm-up, capped at the rate
+    assert [ema_rate(k, batch, 0.999) for k in (0, 1, 10**6)] == [1 / 10, 2 / 11, 0.999]
+
+
+def test_an_edm_run_s_ema_starts_as_the_network(tmp_path):
+    """Through the training loop: with training.ema_halflife_kimg the EMA after the first step is the
+    network itself (EDM's β = 0 at cur_nimg = 0), not the initial weights mixed in."""
+    from scorelib.builder import experiment
+    from scorelib.builder.configs import with_overrides
+    from scorelib.checkpoint import list_checkpoints, load_checkpoint
+    from scorelib.presets import resolve_config
+    from scorelib.train import train
+
+    c = with_overrides(resolve_config("toy_gmm"), {
+        "training.batch_size": 16, "training.n_iters": 1, "training.snapshot_freq": 1, "training.log_freq": 1,
+        "training.snapshot_samples": 0, "training.ema_halflife_kimg": 0.5, "training.ema_rampup_ratio": 0.05,
+        "device": "cpu"})
+    train(experiment(c), tmp_path)
+    state = load_checkpoint(list_checkpoints(tmp_path / "checkpoints")[-1][1])
+    assert all(torch.equal(state["ema"][k], state["model"][k]) for k in state["model"])
+

@@ -143,10 +143,11 @@ READS = {
     "ve": {"ald": {"n_steps_each", "step_lr", "denoise"},
            "pc": {"predictor", "corrector", "snr", "n_corrector_steps", "denoise", "pc_ending", "n_steps"},
            "ddpm": {"variance", "clip_denoised", "n_steps"}, "ddim": {"eta", "clip_denoised", "n_steps"},
-           "ode": {"ode_method", "rtol", "atol", "denoise"}, "euler_ancestral": {"eta", "rho", "n_steps"},
-           "heun": {"rho", "n_steps", "s_churn", "s_tmin", "s_tmax", "s_noise"},
-           "dpm_solver": {"order", "rho", "n_steps"},
-           "unipc": {"order", "rho", "n_steps"}, "fast": {"data_diameter", "n_steps"}},
+           "ode": {"ode_method", "rtol", "atol", "denoise", "sigma_max"},
+           "euler_ancestral": {"eta", "rho", "n_steps", "sigma_max"},
+           "heun": {"rho", "n_steps", "s_churn", "s_tmin", "s_tmax", "s_noise", "sigma_max"},
+           "dpm_solver": {"order", "rho", "n_steps", "sigma_max"},
+           "unipc": {"order", "rho", "n_steps", "sigma_max"}, "fast": {"data_diameter", "n_steps", "sigma_max"}},
 }
 READS["ddpm"] = {m: r | ({"spacing"} if m in ("pc", "ddpm", "ddim") else set()) | ({"n_steps"} if m == "ald" else set())
                  for m, r in READS["ve"].items()}
@@ -219,3 +220,38 @@ def test_stated_nfe_is_counted_for_every_predictor_corrector_combination(kind):
                 counting = CountingScore(GMM)
                 sampler(counting, (4, 2), torch.Generator().manual_seed(0), torch.device("cpu"))
                 assert counting.nfe == sampler.nfe, (kind, predictor, corrector, steps, counting.nfe, sampler.nfe)
+
+
+CONTINUOUS = ("euler_ancestral", "heun", "dpm_solver", "unipc", "ode", "fast")
+
+
+@pytest.mark.parametrize("method", CONTINUOUS)
+def test_sampling_sigma_max_caps_where_the_continuous_methods_start(method):
+    """On a cosine schedule (σ_max = 8·10⁴ at T = 4000) sampling.sigma_max = 80 starts the continuous-σ
+    methods at σ = 80: the grid's first level, the initial noise's scale, and the σ the ODE / fast_sample
+    integrate from (checked by calling them directly from the same x); the DDPM grids are untouched."""
+    from scorelib.samplers import fast_sample, probability_flow
+
+    c = with_overrides(resolve_config("openai:cifar10_uncond"), {"sampling.method": method, "sampling.n_steps": 8})
+    full, capped = exp_of(c).sampler, exp_of(with_overrides(c, {"sampling.sigma_max": 80.0})).sampler
+    assert full.grid[0] > 7e4 and float(capped.grid[0]) == pytest.approx(80.0, rel=1e-12)
+    assert float(capped.grid[-2]) == pytest.approx(float(full.grid[-2]), rel=1e-12)  # down to the same σ_min
+    x0 = capped.initial((4000, 1), torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert x0.std().item() == pytest.approx(80.0, rel=0.05)
+    if method in ("ode", "fast"):
+        score, x = (lambda x, s: -x / (1 + s.reshape(-1, *[1] * (x.ndim - 1)) ** 2)), torch.randn(3, 2, dtype=F64) * 80
+        got = capped.entry.run(capped, score, x.clone(), capped.grid, None)
+        lo = capped.noise.sigma_min
+        want = (probability_flow(score, x.clone(), 80.0, lo, rtol=1e-5, atol=1e-5, denoise=True) if method == "ode"
+                else fast_sample(score, x.clone(), 80.0, lo, 8, probe=True))
+        torch.testing.assert_close(got, want)
+    assert exp_of(with_overrides(c, {"sampling.sigma_max": 1e9})).sampler.grid[0] == full.grid[0]  # a cap above
+
+
+def test_sampling_sigma_max_leaves_the_ddpm_grids_alone_and_is_checked():
+    c = with_overrides(resolve_config("openai:cifar10_uncond"), {"sampling.method": "ddim", "sampling.n_steps": 8})
+    assert torch.equal(exp_of(c).sampler.grid, exp_of(with_overrides(c, {"sampling.sigma_max": 80.0})).sampler.grid)
+    warned = validate.ignored_fields(experiment(c, mode="sample"), ["sampling.sigma_max"])
+    assert warned and "sampling.sigma_max is ignored by sampling.method='ddim'" in warned[0]
+    with pytest.raises(ConfigError, match=r"^sampling.sigma_max: 0.001 is not above the noise process's σ_min="):
+        exp_of(with_overrides(c, {"sampling.method": "heun", "sampling.sigma_max": 1e-3}))

@@ -22,7 +22,7 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def _config_path(arg: str) -> str:
+def _config_file(arg: str) -> str:
     """A config name (configs/NAME.py in the repository or the working directory) or file, as a path."""
     path = Path(arg)
     if path.suffix == ".py" and path.is_file():
@@ -45,7 +45,7 @@ def translate(argv: list[str]) -> list[str]:
                 if i + 1 >= len(argv):
                     _fail(f"{name} needs a value")
                 i, value = i + 1, argv[i + 1]
-            out.append(f"{VALUED[name]}={_config_path(value) if name == '--config' else value}")
+            out.append(f"{VALUED[name]}={_config_file(value) if name == '--config' else value}")
         elif arg in ("-h", "--help"):
             out.append("--helpshort")
         elif arg in SWITCHES:
@@ -63,6 +63,6 @@ if __name__ == "__main__":
         sys.stdout.flush()
         os.execve(sys.executable, [sys.executable, "-m", "scorelib.bench", *sys.argv[1:]],
                   {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
-    from ..cli import run
+    from ..cli import run_command_line
 
-    run([sys.argv[0], *translate(sys.argv[1:])], prog="scorelib.bench")
+    run_command_line([sys.argv[0], *translate(sys.argv[1:])], prog="scorelib.bench")

@@ -200,6 +200,9 @@ def _sampler(f: Fields, noise: Noise, labelled: bool) -> Sampler:
     if noise.kind == "ddpm" and s.method in ("ddim", "ddpm", "pc") and s.n_steps > noise.num_scales:
         raise ConfigError(f"sampling.n_steps: {s.n_steps} is more than the model's T=noise.num_scales="
                           f"{noise.num_scales} (1..{noise.num_scales}, or 0 for all)")
+    if 0 < s.sigma_max <= noise.sigma_min:
+        raise ConfigError(f"sampling.sigma_max: {s.sigma_max:g} is not above the noise process's σ_min="
+                          f"{noise.sigma_min:.4g} (a larger σ, or 0 for its σ_max)")
     return Sampler(s, noise, f.data.centered, f.model.learn_sigma, labelled)
 
 

@@ -76,16 +76,11 @@ def config_from_json(text: str, source: str | Path) -> ConfigDict:
     return merged(stored)
 
 
-def is_snapshot(source: str | Path) -> bool:
-    """Whether `source` is an EDM / EDM2 network pickle (`network-snapshot-*.pkl`, `edm-*.pkl`, `edm2-*.pkl`)."""
-    return Path(source).suffix == ".pkl" and Path(source).is_file()
-
-
 def stored_config(source: str | Path, over: Any = None) -> ConfigDict | None:
     """The config stored with the newest readable checkpoint at `source` (see
     `checkpoint.stored_config_text`), over the current defaults; for an EDM / EDM2 snapshot the config its
     records describe (`snapshot_config`, over `over`); None when there is none."""
-    if is_snapshot(source):
+    if Path(source).suffix == ".pkl" and Path(source).is_file():  # an EDM / EDM2 network pickle
         return snapshot_config(source, base() if over is None else over)
     found = stored_config_text(source)
     return None if found is None else config_from_json(*found)

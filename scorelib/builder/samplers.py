@@ -88,6 +88,8 @@ OPTIONS: dict[str, Field] = {
     "s_tmin": F(0.0, "heun: churn only for σ >= S_tmin", NON_NEGATIVE),
     "s_tmax": F(math.inf, "heun: churn only for σ <= S_tmax", POSITIVE_OR_INF),
     "s_noise": F(1.0, "heun: EDM's S_noise (the churn noise's scale)", POSITIVE),
+    "sigma_max": F(0.0, "euler_ancestral / heun / dpm_solver / unipc / ode / fast: start at this σ when it is below "
+                   "the noise process's σ_max (0: that σ_max; a cosine schedule's is 8·10⁴ at T = 4000)", NON_NEGATIVE),
     "data_diameter": F(0.0, "fast: the data diameter (> 0), else the scale is probed at σ_max", NON_NEGATIVE),
 }
 # The fields every method reads (the grid length and how samples are drawn and stored).
@@ -133,6 +135,12 @@ class Sampler:
     @property
     def entry(self) -> Method:
         return SAMPLERS[self.o.method]
+
+    @property
+    def sigma_max(self) -> float:
+        """Where the continuous-σ methods start: sampling.sigma_max when set and below the noise process's."""
+        cap = self.o.sigma_max
+        return min(cap, self.noise.sigma_max) if cap > 0 else self.noise.sigma_max
 
     def steps(self) -> int:
         """sampling.n_steps, or noise.num_scales (the number of levels / timesteps) when it is 0."""
@@ -250,9 +258,9 @@ def _pc_grid(s: Sampler) -> Tensor:
 
 
 def _karras_grid(s: Sampler) -> Tensor:
-    """EDM's ρ-spaced levels (sampling.rho) from σ_max to σ_min, rounded to the network's levels where it
-    has them (EDM generate.py `edm_sampler`: `net.round_sigma(t_steps)`), then 0."""
-    levels = karras_sigmas(s.noise.sigma_max, s.noise.sigma_min, s.steps(), s.o.rho)
+    """EDM's ρ-spaced levels (sampling.rho) from σ_max (capped by sampling.sigma_max) to σ_min, rounded to
+    the network's levels where it has them (EDM generate.py `edm_sampler`: `net.round_sigma(t_steps)`), then 0."""
+    levels = karras_sigmas(s.sigma_max, s.noise.sigma_min, s.steps(), s.o.rho)
     return append_zero(levels if s.round_sigma is None else s.round_sigma(levels).double())
 
 
@@ -263,9 +271,9 @@ def _respaced_fields(kind: str) -> tuple[str, ...]:
 ALD_GRID = Grid(_ald_grid, lambda kind: () if kind == "ve" else ("n_steps",))
 POSTERIOR_GRID = Grid(_posterior_grid, _respaced_fields)
 PC_GRID = Grid(_pc_grid, _respaced_fields)
-KARRAS_GRID = Grid(_karras_grid, lambda kind: ("n_steps", "rho"))
-NO_GRID = Grid(_karras_grid, lambda kind: ())  # adaptive: only grid[0] = σ_max is used (the initial noise)
-BUDGET = Grid(_karras_grid, lambda kind: ("n_steps",))  # fast_sample plans its own grid for the n_steps budget
+KARRAS_GRID = Grid(_karras_grid, lambda kind: ("n_steps", "rho", "sigma_max"))
+NO_GRID = Grid(_karras_grid, lambda kind: ("sigma_max",))  # adaptive: only grid[0] = σ_max is used (the initial x)
+BUDGET = Grid(_karras_grid, lambda kind: ("n_steps", "sigma_max"))  # fast_sample plans its own grid for the budget
 
 
 def discrete_betas(s: Sampler) -> Tensor | None:
@@ -276,11 +284,6 @@ def discrete_betas(s: Sampler) -> Tensor | None:
         return None
     abar = s.noise.schedule.alphas_cumprod[respaced_timesteps(s)]
     return 1 - abar / torch.cat([abar[1:], abar.new_ones(1)])
-
-
-def fast_budget(s: Sampler) -> int:
-    """The NFE budget of `sampling.method=fast`: sampling.n_steps, or FAST_DEFAULT_NFE when it is 0."""
-    return s.o.n_steps if s.o.n_steps > 0 else FAST_DEFAULT_NFE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,14 +355,15 @@ def _heun(s: Sampler, score: ScoreFn, x: Tensor, grid: Tensor, g: torch.Generato
 
 
 def _ode(s: Sampler, score: ScoreFn, x: Tensor, grid: Tensor, g: torch.Generator | None) -> Tensor:
-    return probability_flow(score, x, s.noise.sigma_max, s.noise.sigma_min, method=s.o.ode_method, rtol=s.o.rtol,
+    return probability_flow(score, x, s.sigma_max, s.noise.sigma_min, method=s.o.ode_method, rtol=s.o.rtol,
                             atol=s.o.atol, denoise=s.o.denoise)
 
 
 def _fast(s: Sampler, score: ScoreFn, x: Tensor, grid: Tensor, g: torch.Generator | None) -> Tensor:
     # a class-conditional score binds one label per row, so fast_sample cannot add its probe rows
     d = s.o.data_diameter
-    return fast_sample(score, x, s.noise.sigma_max, s.noise.sigma_min, fast_budget(s),
+    budget = s.o.n_steps if s.o.n_steps > 0 else FAST_DEFAULT_NFE
+    return fast_sample(score, x, s.sigma_max, s.noise.sigma_min, budget,
                        data_diameter=d if d > 0 else None, probe=not s.labelled)
 
 
