@@ -87,3 +87,23 @@ def test_pc_sampler_rejects_unknown_parts():
         pc_sampler(GMM, torch.zeros(2, 12), GRID, predictor="leapfrog")
     with pytest.raises(ValueError, match="corrector"):
         pc_sampler(GMM, torch.zeros(2, 12), GRID, corrector="mala")
+
+
+def test_every_sampler_takes_a_generator_and_the_deterministic_ones_ignore_it():
+    """One calling convention: every sampling function takes `generator=`; the ODE solvers draw nothing,
+    so theirs changes nothing."""
+    import inspect
+
+    import scorelib.samplers as samplers
+
+    takes = [n for n in ("annealed_langevin", "langevin", "ddim", "ddpm_ancestral", "pc_sampler", "heun",
+                         "dpm_solver_pp", "unipc", "probability_flow", "fast_sample", "inpaint_langevin", "inpaint_pc")
+             if "generator" not in inspect.signature(getattr(samplers, n)).parameters]
+    assert not takes, takes
+    x = 10.0 * torch.randn(5, 12, dtype=F64, generator=torch.Generator().manual_seed(3))
+    for fn in (lambda **kw: samplers.dpm_solver_pp(GMM, x, GRID, order=3, **kw),
+               lambda **kw: samplers.unipc(GMM, x, GRID, **kw),
+               lambda **kw: samplers.probability_flow(GMM, x, 10.0, 0.05, rtol=1e-4, atol=1e-4, **kw),
+               lambda **kw: samplers.fast_sample(GMM, x, 10.0, 0.05, 6, **kw)):
+        assert torch.equal(fn(), fn(generator=torch.Generator().manual_seed(0)))
+

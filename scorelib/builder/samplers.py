@@ -356,7 +356,7 @@ def _heun(s: Sampler, score: ScoreFn, x: Tensor, grid: Tensor, g: torch.Generato
 
 def _ode(s: Sampler, score: ScoreFn, x: Tensor, grid: Tensor, g: torch.Generator | None) -> Tensor:
     return probability_flow(score, x, s.sigma_max, s.noise.sigma_min, method=s.o.ode_method, rtol=s.o.rtol,
-                            atol=s.o.atol, denoise=s.o.denoise)
+                            atol=s.o.atol, denoise=s.o.denoise, generator=g)
 
 
 def _fast(s: Sampler, score: ScoreFn, x: Tensor, grid: Tensor, g: torch.Generator | None) -> Tensor:
@@ -364,7 +364,7 @@ def _fast(s: Sampler, score: ScoreFn, x: Tensor, grid: Tensor, g: torch.Generato
     d = s.o.data_diameter
     budget = s.o.n_steps if s.o.n_steps > 0 else FAST_DEFAULT_NFE
     return fast_sample(score, x, s.sigma_max, s.noise.sigma_min, budget,
-                       data_diameter=d if d > 0 else None, probe=not s.labelled)
+                       data_diameter=d if d > 0 else None, probe=not s.labelled, generator=g)
 
 
 SAMPLERS: dict[str, Method] = {
@@ -379,10 +379,10 @@ SAMPLERS: dict[str, Method] = {
     "euler_ancestral": Method(KARRAS_GRID, _euler_ancestral, ("eta",), lambda o: o.eta == 0),
     # EDM's Algorithm 2 (generate.py `edm_sampler`): Heun with churn, on the Karras grid
     "heun": Method(KARRAS_GRID, _heun, ("s_churn", "s_tmin", "s_tmax", "s_noise"), lambda o: o.s_churn == 0),
-    "dpm_solver": Method(KARRAS_GRID, lambda s, score, x, grid, g: dpm_solver_pp(score, x, grid, order=s.o.order),
-                         ("order",), _always),
-    "unipc": Method(KARRAS_GRID, lambda s, score, x, grid, g: unipc(score, x, grid, order=s.o.order), ("order",),
-                    _always),
+    "dpm_solver": Method(KARRAS_GRID, lambda s, score, x, grid, g: dpm_solver_pp(score, x, grid, order=s.o.order,
+                                                                                 generator=g), ("order",), _always),
+    "unipc": Method(KARRAS_GRID, lambda s, score, x, grid, g: unipc(score, x, grid, order=s.o.order, generator=g),
+                    ("order",), _always),
     "fast": Method(BUDGET, _fast, ("data_diameter",), _always),
 }
 COMMON_OPTIONS["method"] = F("ald", " | ".join(SAMPLERS), one_of(SAMPLERS))

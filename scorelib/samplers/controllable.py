@@ -52,11 +52,12 @@ def inpaint_langevin(score: ScoreFn, x: Tensor, sigmas: Tensor, known: Tensor, m
     return project(x, 0.0)
 
 
-def inpaint_pc(score: ScoreFn, x: Tensor, sigmas: Tensor, known: Tensor, mask: Tensor, **pc_kwargs: Any) -> Tensor:
+def inpaint_pc(score: ScoreFn, x: Tensor, sigmas: Tensor, known: Tensor, mask: Tensor, *,
+               generator: torch.Generator | None = None, **pc_kwargs: Any) -> Tensor:
     """Imputation with the predictor-corrector sampler (Song et al. 2021b, Appendix I.2): after every
-    update the known entries are replaced by y + σ z at the level x has reached."""
-    project = known_projector(known, mask, pc_kwargs.get("generator"), once_per_level=False)
-    return project(pc_sampler(score, x, sigmas, project=project, **pc_kwargs), 0.0)
+    update the known entries are replaced by y + σ z at the level x has reached; `generator` draws both."""
+    project = known_projector(known, mask, generator, once_per_level=False)
+    return project(pc_sampler(score, x, sigmas, project=project, generator=generator, **pc_kwargs), 0.0)
 
 
 def slerp(a: Tensor, b: Tensor, alpha: float) -> Tensor:

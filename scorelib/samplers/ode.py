@@ -46,13 +46,14 @@ def integrate_flow(score: ScoreFn, x: Tensor, sigma_from: float, sigma_to: float
 
 def probability_flow(score: ScoreFn, x: Tensor, sigma_max: float, sigma_min: float, *, method: str = "dopri5",
                      rtol: float = 1e-5, atol: float = 1e-5, denoise: bool = True,
-                     options: dict[str, Any] | None = None, return_nfe: bool = False,
-                     callback: Callback = None) -> Tensor | tuple[Tensor, int]:
+                     options: dict[str, Any] | None = None, return_nfe: bool = False, callback: Callback = None,
+                     generator: torch.Generator | None = None) -> Tensor | tuple[Tensor, int]:
     """Deterministic sampling: solve the probability-flow ODE from x [B, ...] at σ_max down to σ_min
     with any torchdiffeq `method` (fixed-step ones take `options`, e.g. {"step_size": 0.1} in log σ),
     then, with `denoise`, one Tweedie step x + σ_min² s(x, σ_min).
 
     Returns x, or (x, NFE) with `return_nfe`; `callback` sees {"nfe", "sigma", "x"} at every evaluation.
+    `generator` is accepted as by every sampler and unused: the ODE draws nothing.
     """
     out, nfe = integrate_flow(score, x, sigma_max, sigma_min, method, rtol, atol, options, callback)
     if denoise:

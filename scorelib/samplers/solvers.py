@@ -78,7 +78,7 @@ def _step_orders(n_steps: int, order: int, lower_order_final: bool) -> list[int]
 
 
 def dpm_solver_pp(score: ScoreFn, x: Tensor, sigmas: Tensor, *, order: int = 2, lower_order_final: bool = True,
-                  callback: Callback = None) -> Tensor:
+                  callback: Callback = None, generator: torch.Generator | None = None) -> Tensor:
     """Multistep DPM-Solver++ (Lu et al. 2022b, Algorithms 1-2) of order 1, 2 or 3 (1 = DDIM).
 
     Data-prediction exponential integrator in λ = -log σ with h = λ' - λ, φ₁ = e^{-h} - 1:
@@ -94,6 +94,7 @@ def dpm_solver_pp(score: ScoreFn, x: Tensor, sigmas: Tensor, *, order: int = 2, 
     min(order, steps left) only for runs of fewer than 10 steps (LuChengTHU/dpm-solver
     dpm_solver_pytorch.py `DPM_Solver.sample`, multistep: `if lower_order_final and steps < 10`).
     x: [B, ...] at sigmas[0]; NFE = number of positive levels with a trailing zero (else n - 1).
+    `generator` is accepted as by every sampler and unused: the solver draws nothing.
     """
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
@@ -167,13 +168,15 @@ def _unipc_weights(rks: list[float], h: float, variant: str) -> tuple[list[float
 
 
 def unipc(score: ScoreFn, x: Tensor, sigmas: Tensor, *, order: int = 3, variant: str = "bh2",
-          lower_order_final: bool = True, callback: Callback = None) -> Tensor:
+          lower_order_final: bool = True, callback: Callback = None,
+          generator: torch.Generator | None = None) -> Tensor:
     """UniPC multistep predictor-corrector (Zhao et al. 2023) with data prediction, order 1-3.
 
     Each step predicts x' with UniP-p, evaluates D(x', σ') once, and uses that evaluation both to
     correct x' (UniC) and as the next step's history, so NFE = one per level. With a trailing 0 the
     last positive level's evaluation is spent on the corrector, and the output is the corrected x
     plus the denoising displacement D - x measured at the predicted point. x: [B, ...] at sigmas[0].
+    `generator` is accepted as by every sampler and unused: the solver draws nothing.
     """
     return _unipc(score, x, sigmas, order, variant, lower_order_final, callback)
 
@@ -289,7 +292,8 @@ def fast_sample_plan(sigma_max: float, sigma_min: float, nfe: int, data_diameter
 
 
 def fast_sample(score: ScoreFn, x: Tensor, sigma_max: float, sigma_min: float, nfe: int, *,
-                data_diameter: float | None = None, probe: bool = True) -> Tensor:
+                data_diameter: float | None = None, probe: bool = True,
+                generator: torch.Generator | None = None) -> Tensor:
     """The most accurate deterministic sampler of this library for a budget of `nfe` score evaluations
     (never more): the probability-flow ODE from σ_max to σ_min followed by the Tweedie step, solved by
     UniPC (Zhao et al. 2023) on the grid of `fast_sample_plan`. x: [B, ...] at σ_max.
@@ -299,7 +303,8 @@ def fast_sample(score: ScoreFn, x: Tensor, sigma_max: float, sigma_min: float, n
     `probe_points` (so `score` must accept a batch of any size, as a network does; a closure that
     binds per-row labels does not: pass it `data_diameter`, or `probe=False` for a geometric grid).
     `data_diameter` (the largest distance between two data points, NCSNv2's rule for σ_max) gives
-    the scale instead and skips the probes.
+    the scale instead and skips the probes. `generator` is accepted as by every sampler and unused (the
+    probe points are fixed).
     """
     if nfe < 1:
         raise ValueError(f"nfe must be at least 1, got {nfe}")
