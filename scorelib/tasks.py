@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -356,16 +355,15 @@ def likelihood_metrics(exp: Experiment, net: torch.nn.Module, data: ImageData | 
     model = exp.wrap(net).eval()
     sigma_max, sigma_min = exp.noise.likelihood_range
     e, d = exp.f.eval, exp.data
-    if data is None:
-        n_batches, bin_width = e.likelihood_batches, None
+    if data is None:  # continuous points: -log2 p / dim, a bin of width 1 adds nothing
+        n_batches, bin_width = e.likelihood_batches, 1.0
     else:
         n_batches = min(e.likelihood_batches, -(-len(data.images) // e.batch_size))
-        bin_width = (2.0 if d.centered else 1.0) / (256 if data.levels == 256 else data.levels)
+        bin_width = (2.0 if d.centered else 1.0) / data.levels
     with_vlb = exp.vlb_variance is not None and data is not None and d.centered and data.levels == 256
     mine = list(range(n_batches))[rt.rank::rt.world]
     sums = torch.zeros(6, dtype=torch.float64)  # [Σ ode bpd, examples, Σ nfe, batches, Σ vlb bpd, vlb examples]
-    bar = Progress(len(mine), progress_label("likelihood", rt), enabled=rt.is_main,
-                            unit="batches")
+    bar = Progress(len(mine), progress_label("likelihood", rt), enabled=rt.is_main, unit="batches")
     for i in mine:
         g = torch.Generator(rt.device).manual_seed(chunk_seed(exp.f.seed, i))
         if data is None:
@@ -376,8 +374,7 @@ def likelihood_metrics(exp: Experiment, net: torch.nn.Module, data: ImageData | 
             x = dequantize(raw, d.centered, g, data.levels)
         nats, nfe = log_likelihood(model, x, sigma_max, sigma_min, rtol=e.likelihood_rtol, atol=e.likelihood_rtol,
                                    exact_trace=e.exact_trace, generator=g, return_nfe=True)
-        dims = int(np.prod(x.shape[1:]))
-        bpd = bits_per_dim(nats, dims, bin_width) if bin_width else -nats / (dims * math.log(2))
+        bpd = bits_per_dim(nats, int(np.prod(x.shape[1:])), bin_width)
         sums[:4] += torch.tensor([float(bpd.double().sum()), len(bpd), nfe, 1], dtype=torch.float64)
         if with_vlb:
             # x̂₀ clipped to the data's [-1, 1] in every term, as improved-diffusion's calc_bpd_loop does by
