@@ -20,6 +20,7 @@ from ..models.conv import ConvScore
 from ..models.ddpm_unet import DDPMUNet
 from ..models.edm import SONGUNET_VARIANTS, dhariwalunet_kwargs, songunet_kwargs
 from ..models.edm2 import EDM2Network
+from ..models.kdiff_v1 import KDiffusionV1
 from ..models.mlp import MLPScore
 from ..models.ncsn import NCSN
 from ..models.ncsnpp import NCSNpp
@@ -186,6 +187,18 @@ def _edm2(f: Any, noise: Noise) -> nn.Module:
                        channels_per_head=m.num_head_channels if m.num_head_channels > 0 else 64)
 
 
+def _kdiff_v1(f: Any, noise: Noise) -> nn.Module:
+    """k-diffusion's ImageDenoiserModelV1: widths nf·ch_mult, num_res_blocks per level, attention at the levels
+    listed in attn_resolutions, embedding width nf·channel_mult_emb, augmentation labels as its mapping
+    condition, patch size 1."""
+    d, m = f.data, f.model
+    return KDiffusionV1(d.channels, m.nf * m.channel_mult_emb, depths=(m.num_res_blocks,) * len(m.ch_mult),
+                        channels=tuple(m.nf * c for c in m.ch_mult),
+                        self_attn_depths=tuple(d.image_size // 2**i in m.attn_resolutions
+                                               for i in range(len(m.ch_mult))),
+                        mapping_cond_dim=m.augment_dim, dropout=m.dropout)
+
+
 def class_conditional(f: Any) -> bool:
     """Whether the network takes class labels: a conditional network with data.num_classes > 0."""
     return NETWORKS[f.model.name].conditional and f.data.num_classes > 0
@@ -239,6 +252,8 @@ NETWORKS: dict[str, Network] = {
                        preconds=("edm", "iddpm")),
     # EDM2's magnitude-preserving U-Net (Karras et al. 2024, config G)
     "edm2": Network(_edm2, None, (), "denoised", conditional=True, formats=("edm2",), preconds=("edm2",)),
+    # k-diffusion's ImageDenoiserModelV1 (crowsonkb/k-diffusion) under EDM's preconditioning (its `Denoiser`)
+    "kdiff_v1": Network(_kdiff_v1, None, (), "denoised", preconds=("edm",)),
 }
 
 
