@@ -437,3 +437,52 @@ def gaussian_logp(x: Tensor, std: Tensor | float) -> Tensor:
     d = x64.shape[1]
     logp = -0.5 * (x64**2).sum(1) / std**2 - d * torch.log(std) - 0.5 * d * math.log(2 * math.pi)
     return logp.to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# A noise process: one of the above, with the σ ranges the samplers and likelihoods use
+# ---------------------------------------------------------------------------------------------
+
+# ve: NCSN's geometric levels; ve_continuous / vp / subvp: score_sde's SDEs; ddpm: a discrete schedule;
+# edm: continuous σ in [sigma_min, sigma_max], trained with ln σ ~ N(P_mean, P_std²) (Karras et al. 2022)
+NOISE_KINDS = ("ve", "ve_continuous", "ddpm", "vp", "subvp", "edm")
+BETA_SCHEDULES = ("linear", "cosine")
+
+
+@dataclass(frozen=True, eq=False)
+class Noise:
+    """The noise process. `levels`: NCSN σ_1 > … > σ_L (ve); `schedule`: the DDPM schedule (ddpm); `sde`:
+    the continuous SDE (ve_continuous / vp / subvp). (σ_max, σ_min) the samplers run over; the likelihood's."""
+
+    kind: str
+    num_scales: int  # noise.num_scales: the NCSN levels / DDPM T / the samplers' default number of steps
+    sigma_max: float
+    sigma_min: float
+    likelihood_range: tuple[float, float]
+    levels: Tensor | None = None
+    schedule: DDPMSchedule | None = None
+    sde: VESDE | VPSDE | SubVPSDE | None = None
+    P_mean: float = -1.2
+    P_std: float = 1.2
+
+    @property
+    def sigma_range(self) -> tuple[float, float]:
+        return self.sigma_max, self.sigma_min
+
+    def sample_sigma(self, batch: int, generator: torch.Generator, device: torch.device,
+                     dtype: torch.dtype) -> Tensor:
+        """σ [B] for training examples: uniform over the NCSN levels (ve), σ(t) with t ~ U(ε, 1) for the
+        continuous SDEs (score_sde losses.py), exp(N(P_mean, P_std²)) for edm (EDM training/loss.py
+        `EDMLoss`), σ_t at uniform t for ddpm (the timestep samplers draw t themselves)."""
+        if self.kind == "ve":
+            idx = torch.randint(len(self.levels), (batch,), generator=generator, device=device)
+            return self.levels.to(device=device, dtype=dtype)[idx]
+        if self.kind == "edm":
+            z = torch.randn(batch, generator=generator, device=device, dtype=torch.float64)
+            return (z * self.P_std + self.P_mean).exp().to(dtype)
+        if self.kind == "ddpm":
+            t = torch.randint(self.schedule.T, (batch,), generator=generator, device=device)
+            return self.schedule.sigmas.to(device)[t].to(dtype)
+        sde = self.sde
+        t = torch.rand(batch, generator=generator, device=device, dtype=torch.float64) * (1 - sde.eps) + sde.eps
+        return sde.sigma(t).to(dtype)

@@ -26,13 +26,14 @@ import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError, config_to_json, unknown_network, weights_source
+from ..schedules import Noise
 from .configs import for_evaluation, sampling_fingerprint, stored_config, with_stored_model
 from .datasets import DATASETS
 from .declare import ConfigError, show
 from .fields import Fields, check_fields, records
 from .guidance import Guidance, make_guidance
 from .networks import NETWORKS, build_classifier, check_noise_kind, class_conditional, wrap_classifier, wrapper
-from .noise import Noise, make_noise
+from .noise import make_noise
 from .objectives import AUGMENTED, LOSSES, LearningRate, LossFn, learning_rate, loss_fn, optimizer_factory
 from .samplers import SAMPLERS, Sampler
 
@@ -140,12 +141,17 @@ def _check_data(f: Fields) -> None:
                           f"({spec.image_size})")
 
 
+def _classifier(f: Fields, noise: Noise) -> tuple[Callable[[], nn.Module], Callable[[nn.Module], nn.Module]]:
+    """(constructor, σ-space wrapper) of the noisy classifier of the classifier.* section."""
+    _check_resolutions(f.data.image_size, f.classifier.ch_mult, f.classifier.attn_resolutions, "classifier")
+    return functools.partial(build_classifier, f, noise), wrap_classifier(noise)
+
+
 def _network(f: Fields, noise: Noise) -> tuple[Callable[[], nn.Module], Callable[[nn.Module], nn.Module]]:
     """(constructor, σ-space wrapper) of what training.target trains: the score network, or the noisy
-    classifier of the classifier.* section."""
+    classifier."""
     if f.training.target == "classifier":
-        _check_resolutions(f.data.image_size, f.classifier.ch_mult, f.classifier.attn_resolutions, "classifier")
-        return functools.partial(build_classifier, f, noise), wrap_classifier(noise)
+        return _classifier(f, noise)
     wrap = wrapper(f, noise)
     _check_network(f, noise)
     return functools.partial(NETWORKS[f.model.name].build, f, noise), wrap
@@ -259,10 +265,9 @@ def _experiment(config: Any, workdir: str | Path | None, mode: str) -> Experimen
     guide = _guidance(f, noise)
     classifier = wrap_cls = None
     if f.sampling.guidance == "classifier":
-        _check_resolutions(f.data.image_size, f.classifier.ch_mult, f.classifier.attn_resolutions, "classifier")
+        published, wrap_cls = _classifier(f, noise)
         path = Path(f.classifier.workdir) if f.classifier.workdir else None
-        classifier = functools.partial(_classifier_network, path, functools.partial(build_classifier, f, noise))
-        wrap_cls = wrap_classifier(noise)
+        classifier = functools.partial(_classifier_network, path, published)
     loss = _make_loss(f, noise, wrap) if mode == "train" else None
     return Experiment(
         f=f, mode=mode, record=config_to_json(config), noise=noise, network=network, wrap=wrap,

@@ -17,6 +17,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from ..data import TOY_NAMES
+from ..schedules import BETA_SCHEDULES, NOISE_KINDS
 from .datasets import DATASETS, DataShape
 from .declare import (
     FINITE,
@@ -36,7 +37,6 @@ from .declare import (
 )
 from .guidance import FIELDS as GUIDANCE_FIELDS
 from .networks import NETWORKS, PRECONDS
-from .noise import BETA_SCHEDULES, NOISE_KINDS
 from .objectives import LOSSES, LR_SCHEDULES, OPTIMIZERS, TIMESTEP_SAMPLERS
 from .samplers import COMMON_OPTIONS, OPTIONS
 
@@ -97,8 +97,9 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "embed_dim": F(64, "mlp: noise-embedding width", POSITIVE),
         "data_std": F(0.5, "mlp / conv input scaling", POSITIVE),
         "sigma_data": F(0.5, "EDM preconditioning: the data's standard deviation", POSITIVE),
-        "augment_dim": F(0, "EDM networks: augmentation-label inputs (9 with data.augment_p > 0)", NON_NEGATIVE),
-        "channel_mult_emb": F(4, "EDM networks: noise-embedding width as a multiple of nf", POSITIVE),
+        "augment_dim": F(0, "EDM networks, kdiff_v1: augmentation-label inputs (9 with data.augment_p > 0)",
+                         NON_NEGATIVE),
+        "channel_mult_emb": F(4, "EDM networks, kdiff_v1: noise-embedding width as a multiple of nf", POSITIVE),
         "logvar_channels": F(128, "edm2: Fourier features of the learned uncertainty u(σ)", POSITIVE),
         "ema_rate": F(0.999, "EMA decay per step (used when training.ema_halflife_kimg is 0)", UNIT),
     },

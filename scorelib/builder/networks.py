@@ -38,8 +38,8 @@ from ..precond import (
     VPClassifier,
     VPPrecond,
 )
+from ..schedules import Noise
 from .declare import ConfigError
-from .noise import Noise
 
 Wrap = Callable[[nn.Module], Precond]
 

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from .. import losses
 from ..augment import EDM_AUGMENT, AugmentPipe
 from ..models.edm2 import edm2_learning_rate
+from ..schedules import Noise
 from ..utils import append_dims, randn_like
-from .noise import Noise
 
 TIMESTEP_SAMPLERS = ("uniform", "importance")
 OPTIMIZERS = ("adam", "adamw")

@@ -33,6 +33,7 @@ from ..samplers import (
 from ..samplers._common import DryScore
 from ..samplers.pc import CORRECTORS, PREDICTORS
 from ..schedules import (
+    Noise,
     append_zero,
     geometric_sigmas,
     karras_sigmas,
@@ -54,7 +55,6 @@ from .declare import (
     format_value,
     one_of,
 )
-from .noise import Noise
 
 FAST_DEFAULT_NFE = 10  # sampling.method=fast with sampling.n_steps=0: the README's 10-NFE budget
 SPACINGS = ("uniform", "leading", "trailing", "quadratic")  # schedules.respace_timesteps
