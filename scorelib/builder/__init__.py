@@ -141,7 +141,7 @@ def _check_data(f: Fields) -> None:
                           f"({spec.image_size})")
 
 
-def _classifier(f: Fields, noise: Noise) -> tuple[Callable[[], nn.Module], Callable[[nn.Module], nn.Module]]:
+def _noisy_classifier(f: Fields, noise: Noise) -> tuple[Callable[[], nn.Module], Callable[[nn.Module], nn.Module]]:
     """(constructor, σ-space wrapper) of the noisy classifier of the classifier.* section."""
     _check_resolutions(f.data.image_size, f.classifier.ch_mult, f.classifier.attn_resolutions, "classifier")
     return functools.partial(build_classifier, f, noise), wrap_classifier(noise)
@@ -151,7 +151,7 @@ def _network(f: Fields, noise: Noise) -> tuple[Callable[[], nn.Module], Callable
     """(constructor, σ-space wrapper) of what training.target trains: the score network, or the noisy
     classifier."""
     if f.training.target == "classifier":
-        return _classifier(f, noise)
+        return _noisy_classifier(f, noise)
     wrap = wrapper(f, noise)
     _check_network(f, noise)
     return functools.partial(NETWORKS[f.model.name].build, f, noise), wrap
@@ -265,7 +265,7 @@ def _experiment(config: Any, workdir: str | Path | None, mode: str) -> Experimen
     guide = _guidance(f, noise)
     classifier = wrap_cls = None
     if f.sampling.guidance == "classifier":
-        published, wrap_cls = _classifier(f, noise)
+        published, wrap_cls = _noisy_classifier(f, noise)
         path = Path(f.classifier.workdir) if f.classifier.workdir else None
         classifier = functools.partial(_classifier_network, path, published)
     loss = _make_loss(f, noise, wrap) if mode == "train" else None
