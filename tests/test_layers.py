@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "scorelib"
-EXPERIMENT = {"builder", "validate", "train", "tasks", "sampling", "bench", "sharing", "presets",
-              "peers", "cli"}
+EXPERIMENT = {"builder", "validate", "train", "tasks", "sampling", "bench", "sharing", "presets", "cli"}
 
 
 def _module_name(path: Path) -> str:
