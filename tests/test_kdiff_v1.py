@@ -6,10 +6,6 @@ edm_digits run with model.name=kdiff_v1 trains and samples through the CLI."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -20,71 +16,10 @@ from cli_helpers import run_main, sample_file
 from scorelib.builder import experiment
 from scorelib.builder.configs import run_config_file
 from scorelib.models.kdiff_v1 import KDiffusionV1
+from scorelib.peers import k_diffusion_image_v1
 from scorelib.precond import EDMPrecond
 
-
-def _missing(name: str) -> bool:
-    """Whether the top-level package of `name` can be neither found nor is already imported."""
-    root = name.split(".")[0]
-    return root not in sys.modules and importlib.util.find_spec(root) is None
-
-
-def _unavailable(name: str):
-    def call(*args, **kwargs):
-        raise RuntimeError(f"{name} is a placeholder in this test")
-    return call
-
-
-def k_diffusion_modules() -> tuple[types.ModuleType, types.ModuleType] | None:
-    """(k_diffusion.layers, k_diffusion.models.image_v1) without the package __init__s (which import
-    torchvision, wandb, clean-fid, the image transformer's dependencies ...), or None where k-diffusion or
-    what its sampling module needs (torchsde, torchdiffeq, scipy) is missing. As scorelib.peers does for
-    k_diffusion.sampling: bare packages stand in for `k_diffusion` and `k_diffusion.models` while the two
-    modules import, and placeholders for dctorch and einops (imported by layers.py for its DCT loss
-    weighting, unused by ImageDenoiserModelV1 and `Denoiser.forward`) and torchvision's transforms
-    (utils.py's image conversion) where those are missing; all are removed from sys.modules afterwards."""
-    if "k_diffusion.models.image_v1" in sys.modules:
-        return sys.modules["k_diffusion.layers"], sys.modules["k_diffusion.models.image_v1"]
-    try:
-        spec = importlib.util.find_spec("k_diffusion")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or spec.submodule_search_locations is None:
-        return None
-    root = Path(next(iter(spec.submodule_search_locations)))
-    added: list[str] = []
-
-    def place(name: str, module: types.ModuleType) -> None:
-        parent, _, child = name.rpartition(".")
-        if parent in sys.modules:
-            setattr(sys.modules[parent], child, module)
-        sys.modules[name] = module
-        added.append(name)
-
-    for name, path in (("k_diffusion", root), ("k_diffusion.models", root / "models")):
-        if name not in sys.modules:
-            pkg = types.ModuleType(name)
-            pkg.__path__ = [str(path)]
-            place(name, pkg)
-    groups = (("dctorch", "dctorch.functional"), ("einops",),
-              ("torchvision", "torchvision.transforms", "torchvision.transforms.functional"))
-    for group in groups:
-        if _missing(group[0]):
-            for name in group:
-                module = types.ModuleType(name)
-                for attr in ("rearrange", "repeat") if name == "einops" else ():
-                    setattr(module, attr, _unavailable(f"{name}.{attr}"))
-                place(name, module)
-    try:
-        return importlib.import_module("k_diffusion.layers"), importlib.import_module("k_diffusion.models.image_v1")
-    except ImportError:
-        return None
-    finally:
-        for name in reversed(added):
-            sys.modules.pop(name, None)
-
-
-KD = k_diffusion_modules()
+KD = k_diffusion_image_v1()
 needs_kd = pytest.mark.skipif(KD is None, reason="k-diffusion (the peers extra) is not installed")
 
 # (name, ImageDenoiserModelV1 arguments): without attention; with attention at two levels, 3 levels and
