@@ -214,11 +214,12 @@ def train(exp: Experiment, workdir: str | Path) -> dict[str, Any]:
         raise TrainingError("the experiment has no training objective (build it with mode='train')")
     t, workdir = exp.f.training, Path(workdir)
     rt = setup_runtime(exp.f.device, t.threads)
-    if t.batch_size % rt.world:
-        raise TrainingError(f"training.batch_size={t.batch_size} is not divisible by the {rt.world} processes")
-    d = exp.data
-    batches = Batches(load_dataset(d), exp.f.seed, t.batch_size, rt.rank, rt.world, rt.device, d.toy, d.random_flip,
-                      d.uniform_dequantization, d.centered)
+    d, data = exp.data, load_dataset(exp.data)
+    try:  # Batches' own rule (a global batch that the processes share evenly), named by its field
+        batches = Batches(data, exp.f.seed, t.batch_size, rt.rank, rt.world, rt.device, d.toy, d.random_flip,
+                          d.uniform_dequantization, d.centered)
+    except ValueError as e:
+        raise TrainingError(f"training.batch_size={t.batch_size}: {e}") from None
     run = _new_run(exp, workdir, rt)
     if rt.is_main:
         workdir.mkdir(parents=True, exist_ok=True)

@@ -68,3 +68,22 @@ def test_resume_restores_the_importance_sampler_history(tmp_path):
     a = load_checkpoint(list_checkpoints(tmp_path / "full" / "checkpoints")[-1][1])["model"]
     b = load_checkpoint(list_checkpoints(tmp_path / "resumed" / "checkpoints")[-1][1])["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_batches_share_a_step_s_batch_out_over_the_processes():
+    """The batch of step k is positions [kB, (k+1)B) of the per-epoch permutations whatever the number of
+    processes: ranks 0 and 1 of two together hold the single process's batch; an uneven split is refused."""
+    import pytest
+
+    from scorelib.data import Batches, load_digits
+
+    data = load_digits(train=True)
+    one = Batches(data, 7, 8)
+    two = [Batches(data, 7, 8, rank=r, world=2) for r in (0, 1)]
+    for step in (0, 149, 150, 400):  # 1200 images: step 150 starts the second epoch
+        x, y = one(step, torch.Generator().manual_seed(0))
+        parts = [b(step, torch.Generator().manual_seed(0)) for b in two]
+        assert torch.equal(torch.cat([p[1] for p in parts]), y)
+        assert torch.equal(torch.cat([p[0] for p in parts]), x)  # no flips or dequantisation: the same pixels
+    with pytest.raises(ValueError, match="batch size 6 is not divisible by the 4 processes"):
+        Batches(data, 0, 6, world=4)
